@@ -1,0 +1,289 @@
+"""Decoder-only Llama-family LLM in Flax NNX (Llama, SmolLM2, Qwen2, Mistral without windows).
+
+Parameter paths mirror Hugging Face (`model.embed_tokens`, `model.layers.self_attn.q_proj`, ...,
+`model.norm`, `lm_head`) with two conventions of ours: linear kernels are stored [in, out]
+(HF stores `weight` as [out, in]), and the per-layer weights of all layers are stacked on a
+leading `layers` axis so that one `jax.lax.scan` runs the stack (compile time flat in depth).
+HF's `model.layers.{i}.self_attn.q_proj.weight` is our `model.layers.self_attn.q_proj.kernel[i].T`.
+
+Einsum letters:
+  B batch   T query positions   S key positions (T, or the cache length when decoding)
+  D hidden  H query heads   K key/value heads   G = H // K (query heads per kv head)
+  E head dim   F MLP hidden   V vocab   R LoRA rank   L layers
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tapper_jax.models.config import LlamaConfig
+from tapper_jax.models.partitioning import constrain
+
+KVCache = dict[str, jax.Array]  # {"k": [L,B,S,K,E], "v": [L,B,S,K,E]}
+
+_INIT_STD = 0.02
+
+
+def _normal(key, shape, dtype):
+  return (_INIT_STD * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+class Linear(nnx.Module):
+  """y = x W + b + scale * (dropout(x) A) B.  W: [*stack, in, out]; LoRA A: [*stack, in, R].
+
+  The LoRA factors are absent until `tapper_jax.models.lora.attach_lora` adds them; they are
+  `nnx.LoRAParam` variables so a filter splits them from the frozen `Param`s.
+  """
+
+  def __init__(self, in_features: int, out_features: int, axes: tuple[str, str], *,
+               use_bias: bool, stack: int | None, cfg: LlamaConfig, rngs: nnx.Rngs):
+    lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
+    self.kernel = nnx.Param(_normal(rngs.params(), lead + (in_features, out_features),
+                                    cfg.jnp_param_dtype), sharding_names=lead_axes + axes)
+    self.bias = nnx.data(nnx.Param(jnp.zeros(lead + (out_features,), cfg.jnp_param_dtype),
+                                   sharding_names=lead_axes + axes[1:]) if use_bias else None)
+    self.lora_a = nnx.data(None)
+    self.lora_b = nnx.data(None)
+    self.lora_scale = 0.0
+    self.lora_dropout = 0.0
+    self.dtype = cfg.jnp_dtype
+
+  def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    if self.lora_a is not None:
+      xl = x
+      if dropout_key is not None and self.lora_dropout > 0:
+        keep = jax.random.bernoulli(dropout_key, 1.0 - self.lora_dropout, x.shape)
+        xl = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(x.dtype)
+      low = jnp.einsum("...i,ir->...r", xl, self.lora_a[...].astype(self.dtype))
+      y = y + self.lora_scale * jnp.einsum("...r,ro->...o", low, self.lora_b[...].astype(self.dtype))
+    return y
+
+
+class RMSNorm(nnx.Module):
+  """HF LlamaRMSNorm: normalise in float32, cast back, then scale by the weight."""
+
+  def __init__(self, dim: int, *, stack: int | None, cfg: LlamaConfig):
+    lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
+    self.weight = nnx.Param(jnp.ones(lead + (dim,), cfg.jnp_param_dtype),
+                            sharding_names=lead_axes + ("norm",))
+    self.eps = cfg.rms_norm_eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.weight[...].astype(x.dtype) * x32.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
+  """[E/2] inverse frequencies, float32 as HF computes them, with Llama-3 scaling if configured."""
+  dim = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+  inv = inv.astype(np.float32)
+  s = cfg.rope_scaling_dict
+  if s:
+    factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s["original_max_position_embeddings"]
+    lo_wavelen, hi_wavelen = old_len / lo, old_len / hi
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > lo_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < hi_wavelen) & ~(wavelen > lo_wavelen)
+    inv = np.where(medium, smoothed, scaled).astype(np.float32)
+  return inv
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray, dtype) -> tuple[jax.Array, jax.Array]:
+  """positions [B,T] -> cos, sin [B,T,E] (HF layout: the two halves repeat)."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def _apply_rope(x, cos, sin):
+  """x [B,T,N,E]; rotate-half convention of HF Llama."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention over stacked layers (one layer at a time inside the scan)."""
+
+  def __init__(self, cfg: LlamaConfig, *, stack: int | None, rngs: nnx.Rngs):
+    d, h, k, e = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    kw = dict(stack=stack, cfg=cfg, rngs=rngs)
+    self.q_proj = Linear(d, h * e, ("embed", "q_heads"), use_bias=cfg.qkv_bias, **kw)
+    self.k_proj = Linear(d, k * e, ("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
+    self.v_proj = Linear(d, k * e, ("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
+    self.o_proj = Linear(h * e, d, ("q_heads", "embed"), use_bias=cfg.o_bias, **kw)
+    self.num_heads, self.num_kv_heads, self.head_dim = h, k, e
+
+  def __call__(self, x, cos, sin, kv_mask, cache, cache_index, dropout_keys):
+    """x [B,T,D]; kv_mask [B,S] (1 = a real key); cache {"k","v"}: [B,S,K,E] or None."""
+    b, t, _ = x.shape
+    h, k, e = self.num_heads, self.num_kv_heads, self.head_dim
+    dk = dropout_keys if dropout_keys is not None else (None,) * 4
+    q = self.q_proj(x, dk[0]).reshape(b, t, h, e)
+    key = self.k_proj(x, dk[1]).reshape(b, t, k, e)
+    val = self.v_proj(x, dk[2]).reshape(b, t, k, e)
+    q, key = _apply_rope(q, cos, sin), _apply_rope(key, cos, sin)
+    if cache is not None:
+      key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), (0, cache_index, 0, 0))
+      val = jax.lax.dynamic_update_slice(cache["v"], val.astype(cache["v"].dtype), (0, cache_index, 0, 0))
+      cache = {"k": key, "v": val}
+      key, val = key.astype(q.dtype), val.astype(q.dtype)
+    s = key.shape[1]
+    q = q.reshape(b, t, k, h // k, e)
+    logits = jnp.einsum("btkge,bske->bkgts", q, key).astype(jnp.float32) / math.sqrt(e)
+    # Causal over absolute slots (query slot = cache_index + t) and the key padding mask.
+    q_slot = cache_index + jnp.arange(t)
+    allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & (kv_mask[:, None, :] > 0)
+    logits = jnp.where(allowed[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, val).reshape(b, t, h * e)
+    out = constrain(out, ("batch", "length", "q_heads"))
+    return self.o_proj(out, dk[3]), cache
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: LlamaConfig, *, stack: int | None, rngs: nnx.Rngs):
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    kw = dict(use_bias=False, stack=stack, cfg=cfg, rngs=rngs)
+    self.gate_proj = Linear(d, f, ("embed", "mlp"), **kw)
+    self.up_proj = Linear(d, f, ("embed", "mlp"), **kw)
+    self.down_proj = Linear(f, d, ("mlp", "embed"), **kw)
+
+  def __call__(self, x):
+    hidden = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+    return self.down_proj(constrain(hidden, ("batch", "length", "mlp")))
+
+
+class DecoderLayers(nnx.Module):
+  """All decoder layers, weights stacked on axis 0; `__call__` scans them."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    n = cfg.num_hidden_layers
+    self.self_attn = Attention(cfg, stack=n, rngs=rngs)
+    self.mlp = MLP(cfg, stack=n, rngs=rngs)
+    self.input_layernorm = RMSNorm(cfg.hidden_size, stack=n, cfg=cfg)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, stack=n, cfg=cfg)
+    self.num_layers = n
+
+  def _one_layer(self, x, cos, sin, kv_mask, cache, cache_index, key):
+    """Runs on a merged view whose variables hold one layer's slice."""
+    dropout_keys = None if key is None else tuple(jax.random.split(key, 4))
+    attn, cache = self.self_attn(self.input_layernorm(x), cos, sin, kv_mask, cache, cache_index,
+                                 dropout_keys)
+    x = x + attn
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return constrain(x, ("batch", "length", "embed")), cache
+
+  def __call__(self, x, cos, sin, kv_mask, cache: KVCache | None, cache_index, dropout_key,
+               remat: bool = False):
+    graphdef, state = nnx.split(self)
+    keys = None if dropout_key is None else jax.random.split(dropout_key, self.num_layers)
+
+    def body(h, xs):
+      layer_state, layer_cache, key = xs
+      layer = nnx.merge(graphdef, layer_state)
+      return layer._one_layer(h, cos, sin, kv_mask, layer_cache, cache_index, key)
+
+    if remat:
+      body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    return jax.lax.scan(body, x, (state, cache, keys))
+
+
+class Embedding(nnx.Module):
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.embedding = nnx.Param(_normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size),
+                                       cfg.jnp_param_dtype), sharding_names=("vocab", "embed"))
+    self.dtype = cfg.jnp_dtype
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+
+class LlamaModel(nnx.Module):
+  """HF `model.`: embeddings, decoder stack, final norm."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.embed_tokens = Embedding(cfg, rngs=rngs)
+    self.layers = DecoderLayers(cfg, rngs=rngs)
+    self.norm = RMSNorm(cfg.hidden_size, stack=None, cfg=cfg)
+
+
+class LlamaForCausalLM(nnx.Module):
+  """The causal LM. Call it with token ids or input embeddings; it returns (logits, cache).
+
+  `hidden_states` + `logits` split the call so that callers compute logits only where they
+  need them (the loss positions in training, the last position in generation).
+  """
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    self.model = LlamaModel(cfg, rngs=rngs)
+    self.lm_head = nnx.data(None if cfg.tie_word_embeddings else Linear(
+        cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), use_bias=False, stack=None, cfg=cfg,
+        rngs=rngs))
+    self._inv_freq = tuple(float(f) for f in rope_inv_freq(cfg))  # static, hashable
+
+  def embed(self, input_ids: jax.Array) -> jax.Array:
+    """[B,T] ids -> [B,T,D] input embeddings (what a soft prefix is concatenated with)."""
+    return self.model.embed_tokens(input_ids)
+
+  def hidden_states(self, input_ids=None, *, inputs_embeds=None, attention_mask=None,
+                    positions=None, cache: KVCache | None = None, cache_index: Any = 0,
+                    dropout_key=None, remat: bool = False):
+    """Final-norm hidden states [B,T,D] and the updated cache.
+
+    attention_mask: [B,S] with 1 for real tokens; S = T without a cache, the cache length with
+      one (the caller marks which cache slots hold real tokens). Left or right padding both work.
+    positions: [B,T] rotary positions; by default the count of real tokens before each one.
+    cache_index: the cache slot where this call's first token is written.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+      raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.config.jnp_dtype)
+    b, t, _ = x.shape
+    if attention_mask is None:
+      if cache is not None:
+        raise ValueError("decoding with a cache needs an attention_mask over the cache slots")
+      attention_mask = jnp.ones((b, t), jnp.int32)
+    if positions is None:
+      if cache is not None:
+        raise ValueError("decoding with a cache needs explicit positions")
+      positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+    x = constrain(x, ("batch", "length", "embed"))
+    cos, sin = rope_cos_sin(positions, np.asarray(self._inv_freq, np.float32), x.dtype)
+    x, cache = self.model.layers(x, cos, sin, attention_mask, cache, cache_index, dropout_key,
+                                 remat=remat)
+    return self.model.norm(x), cache
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """[..., D] -> [..., V] in the compute dtype."""
+    if self.lm_head is None:
+      emb = self.model.embed_tokens.embedding[...].astype(hidden.dtype)
+      return jnp.einsum("...d,vd->...v", hidden, emb)
+    return self.lm_head(hidden)
+
+  def __call__(self, input_ids=None, **kw):
+    hidden, cache = self.hidden_states(input_ids, **kw)
+    return self.logits(hidden), cache
+
+
+def init_cache(cfg: LlamaConfig, batch: int, length: int, dtype=None) -> KVCache:
+  shape = (cfg.num_hidden_layers, batch, length, cfg.num_key_value_heads, cfg.head_dim)
+  dtype = dtype or cfg.jnp_dtype
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}

