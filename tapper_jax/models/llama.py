@@ -45,9 +45,9 @@ class Linear(nnx.Module):
                use_bias: bool, stack: int | None, cfg: LlamaConfig, rngs: nnx.Rngs):
     lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
     self.kernel = nnx.Param(_normal(rngs.params(), lead + (in_features, out_features),
-                                    cfg.jnp_param_dtype), sharding_names=lead_axes + axes)
+                                    cfg.jnp_param_dtype), out_sharding=lead_axes + axes)
     self.bias = nnx.data(nnx.Param(jnp.zeros(lead + (out_features,), cfg.jnp_param_dtype),
-                                   sharding_names=lead_axes + axes[1:]) if use_bias else None)
+                                   out_sharding=lead_axes + axes[1:]) if use_bias else None)
     self.lora_a = nnx.data(None)
     self.lora_b = nnx.data(None)
     self.lora_scale = 0.0
@@ -74,7 +74,7 @@ class RMSNorm(nnx.Module):
   def __init__(self, dim: int, *, stack: int | None, cfg: LlamaConfig):
     lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
     self.weight = nnx.Param(jnp.ones(lead + (dim,), cfg.jnp_param_dtype),
-                            sharding_names=lead_axes + ("norm",))
+                            out_sharding=lead_axes + ("norm",))
     self.eps = cfg.rms_norm_eps
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -208,7 +208,7 @@ class DecoderLayers(nnx.Module):
 class Embedding(nnx.Module):
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
     self.embedding = nnx.Param(_normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size),
-                                       cfg.jnp_param_dtype), sharding_names=("vocab", "embed"))
+                                       cfg.jnp_param_dtype), out_sharding=("vocab", "embed"))
     self.dtype = cfg.jnp_dtype
 
   def __call__(self, ids: jax.Array) -> jax.Array:

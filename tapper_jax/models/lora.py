@@ -40,12 +40,12 @@ def attach_lora(model: LlamaForCausalLM, *, rank: int, alpha: float, dropout: fl
   for mod, k in zip(mods, jax.random.split(key, len(mods))):
     if mod.lora_a is not None:
       raise ValueError("a LoRA is already attached: merge or remove it first")
-    n, d_in, d_out = mod.kernel.value.shape
+    n, d_in, d_out = mod.kernel.get_value().shape
     mod.lora_a = nnx.LoRAParam(
-        (jax.random.normal(k, (n, d_in, rank), jnp.float32) / rank).astype(mod.kernel.value.dtype),
-        sharding_names=("layers", mod.kernel.get_metadata()["out_sharding"][1], "lora_rank"))
-    mod.lora_b = nnx.LoRAParam(jnp.zeros((n, rank, d_out), mod.kernel.value.dtype),
-                               sharding_names=("layers", "lora_rank",
+        (jax.random.normal(k, (n, d_in, rank), jnp.float32) / rank).astype(mod.kernel.get_value().dtype),
+        out_sharding=("layers", mod.kernel.get_metadata()["out_sharding"][1], "lora_rank"))
+    mod.lora_b = nnx.LoRAParam(jnp.zeros((n, rank, d_out), mod.kernel.get_value().dtype),
+                               out_sharding=("layers", "lora_rank",
                                                mod.kernel.get_metadata()["out_sharding"][2]))
     mod.lora_scale = float(alpha) / rank
     mod.lora_dropout = float(dropout)
@@ -56,9 +56,9 @@ def merge_lora(model: LlamaForCausalLM) -> int:
   count = 0
   for _, mod in nnx.iter_graph(model):
     if isinstance(mod, Linear) and mod.lora_a is not None:
-      delta = mod.lora_scale * jnp.einsum("lir,lro->lio", mod.lora_a.value.astype(jnp.float32),
-                                          mod.lora_b.value.astype(jnp.float32))
-      mod.kernel.value = (mod.kernel.value.astype(jnp.float32) + delta).astype(mod.kernel.value.dtype)
+      delta = mod.lora_scale * jnp.einsum("lir,lro->lio", mod.lora_a.get_value().astype(jnp.float32),
+                                          mod.lora_b.get_value().astype(jnp.float32))
+      mod.kernel.set_value((mod.kernel.get_value().astype(jnp.float32) + delta).astype(mod.kernel.get_value().dtype))
       mod.lora_a, mod.lora_b, mod.lora_scale, mod.lora_dropout = None, None, 0.0, 0.0
       count += 1
   return count

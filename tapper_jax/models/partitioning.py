@@ -1,7 +1,7 @@
 """Logical axis names -> mesh axes, from one rules table.
 
 Model code names axes logically ("batch", "embed", "vocab", ...) on parameters (Variable
-metadata `sharding_names`) and on key activations (`constrain`). Which mesh axis each logical
+metadata `out_sharding`) and on key activations (`constrain`). Which mesh axis each logical
 name lands on is decided once, by a rules table such as::
 
     (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("users", "data"))
@@ -66,7 +66,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
 
 def state_shardings(abstract_state, mesh: Mesh, rules: Rules):
-  """NamedSharding for every Variable of an (abstract) nnx.State, from its `sharding_names`."""
+  """NamedSharding for every Variable of an (abstract) nnx.State, from its `out_sharding` metadata."""
   from flax import nnx  # local: keep this module importable without touching flax state
 
   def one(v):

@@ -103,7 +103,7 @@ def load_pretrained(folder: str, *, param_dtype: str = "float32", dtype: str = "
 
   def fill(path, var):
     name, stacked, transposed = hf_name(path)
-    shape = var.value.shape
+    shape = var.get_value().shape
     per = shape[1:] if stacked else shape
     hf_shape = per[::-1] if transposed else per
     if stacked:
@@ -126,7 +126,7 @@ def iter_hf_tensors(model: LlamaForCausalLM) -> Iterator[tuple[str, np.ndarray]]
     raise ValueError("model carries LoRA factors: merge them (models.lora.merge_lora) before export")
   for path, var in nnx.state(model, nnx.Param).flat_state():
     name, stacked, transposed = hf_name(tuple(path))
-    arr = np.asarray(jax.device_get(var.value), dtype=np.float32)
+    arr = np.asarray(jax.device_get(var.get_value()), dtype=np.float32)
     if stacked:
       for i in range(arr.shape[0]):
         yield name.format(i=i), np.ascontiguousarray(arr[i].T if transposed else arr[i])
