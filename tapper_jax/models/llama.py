@@ -128,8 +128,13 @@ class Attention(nnx.Module):
     self.o_proj = Linear(h * e, d, ("q_heads", "embed"), use_bias=cfg.o_bias, **kw)
     self.num_heads, self.num_kv_heads, self.head_dim = h, k, e
 
-  def __call__(self, x, cos, sin, kv_mask, cache, cache_index, dropout_keys):
-    """x [B,T,D]; kv_mask [B,S] (1 = a real key); cache {"k","v"}: [B,S,K,E] or None."""
+  def __call__(self, x, cos, sin, kv_mask, cache, cache_index, dropout_keys, layer=0):
+    """x [B,T,D]; kv_mask [B,S] (1 = a real key); cache {"k","v"}: [L,B,S,K,E] or None.
+
+    The whole stacked cache is updated in place at (`layer`, `cache_index`): carrying it through
+    the layer scan, rather than scanning over per-layer slices, saves a copy of the full cache
+    at every decode step.
+    """
     b, t, _ = x.shape
     h, k, e = self.num_heads, self.num_kv_heads, self.head_dim
     dk = dropout_keys if dropout_keys is not None else (None,) * 4
@@ -138,10 +143,11 @@ class Attention(nnx.Module):
     val = self.v_proj(x, dk[2]).reshape(b, t, k, e)
     q, key = _apply_rope(q, cos, sin), _apply_rope(key, cos, sin)
     if cache is not None:
-      key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), (0, cache_index, 0, 0))
-      val = jax.lax.dynamic_update_slice(cache["v"], val.astype(cache["v"].dtype), (0, cache_index, 0, 0))
-      cache = {"k": key, "v": val}
-      key, val = key.astype(q.dtype), val.astype(q.dtype)
+      at = (layer, 0, cache_index, 0, 0)
+      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], key[None].astype(cache["k"].dtype), at),
+               "v": jax.lax.dynamic_update_slice(cache["v"], val[None].astype(cache["v"].dtype), at)}
+      key = jax.lax.dynamic_index_in_dim(cache["k"], layer, 0, keepdims=False).astype(q.dtype)
+      val = jax.lax.dynamic_index_in_dim(cache["v"], layer, 0, keepdims=False).astype(q.dtype)
     s = key.shape[1]
     q = q.reshape(b, t, k, h // k, e)
     logits = jnp.einsum("btkge,bske->bkgts", q, key).astype(jnp.float32) / math.sqrt(e)
@@ -181,11 +187,11 @@ class DecoderLayers(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, stack=n, cfg=cfg)
     self.num_layers = n
 
-  def _one_layer(self, x, cos, sin, kv_mask, cache, cache_index, key):
+  def _one_layer(self, x, cos, sin, kv_mask, cache, cache_index, key, layer):
     """Runs on a merged view whose variables hold one layer's slice."""
     dropout_keys = None if key is None else tuple(jax.random.split(key, 4))
     attn, cache = self.self_attn(self.input_layernorm(x), cos, sin, kv_mask, cache, cache_index,
-                                 dropout_keys)
+                                 dropout_keys, layer)
     x = x + attn
     x = x + self.mlp(self.post_attention_layernorm(x))
     return constrain(x, ("batch", "length", "embed")), cache
@@ -195,14 +201,16 @@ class DecoderLayers(nnx.Module):
     graphdef, state = nnx.split(self)
     keys = None if dropout_key is None else jax.random.split(dropout_key, self.num_layers)
 
-    def body(h, xs):
-      layer_state, layer_cache, key = xs
+    def body(carry, xs):
+      h, cache = carry
+      layer_state, i, key = xs
       layer = nnx.merge(graphdef, layer_state)
-      return layer._one_layer(h, cos, sin, kv_mask, layer_cache, cache_index, key)
+      return layer._one_layer(h, cos, sin, kv_mask, cache, cache_index, key, i), None
 
     if remat:
       body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-    return jax.lax.scan(body, x, (state, cache, keys))
+    (x, cache), _ = jax.lax.scan(body, (x, cache), (state, jnp.arange(self.num_layers), keys))
+    return x, cache
 
 
 class Embedding(nnx.Module):

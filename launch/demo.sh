@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job on the embedded default. Sets itself up on first use; extra args go to the job.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launch/_env.sh ""
+python -m tapper_jax.generate --workdir="${WORKDIR:-workdir/demo}" "$@"
