@@ -17,6 +17,6 @@ setup(
     extras_require={
         # The PyTorch side: parity tests and export. CPU wheel: see README.
         "torch": ["torch==2.13.0", "transformers>=5.0", "accelerate>=1.0", "peft>=0.15"],
-        "dev": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "accelerate>=1.0", "peft>=0.15"],
+        "dev": ["pytest>=8", "scikit-learn>=1.3", "torch==2.13.0", "transformers>=5.0", "accelerate>=1.0", "peft>=0.15"],
     },
 )

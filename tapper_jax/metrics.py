@@ -1,0 +1,151 @@
+"""Official LaMP metrics, with the semantics of LaMP's eval/evaluation.py. Pure Python + NumPy.
+
+- LaMP-1/2 (classification): prediction and gold are `str(x).strip()`ed and looked up, exactly
+  and case-sensitively, in the task's label list; anything else maps to -1, counts as wrong and
+  is outside the F1 label set. Accuracy over all examples; macro-F1 over *all* labels of the
+  task (sklearn `f1_score(labels=range(n), average="macro")`: a label that never occurs scores 0).
+- LaMP-3 (rating): `float(x)` after strip; an unparseable prediction becomes the extreme (1 or 5)
+  farthest from the gold. No clipping: "7" stays 7. MAE and RMSE.
+- LaMP-4..7 (generation): ROUGE-1 and ROUGE-L F-measure from rouge-score without stemming, on
+  stripped text, aggregated as HF `evaluate`'s rouge does (rouge_score BootstrapAggregator,
+  mid F-measure). That aggregator resamples at random; we seed it (reproducible numbers) and also
+  report the plain mean (`*_mean`), which the bootstrap median estimates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Sequence
+
+import numpy as np
+
+# Label lists as the official evaluation uses them (order matters only for reporting).
+LABELS = {
+    "LaMP_1": ["[1]", "[2]"],
+    "LaMP_2M": ["sci-fi", "based on a book", "comedy", "action", "twist ending", "dystopia",
+                "dark comedy", "classic", "psychology", "fantasy", "romance", "thought-provoking",
+                "social commentary", "violence", "true story"],
+    "LaMP_2N": ["food & drink", "sports", "education", "parents", "religion", "travel", "business",
+                "crime", "science & technology", "culture & arts", "entertainment", "politics",
+                "women", "style & beauty", "healthy living"],
+    "LaMP_3": ["1", "2", "3", "4", "5"],
+}
+TASK_ALIASES = {"LaMP_2": "LaMP_2M"}  # LaMP-2 is movie tagging since LaMP v2; news is 2N
+CLASSIFICATION = ("LaMP_1", "LaMP_2M", "LaMP_2N")
+REGRESSION = ("LaMP_3",)
+GENERATION = ("LaMP_4", "LaMP_5", "LaMP_6", "LaMP_7")
+ALL_TASKS = CLASSIFICATION + REGRESSION + GENERATION
+
+
+def canonical_task(task: str) -> str:
+  t = task.replace("-", "_")
+  t = TASK_ALIASES.get(t, t)
+  if t not in ALL_TASKS:
+    raise ValueError(f"unknown task {task!r}; known: {', '.join(ALL_TASKS)} (LaMP_2 = LaMP_2M)")
+  return t
+
+
+def accuracy_macro_f1(preds: Sequence, golds: Sequence, labels: Sequence[str]) -> dict[str, float]:
+  index = {l: i for i, l in enumerate(labels)}
+  p = np.array([index.get(str(x).strip(), -1) for x in preds])
+  g = np.array([index.get(str(x).strip(), -1) for x in golds])
+  acc = float(np.mean(p == g)) if len(g) else 0.0
+  f1s = []
+  for c in range(len(labels)):
+    tp = int(np.sum((p == c) & (g == c)))
+    fp = int(np.sum((p == c) & (g != c)))
+    fn = int(np.sum((p != c) & (g == c)))
+    # sklearn with zero_division="warn": an undefined precision/recall/F counts as 0.
+    f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+  return {"accuracy": acc, "f1": float(np.mean(f1s)) if f1s else 0.0}
+
+
+def _rating(x, gold: float) -> float:
+  try:
+    return float(str(x).strip())
+  except ValueError:
+    return 1.0 if abs(1 - gold) > abs(5 - gold) else 5.0
+
+
+def mae_rmse(preds: Sequence, golds: Sequence) -> dict[str, float]:
+  g = [float(str(y).strip()) for y in golds]
+  p = [_rating(x, y) for x, y in zip(preds, g)]
+  err = np.asarray(p, np.float64) - np.asarray(g, np.float64)
+  return {"MAE": float(np.mean(np.abs(err))), "RMSE": float(math.sqrt(np.mean(err ** 2)))}
+
+
+def rouge(preds: Sequence[str], golds: Sequence[str], seed: int = 0) -> dict[str, float]:
+  from rouge_score import rouge_scorer, scoring
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+  agg = scoring.BootstrapAggregator()
+  r1, rl = [], []
+  for p, g in zip(preds, golds):
+    s = scorer.score_multi([str(g).strip()], str(p).strip())
+    agg.add_scores(s)
+    r1.append(s["rouge1"].fmeasure)
+    rl.append(s["rougeL"].fmeasure)
+  if not r1:
+    return {"rouge-1": 0.0, "rouge-L": 0.0, "rouge-1_mean": 0.0, "rouge-L_mean": 0.0}
+  # BootstrapAggregator draws from NumPy's global RNG: seed it, then put the caller's state back.
+  saved = np.random.get_state()
+  np.random.seed(seed)
+  try:
+    result = agg.aggregate()
+  finally:
+    np.random.set_state(saved)
+  return {"rouge-1": float(result["rouge1"].mid.fmeasure),
+          "rouge-L": float(result["rougeL"].mid.fmeasure),
+          "rouge-1_mean": float(np.mean(r1)), "rouge-L_mean": float(np.mean(rl))}
+
+
+def score(task: str, preds: Sequence, golds: Sequence) -> dict[str, float]:
+  t = canonical_task(task)
+  if len(preds) != len(golds):
+    raise ValueError(f"{len(preds)} predictions for {len(golds)} golds")
+  if t in CLASSIFICATION:
+    return accuracy_macro_f1(preds, golds, LABELS[t])
+  if t in REGRESSION:
+    return mae_rmse(preds, golds)
+  return rouge(preds, golds)
+
+
+def _load_leaderboard(path: str, what: str) -> tuple[str, dict[str, str]]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      obj = json.load(f)
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: cannot read {what} ({e})") from e
+  if not isinstance(obj, dict) or "task" not in obj or not isinstance(obj.get("golds"), list):
+    raise ValueError(f"{path}: {what} must be {{\"task\": ..., \"golds\": [{{\"id\", \"output\"}}]}}")
+  out = {}
+  for i, row in enumerate(obj["golds"]):
+    for field in ("id", "output"):
+      if not isinstance(row, dict) or field not in row:
+        raise ValueError(f"{path}: record {i}: field {field!r} missing")
+    key = str(row["id"])
+    if key in out:
+      raise ValueError(f"{path}: record {i}: duplicate id {key!r}")
+    out[key] = row["output"]
+  return obj["task"], out
+
+
+def evaluate_files(golds_path: str, preds_path: str, task: str) -> dict[str, float]:
+  """Scores a leaderboard-format predictions file against golds; the id sets must match."""
+  t = canonical_task(task)
+  gtask, golds = _load_leaderboard(golds_path, "golds")
+  ptask, preds = _load_leaderboard(preds_path, "predictions")
+  for path, name in ((golds_path, gtask), (preds_path, ptask)):
+    if canonical_task(name) != t:
+      raise ValueError(f"{path}: field 'task' = {name!r} does not match --task {task}")
+  if set(golds) != set(preds):
+    missing, extra = sorted(set(golds) - set(preds)), sorted(set(preds) - set(golds))
+    raise ValueError(f"{preds_path}: prediction ids do not match gold ids "
+                     f"(missing {len(missing)}: {missing[:5]}, extra {len(extra)}: {extra[:5]})")
+  ids = sorted(golds)
+  return score(t, [preds[i] for i in ids], [golds[i] for i in ids])
+
+
+def leaderboard(task: str, outputs: dict[str, str]) -> dict:
+  """{"task", "golds": [{"id", "output"}]}: the official file format, for golds or predictions."""
+  return {"task": task, "golds": [{"id": k, "output": v} for k, v in outputs.items()]}
