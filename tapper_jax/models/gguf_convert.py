@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from tapper_jax.models.weights import SINGLE_FILE, atomic_folder
+from tapper_jax.fileio import atomic_folder
+from tapper_jax.models.weights import SINGLE_FILE
 
 _LAYER_MAP = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",

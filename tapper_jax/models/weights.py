@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Iterator
 
 import jax
@@ -19,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from tapper_jax.models.config import LlamaConfig
+from tapper_jax.fileio import atomic_folder
 from tapper_jax.models.llama import LlamaForCausalLM
 
 SINGLE_FILE = "model.safetensors"
@@ -132,27 +131,6 @@ def iter_hf_tensors(model: LlamaForCausalLM) -> Iterator[tuple[str, np.ndarray]]
         yield name.format(i=i), np.ascontiguousarray(arr[i].T if transposed else arr[i])
     else:
       yield name, np.ascontiguousarray(arr.T if transposed else arr)
-
-
-def atomic_folder(final: str):
-  """Context manager: yields a temp folder beside `final`, renamed to it only on success."""
-  import contextlib
-
-  @contextlib.contextmanager
-  def _cm():
-    parent = os.path.dirname(os.path.abspath(final)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(final) + "-", dir=parent)
-    try:
-      yield tmp
-      if os.path.exists(final):
-        raise FileExistsError(f"{final}: already exists; refusing to overwrite")
-      os.rename(tmp, final)
-    finally:
-      if os.path.exists(tmp):
-        shutil.rmtree(tmp, ignore_errors=True)
-
-  return _cm()
 
 
 def save_pretrained(model: LlamaForCausalLM, folder: str, extra_files: dict[str, str] | None = None):

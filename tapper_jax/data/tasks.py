@@ -1,0 +1,122 @@
+"""Per-task knowledge of LaMP, in one place.
+
+For each task: the profile fields a record must carry, how the official LaMP code extracts the
+query text from a question's input (LaMP/prompts/utils.py), the template that turns a record
+into the text we embed (`record_text`), how one of a user's own records becomes a training
+example (`record_example`: the LaMP-style input and its target), and the label set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from tapper_jax import metrics
+
+
+def extract_strings_between_quotes(s: str) -> list[str]:
+  out, inside, cur = [], False, ""
+  for ch in s:
+    if ch == '"' and not inside:
+      inside = True
+    elif ch == '"' and inside:
+      inside = False
+      out.append(cur)
+      cur = ""
+    elif inside:
+      cur += ch
+  return out
+
+
+def extract_after(marker: str) -> Callable[[str], str | None]:
+  def f(s: str) -> str | None:
+    i = s.find(marker)
+    return None if i == -1 else s[i + len(marker):].strip()
+  return f
+
+
+def _citation_query(s: str) -> str | None:
+  q = extract_strings_between_quotes(s)
+  return f"{q[1]} {q[2]}" if len(q) >= 3 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  name: str  # canonical: LaMP_1, LaMP_2M, ...
+  kind: str  # "classification" | "regression" | "generation"
+  profile_fields: tuple[str, ...]  # besides "id" and "date"
+  query_extractor: Callable[[str], str | None]
+  record_template: str  # str.format over the record's fields: the text we embed
+  input_template: str | None  # LaMP-style prompt from a record (None: records make no example)
+  target_field: str | None
+  labels: tuple[str, ...] = ()
+
+  def query(self, question_input: str) -> str:
+    """The query text, extracted as the official LaMP code does; the whole input if it fails."""
+    q = self.query_extractor(question_input)
+    return q if q else question_input.strip()
+
+  def record_text(self, fields: dict) -> str:
+    return self.record_template.format(**fields)
+
+  def record_example(self, fields: dict) -> tuple[str, str] | None:
+    if self.input_template is None:
+      return None
+    return self.input_template.format(**fields), str(fields[self.target_field])
+
+  def with_labels(self, labels) -> "TaskSpec":
+    return dataclasses.replace(self, labels=tuple(labels))
+
+
+_2M_PROMPT = ("Which tag does this movie relate to among the following tags? Just answer with the tag "
+              "name without further explanation. tags: [{labels}] description: {{description}}")
+_2N_PROMPT = ("Which category does this article relate to among the following categories? Just answer "
+              "with the category name without further explanation. categories: [{labels}] "
+              "article: {{text}}")
+
+TASKS: dict[str, TaskSpec] = {
+    "LaMP_1": TaskSpec(
+        "LaMP_1", "classification", ("title",), _citation_query,
+        "title: {title}", None, None, tuple(metrics.LABELS["LaMP_1"])),
+    "LaMP_2M": TaskSpec(
+        "LaMP_2M", "classification", ("description", "tag"), extract_after("description:"),
+        "description: {description} tag: {tag}",
+        _2M_PROMPT.format(labels=", ".join(metrics.LABELS["LaMP_2M"])), "tag",
+        tuple(metrics.LABELS["LaMP_2M"])),
+    "LaMP_2N": TaskSpec(
+        "LaMP_2N", "classification", ("text", "title", "category"), extract_after("article:"),
+        "article: {title} {text} category: {category}",
+        _2N_PROMPT.format(labels=", ".join(metrics.LABELS["LaMP_2N"])), "category",
+        tuple(metrics.LABELS["LaMP_2N"])),
+    "LaMP_3": TaskSpec(
+        "LaMP_3", "regression", ("text", "score"), extract_after("review:"),
+        "review: {text} score: {score}",
+        "What is the score of the following review on a scale of 1 to 5? just answer with 1, 2, "
+        "3, 4, or 5 without further explanation. review: {text}", "score",
+        tuple(metrics.LABELS["LaMP_3"])),
+    "LaMP_4": TaskSpec(
+        "LaMP_4", "generation", ("text", "title"), extract_after("article:"),
+        "article: {text} headline: {title}",
+        "Generate a headline for the following article: {text}", "title"),
+    "LaMP_5": TaskSpec(
+        "LaMP_5", "generation", ("title", "abstract"), extract_after(":"),
+        "abstract: {abstract} title: {title}",
+        "Generate a title for the following abstract of a paper: {abstract}", "title"),
+    "LaMP_6": TaskSpec(
+        "LaMP_6", "generation", ("text", "title"), extract_after(":"),
+        "email: {text} subject: {title}", "Generate a subject for the following email: {text}",
+        "title"),
+    "LaMP_7": TaskSpec(
+        "LaMP_7", "generation", ("text",), extract_after(":"), "tweet: {text}",
+        None, None),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+  return TASKS[metrics.canonical_task(name)]
+
+
+def classification_prompt(task: TaskSpec) -> str:
+  """The input template of a classification task, rendered with its own label list."""
+  base = _2M_PROMPT if "description" in task.profile_fields else _2N_PROMPT
+  return base.format(labels=", ".join(task.labels))
