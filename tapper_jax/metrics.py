@@ -99,12 +99,14 @@ def rouge(preds: Sequence[str], golds: Sequence[str], seed: int = 0) -> dict[str
           "rouge-1_mean": float(np.mean(r1)), "rouge-L_mean": float(np.mean(rl))}
 
 
-def score(task: str, preds: Sequence, golds: Sequence) -> dict[str, float]:
+def score(task: str, preds: Sequence, golds: Sequence,
+          labels: Sequence[str] | None = None) -> dict[str, float]:
+  """Official metrics of `task`; `labels` replaces the label list (offline/synthetic tasks)."""
   t = canonical_task(task)
   if len(preds) != len(golds):
     raise ValueError(f"{len(preds)} predictions for {len(golds)} golds")
   if t in CLASSIFICATION:
-    return accuracy_macro_f1(preds, golds, LABELS[t])
+    return accuracy_macro_f1(preds, golds, list(labels) if labels else LABELS[t])
   if t in REGRESSION:
     return mae_rmse(preds, golds)
   return rouge(preds, golds)

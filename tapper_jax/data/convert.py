@@ -140,7 +140,7 @@ def _select_labels(users, task: TaskSpec, spec: SourceSpec, report: Report) -> l
   return labels
 
 
-def convert(root: str, spec: SourceSpec, out_dir: str) -> dict[str, Any]:
+def convert(root: str, spec: SourceSpec, out_dir: str, *, synthetic: bool = False) -> dict[str, Any]:
   """Builds one LaMP-format task folder; returns (and writes to meta.json) its counts."""
   task = get_task(spec.task)
   report = Report(spec.path)
@@ -188,7 +188,7 @@ def convert(root: str, spec: SourceSpec, out_dir: str) -> dict[str, Any]:
                  "profile_min": min(sizes, default=0), "profile_max": max(sizes, default=0),
                  "profile_mean": round(sum(sizes) / len(sizes), 1) if sizes else 0.0}
   meta = {"name": spec.name, "task": task.name, "kind": task.kind, "labels": labels,
-          "setting": "time-based", "source": spec.path, "synthetic": False, "counts": counts,
+          "setting": "time-based", "source": spec.path, "synthetic": synthetic, "counts": counts,
           "spec": dataclasses.asdict(spec)}
   with atomic_folder(out_dir) as tmp:
     for s, d in splits.items():

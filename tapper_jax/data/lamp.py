@@ -190,7 +190,7 @@ def _attach_golds(questions, golds, path, report, strict):
   return kept
 
 
-def read_questions(path: str, task: str | TaskSpec, *, report: Report | None = None,
+def read_questions(path: str, task: "str | TaskSpec", *, report: Report | None = None,
                    strict: bool = False) -> list[Question]:
   """Official `{split}_questions.json` (user- or time-based). Returns questions in file order."""
   spec = task if isinstance(task, TaskSpec) else get_task(task)
@@ -218,7 +218,7 @@ def read_questions(path: str, task: str | TaskSpec, *, report: Report | None = N
   return out
 
 
-def load_split(folder: str, task: str, split: str, *, strict: bool = False,
+def load_split(folder: str, task: "str | TaskSpec", split: str, *, strict: bool = False,
                require_golds: bool = True) -> tuple[list[Question], Report]:
   """`folder/{split}_questions.json` with golds from `folder/{split}_outputs.json`."""
   qpath = os.path.join(folder, f"{split}_questions.json")
@@ -275,3 +275,15 @@ def older_profile(q: Question) -> list[Record]:
     return q.profile
   t = parse_day(q.date)
   return [r for r in q.profile if r.day < t]
+
+
+def task_of_folder(folder: str, task: str | None = None) -> TaskSpec:
+  """The TaskSpec of a task folder: its meta.json (offline/synthetic: own labels) or `task`."""
+  meta_path = os.path.join(folder, "meta.json")
+  if os.path.isfile(meta_path):
+    meta = load_json(meta_path)
+    spec = get_task(meta["task"])
+    return spec.with_labels(meta["labels"]) if meta.get("labels") else spec
+  if task is None:
+    raise LampFormatError(f"{meta_path}: missing, and no task given")
+  return get_task(task)
