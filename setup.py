@@ -11,6 +11,7 @@ setup(
         "jax==0.10.2", "jaxlib==0.10.2", "flax==0.12.8",
         "optax>=0.2.5", "orbax-checkpoint>=0.11", "ml-collections>=1.0", "absl-py>=2.1",
         "grain>=0.2.12", "tensorflow-datasets>=4.9.9", "array-record>=0.8",
+        "importlib_resources",  # tensorflow-datasets needs it without TensorFlow
         "tokenizers>=0.21", "safetensors>=0.5", "gguf>=0.17", "rouge-score>=0.1.2",
         "numpy>=2.0", "jinja2>=3.1", "tqdm>=4.66", "tensorboardX>=2.6",
     ],
