@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/_env.sh ""
-python -m tapper_jax.generate --workdir="${WORKDIR:-workdir/demo}" "$@"
+python -m tapper_jax.generate --config=configs/generate.py --workdir="${WORKDIR:-workdir/demo}" "$@"

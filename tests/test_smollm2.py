@@ -78,3 +78,18 @@ def test_greedy_answer_contains_paris(ours):
   ids, mask = tok.pad([tok.encode(prompt)])
   out = models.greedy_generate(model, ids, mask, max_new_tokens=20)
   assert "Paris" in tok.decode(np.asarray(out[0]))
+
+
+def test_generate_entry_point_tiny_config(ours, model_cache, tmp_path):
+  import json
+  import subprocess
+  import sys
+  out = subprocess.run(
+      [sys.executable, "-m", "tapper_jax.generate", "--config=configs/generate.py:tiny",
+       f"--workdir={tmp_path}", "--config.max_new_tokens=12"],
+      capture_output=True, text=True, env={**os.environ, "TAPPER_JAX_CACHE": model_cache},
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.returncode == 0, out.stderr[-2000:]
+  written = json.loads((tmp_path / "generations.json").read_text())
+  assert written["config"]["max_new_tokens"] == 12
+  assert "Paris" in written["generations"][0]["completion"]
