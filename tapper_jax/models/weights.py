@@ -121,9 +121,9 @@ def load_pretrained(folder: str, *, param_dtype: str = "float32", dtype: str = "
 
 def iter_hf_tensors(model: LlamaForCausalLM) -> Iterator[tuple[str, np.ndarray]]:
   """(HF name, float32 [out, in]-layout array) for every frozen weight; LoRA must be merged first."""
-  if list(nnx.state(model, nnx.LoRAParam).flat_state()):
+  if list(nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))):
     raise ValueError("model carries LoRA factors: merge them (models.lora.merge_lora) before export")
-  for path, var in nnx.state(model, nnx.Param).flat_state():
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     name, stacked, transposed = hf_name(tuple(path))
     arr = np.asarray(jax.device_get(var.get_value()), dtype=np.float32)
     if stacked:
