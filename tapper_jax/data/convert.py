@@ -21,7 +21,7 @@ import random
 from typing import Any
 
 from tapper_jax.data.lamp import LampFormatError, Report, parse_day
-from tapper_jax.data.tasks import TaskSpec, classification_prompt, get_task
+from tapper_jax.data.tasks import TaskSpec, get_task
 from tapper_jax.fileio import atomic_folder
 
 
@@ -154,8 +154,7 @@ def convert(root: str, spec: SourceSpec, out_dir: str, *, synthetic: bool = Fals
   report.note("users_below_min_items", len(users) - len(eligible))
   if spec.max_users and len(eligible) > spec.max_users:
     eligible = sorted(rng.sample(eligible, spec.max_users))
-  input_template = (classification_prompt(task) if task.kind == "classification"
-                    else task.input_template)
+  input_template = task.input_template
   splits = {s: {"questions": [], "golds": []} for s in ("train", "dev", "test")}
   for user in eligible:
     items = sorted(users[user], key=lambda it: (it["day"], it["id"]))

@@ -52,8 +52,8 @@ def make_dataset(source: Sequence, tokenizer, *, batch_size: int, max_len: int, 
                  shuffle: bool = True, num_epochs: int | None = None,
                  drop_remainder: bool = True) -> grain.IterDataset:
   """A grain IterDataset of batches; `iter()` it, and use get_state()/set_state() to resume."""
-  ds = grain.MapDataset.source(source)
-  ds = grain.MapDataset.range(len(ds)).map(lambda i: (i, source[i]))
+  # (index, example): the index lets the trainer find the example's user and profile.
+  ds = grain.MapDataset.range(len(source)).map(lambda i: (i, source[i]))
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)

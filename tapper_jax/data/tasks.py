@@ -47,9 +47,15 @@ class TaskSpec:
   profile_fields: tuple[str, ...]  # besides "id" and "date"
   query_extractor: Callable[[str], str | None]
   record_template: str  # str.format over the record's fields: the text we embed
-  input_template: str | None  # LaMP-style prompt from a record (None: records make no example)
+  # LaMP-style prompt of a record (None: records make no example); "{labels}" is replaced by
+  # the task's label list, the rest is str.format over the record's fields.
+  prompt: str | None
   target_field: str | None
   labels: tuple[str, ...] = ()
+
+  @property
+  def input_template(self) -> str | None:
+    return None if self.prompt is None else self.prompt.replace("{labels}", ", ".join(self.labels))
 
   def query(self, question_input: str) -> str:
     """The query text, extracted as the official LaMP code does; the whole input if it fails."""
@@ -69,10 +75,10 @@ class TaskSpec:
 
 
 _2M_PROMPT = ("Which tag does this movie relate to among the following tags? Just answer with the tag "
-              "name without further explanation. tags: [{labels}] description: {{description}}")
+              "name without further explanation. tags: [{labels}] description: {description}")
 _2N_PROMPT = ("Which category does this article relate to among the following categories? Just answer "
               "with the category name without further explanation. categories: [{labels}] "
-              "article: {{text}}")
+              "article: {text}")
 
 TASKS: dict[str, TaskSpec] = {
     "LaMP_1": TaskSpec(
@@ -81,12 +87,12 @@ TASKS: dict[str, TaskSpec] = {
     "LaMP_2M": TaskSpec(
         "LaMP_2M", "classification", ("description", "tag"), extract_after("description:"),
         "description: {description} tag: {tag}",
-        _2M_PROMPT.format(labels=", ".join(metrics.LABELS["LaMP_2M"])), "tag",
+        _2M_PROMPT, "tag",
         tuple(metrics.LABELS["LaMP_2M"])),
     "LaMP_2N": TaskSpec(
         "LaMP_2N", "classification", ("text", "title", "category"), extract_after("article:"),
         "article: {title} {text} category: {category}",
-        _2N_PROMPT.format(labels=", ".join(metrics.LABELS["LaMP_2N"])), "category",
+        _2N_PROMPT, "category",
         tuple(metrics.LABELS["LaMP_2N"])),
     "LaMP_3": TaskSpec(
         "LaMP_3", "regression", ("text", "score"), extract_after("review:"),
@@ -115,8 +121,3 @@ TASKS: dict[str, TaskSpec] = {
 def get_task(name: str) -> TaskSpec:
   return TASKS[metrics.canonical_task(name)]
 
-
-def classification_prompt(task: TaskSpec) -> str:
-  """The input template of a classification task, rendered with its own label list."""
-  base = _2M_PROMPT if "description" in task.profile_fields else _2N_PROMPT
-  return base.format(labels=", ".join(task.labels))
