@@ -135,3 +135,10 @@ def test_question_without_gold_is_counted(tmp_path):
   assert [q.id for q in qs] == ["q1"] and report.counts["question_without_gold"] == 1
   with pytest.raises(lamp.LampFormatError, match=r"dev_outputs\.json: no gold for question id 'q2'"):
     lamp.load_split(str(tmp_path), "LaMP_2M", "dev", strict=True)
+
+
+def test_invalid_question_date_is_a_format_error(tmp_path):
+  write_task(str(tmp_path), "LaMP_7", questions=[_one("LaMP_7", date="31/31/2020")])
+  with pytest.raises(lamp.LampFormatError,
+                     match=r"dev_questions\.json: question\[0\] \(id q1\): field 'date' invalid: '31/31/2020'"):
+    lamp.load_split(str(tmp_path), "LaMP_7", "dev")

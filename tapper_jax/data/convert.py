@@ -11,6 +11,7 @@ Output folder: {split}_questions.json (with user_id and date), {split}_outputs.j
 
 from __future__ import annotations
 
+import bisect
 import collections
 import csv
 import dataclasses
@@ -158,6 +159,8 @@ def convert(root: str, spec: SourceSpec, out_dir: str, *, synthetic: bool = Fals
   splits = {s: {"questions": [], "golds": []} for s in ("train", "dev", "test")}
   for user in eligible:
     items = sorted(users[user], key=lambda it: (it["day"], it["id"]))
+    days = [it["day"] for it in items]
+    records = [{kk: v for kk, v in it.items() if kk != "day"} for it in items]
     n = len(items)
     roles = (["train"] * (n - spec.n_test - spec.n_dev) + ["dev"] * spec.n_dev
              + ["test"] * spec.n_test)
@@ -167,18 +170,17 @@ def convert(root: str, spec: SourceSpec, out_dir: str, *, synthetic: bool = Fals
     for k, (item, role) in enumerate(zip(items, roles)):
       if role == "train" and k not in train_idx:
         continue
-      older = [it for it in items[:k] if it["day"] < item["day"]]
-      if spec.max_profile:
-        older = older[-spec.max_profile:]
-      if len(older) < spec.min_profile:
+      # Items are sorted by day: the strictly older ones are the prefix before this day.
+      older_end = bisect.bisect_left(days, item["day"])
+      start = max(0, older_end - spec.max_profile) if spec.max_profile else 0
+      if older_end - start < spec.min_profile:
         report.skip(f"{role}_question_short_profile", item["id"])
         continue
-      profile = [{kk: v for kk, v in it.items() if kk != "day"} for it in older]
+      profile = records[start:older_end]
       rng.shuffle(profile)  # LaMP profiles are not in time order
-      fields = {kk: v for kk, v in item.items() if kk not in ("day",)}
       splits[role]["questions"].append({
           "id": item["id"], "user_id": user, "date": item["date"],
-          "input": input_template.format(**fields), "profile": profile})
+          "input": input_template.format(**records[k]), "profile": profile})
       splits[role]["golds"].append({"id": item["id"], "output": str(item[task.target_field])})
   counts = {"users": len(eligible), "report": dict(report.counts)}
   for s, d in splits.items():

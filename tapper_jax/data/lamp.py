@@ -46,12 +46,13 @@ class Question:
   profile: list[Record]  # oldest first
   gold: str | None = None
   date: str | None = None  # the question's own date where the file gives one
+  date_day: float | None = None  # `date` parsed (readers validate it once)
 
   @property
   def day(self) -> float | None:
-    """The question's time: its own date, else just after its newest profile record."""
-    if self.date is not None:
-      return parse_day(self.date)
+    """The question's time: its own date, else its newest profile record's."""
+    if self.date_day is not None:
+      return self.date_day
     return self.profile[-1].day if self.profile else None
 
 
@@ -124,6 +125,17 @@ def _require(obj: Any, field: str, path: str, where: str, types=(str,)) -> Any:
   if not isinstance(v, types):
     raise LampFormatError(f"{path}: {where}: field {field!r} has type {type(v).__name__}")
   return v
+
+
+def _question_date(row: dict, path: str, where: str) -> tuple[str | None, float | None]:
+  """(date, day) of a question that may carry its own date; a bad one is a format error."""
+  date = row.get("date")
+  if date is None:
+    return None, None
+  try:
+    return str(date), parse_day(date)
+  except ValueError as e:
+    raise LampFormatError(f"{path}: {where}: field 'date' invalid: {date!r}") from e
 
 
 def parse_profile(items: Any, task: TaskSpec, path: str, where: str, report: Report,
@@ -213,7 +225,8 @@ def read_questions(path: str, task: "str | TaskSpec", *, report: Report | None =
       report.note("questions_with_empty_profile")
     # Time-based files carry user_id; in the user-based setting each question is its own user.
     user = str(row.get("user_id", f"q{qid}"))
-    out.append(Question(qid, user, text, profile, date=row.get("date")))
+    date, day = _question_date(row, path, where)
+    out.append(Question(qid, user, text, profile, date=date, date_day=day))
   report.note("questions", len(out))
   return out
 
@@ -257,10 +270,12 @@ def load_oppu(folder: str, task: str, *, which: str = "user_top_100_history",
       if qid in seen:
         raise LampFormatError(f"{path}: {where} query[{j}]: duplicate question id {qid!r}")
       seen.add(qid)
-      text = _require(q, "input", path, f"{where} query[{j}] (id {qid})")
+      qwhere = f"{where} query[{j}] (id {qid})"
+      text = _require(q, "input", path, qwhere)
       gold = q.get("gold", q.get("output"))
+      date, day = _question_date(q, path, qwhere)
       questions.append(Question(qid, uid, text, list(profile),
-                                gold=None if gold is None else str(gold), date=q.get("date")))
+                                gold=None if gold is None else str(gold), date=date, date_day=day))
   label_path = os.path.join(folder, f"{which}_label.json")
   if os.path.isfile(label_path):
     _, golds = read_outputs(label_path)
@@ -271,10 +286,9 @@ def load_oppu(folder: str, task: str, *, which: str = "user_top_100_history",
 
 def older_profile(q: Question) -> list[Record]:
   """The records strictly older than the question (all of them if it has no date of its own)."""
-  if q.date is None:
+  if q.date_day is None:
     return q.profile
-  t = parse_day(q.date)
-  return [r for r in q.profile if r.day < t]
+  return [r for r in q.profile if r.day < q.date_day]
 
 
 def task_of_folder(folder: str, task: str | None = None) -> TaskSpec:
