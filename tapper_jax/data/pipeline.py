@@ -50,13 +50,19 @@ class Tokenize(grain.transforms.Map):
 
 def make_dataset(source: Sequence, tokenizer, *, batch_size: int, max_len: int, seed: int = 0,
                  shuffle: bool = True, num_epochs: int | None = None,
-                 drop_remainder: bool = True) -> grain.IterDataset:
-  """A grain IterDataset of batches; `iter()` it, and use get_state()/set_state() to resume."""
+                 drop_remainder: bool = True, maps: Sequence = ()) -> grain.IterDataset:
+  """A grain IterDataset of batches; `iter()` it, and use get_state()/set_state() to resume.
+
+  `maps`: further per-example transforms run after tokenizing (e.g. the trainer's history
+  lookup), each given and returning the example dict.
+  """
   # (index, example): the index lets the trainer find the example's user and profile.
   ds = grain.MapDataset.range(len(source)).map(lambda i: (i, source[i]))
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
   ds = ds.map(Tokenize(tokenizer, max_len))
+  for m in maps:
+    ds = ds.map(m)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   return ds.to_iter_dataset()

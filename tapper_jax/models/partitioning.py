@@ -65,12 +65,30 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(_CTX.mesh, spec))
 
 
+def fitted_spec(shape, names, rules: Rules, mesh: Mesh) -> PartitionSpec:
+  """`logical_to_spec`, minus mesh axes that do not divide their dimension (left replicated)."""
+  spec = logical_to_spec(names, rules)
+  out = []
+  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    kept, size = [], 1
+    for a in axes:
+      if dim % (size * mesh.shape[a]) == 0:
+        kept.append(a)
+        size *= mesh.shape[a]
+    out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+  return PartitionSpec(*out)
+
+
 def state_shardings(abstract_state, mesh: Mesh, rules: Rules):
-  """NamedSharding for every Variable of an (abstract) nnx.State, from its `out_sharding` metadata."""
+  """NamedSharding for every leaf of an (abstract) pytree: Variables by their `out_sharding`
+  metadata (fitted to their shape), anything else (step counters, keys) replicated."""
   from flax import nnx  # local: keep this module importable without touching flax state
 
   def one(v):
-    names = v.get_metadata().get("out_sharding") if isinstance(v, nnx.Variable) else None
-    return NamedSharding(mesh, logical_to_spec(names, rules))
+    if isinstance(v, nnx.Variable) and hasattr(v.get_value(), "shape"):
+      names = v.get_metadata().get("out_sharding")
+      return NamedSharding(mesh, fitted_spec(v.get_value().shape, names, rules, mesh))
+    return NamedSharding(mesh, PartitionSpec())
 
   return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -1,0 +1,76 @@
+"""Composition: (P_u + P_q) prepended to the query's input embeddings as L soft tokens.
+
+The LLM is frozen except for the LoRA factors attached to it (`nnx.LoRAParam`: the task LoRA in
+stage 1, the shared bridge LoRA in stage 2). The loss is next-token cross-entropy on the target
+tokens only: no loss on the prefix or the prompt, and logits are computed only at the target
+positions (a [B,K,V] slab, not [B,L+T,V]).
+
+Batch fields (B batch, T tokens, K target slots, H history slots, D hidden):
+  input_ids [B,T] int32, attention_mask [B,T] (right padding)
+  target_pos [B,K] int32: positions in input_ids of the tokens to predict; target_valid [B,K]
+  user_row [B] int32 (-1 unknown); query_z [B,D]; hist_z [B,H,D]; hist_age [B,H]; hist_valid [B,H]
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tapper_jax.models.llama import LlamaForCausalLM
+from tapper_jax.tapper.attention import TemporalAttention
+from tapper_jax.tapper.prefix import UserPrefixTable
+
+
+class Tapper(nnx.Module):
+  """P_u + P_q for a batch: [B,L,D]."""
+
+  def __init__(self, d: int, prefix_len: int, num_rows: int, *, lambda_init: float = 0.1,
+               rngs: nnx.Rngs):
+    self.attention = TemporalAttention(d, prefix_len, lambda_init=lambda_init, rngs=rngs)
+    self.users = UserPrefixTable(num_rows, prefix_len, d, rngs=rngs)
+    self.prefix_len = prefix_len
+
+  def __call__(self, batch) -> jax.Array:
+    p_q, _ = self.attention(batch["query_z"], batch["hist_z"], batch["hist_age"],
+                            batch["hist_valid"])
+    return self.users(batch["user_row"]) + p_q
+
+
+class PersonalizedLM(nnx.Module):
+  """The frozen LLM (with its LoRA) and, in stage 2, the TAP-PER prefix module."""
+
+  def __init__(self, llm: LlamaForCausalLM, tapper: Tapper | None):
+    self.llm = llm
+    self.tapper = nnx.data(tapper)
+
+  @property
+  def prefix_len(self) -> int:
+    return 0 if self.tapper is None else self.tapper.prefix_len
+
+  def inputs(self, batch):
+    """(inputs_embeds [B,L+T,D], attention_mask [B,L+T]) with the soft prefix in front."""
+    emb = self.llm.embed(batch["input_ids"])
+    mask = batch["attention_mask"].astype(jnp.int32)
+    if self.tapper is not None:
+      prefix = self.tapper(batch).astype(emb.dtype)
+      emb = jnp.concatenate([prefix, emb], axis=1)
+      mask = jnp.concatenate([jnp.ones(prefix.shape[:2], jnp.int32), mask], axis=1)
+    return emb, mask
+
+
+def lm_loss(model: PersonalizedLM, batch, *, dropout_key=None, remat: bool = False):
+  """Mean next-token NLL over the batch's target tokens; returns (loss, token count)."""
+  emb, mask = model.inputs(batch)
+  hidden, _ = model.llm.hidden_states(inputs_embeds=emb, attention_mask=mask,
+                                      dropout_key=dropout_key, remat=remat)
+  # The token at position p is predicted from the hidden state one slot before it.
+  src = batch["target_pos"] - 1 + model.prefix_len
+  h = jnp.take_along_axis(hidden, jnp.maximum(src, 0)[..., None], axis=1)  # [B,K,D]
+  logits = model.llm.logits(h).astype(jnp.float32)  # [B,K,V]
+  labels = jnp.take_along_axis(batch["input_ids"], batch["target_pos"], axis=1)
+  gold = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  nll = jax.nn.logsumexp(logits, axis=-1) - gold
+  w = batch["target_valid"].astype(jnp.float32)
+  count = jnp.sum(w)
+  return jnp.sum(nll * w) / jnp.maximum(count, 1.0), count

@@ -1,0 +1,30 @@
+"""Two-stage TAP-PER training and evaluation.
+
+  python -m tapper_jax.train --config=configs/lamp2.py --workdir=DIR [--config.field=value ...]
+
+`--config.stage=1|2|both`. Thin absl entry point; the logic is
+`tapper_jax.training.loop.train_and_evaluate`. Everything lands under DIR: backbone/,
+stage{1,2}/checkpoints/, tensorboard/, predictions/, summary.json. Re-running the same command
+resumes from the newest checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the run's outputs go.", required=True)
+
+
+def main(argv):
+  del argv
+  from tapper_jax.training import loop
+  summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  logging.info("summary written to %s/summary.json", _WORKDIR.value)
+  print(f"\n{summary['task']} on {summary['devices']}, {summary['minutes']} min in all, "
+        f"{summary['eval'].get('questions', 0)} {summary['eval'].get('split')} questions\n")
+  print(loop.table(summary))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Training: the loop, pure step functions, optimizer, Orbax checkpoints, sharding, logging."""

@@ -1,0 +1,58 @@
+"""Orbax checkpoints of what we train: one CheckpointManager per stage.
+
+Items of a step: "state" (trainable params, optimizer state, step, RNG), "prefix" (the user
+prefix table, restorable alone for serving), "users" (its user-id -> row map, JSON), "data" (the
+grain iterator state, JSON). Orbax writes each step to a temporary folder and renames it when
+complete, so no checkpoint is ever overwritten in place. Restore targets an abstract tree whose
+leaves carry the shardings wanted, so arrays come back already laid out on the mesh.
+"""
+
+from __future__ import annotations
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+ITEMS = ("state", "prefix", "users", "data")
+
+
+class Checkpoints:
+  def __init__(self, directory: str, *, keep: int):
+    self.manager = ocp.CheckpointManager(
+        directory, item_names=ITEMS,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: dict, id_map: dict[str, int], data_state) -> None:
+    rest = {k: v for k, v in state.items() if k != "table"}
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(rest),
+        prefix=ocp.args.StandardSave({"table": state["table"]}),
+        users=ocp.args.JsonSave(id_map),
+        data=ocp.args.JsonSave(data_state)))
+
+  def restore(self, step: int, abstract_state: dict, shardings: dict):
+    """(state, id_map, data_state) of `step`, laid out by `shardings` (same tree as the state)."""
+    def one(a, s):
+      if isinstance(a, nnx.Variable):
+        v = a.get_value()
+        return a.replace(value=jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s))
+      return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+
+    target = jax.tree.map(one, abstract_state, shardings,
+                          is_leaf=lambda x: isinstance(x, nnx.Variable))
+    rest = {k: v for k, v in target.items() if k != "table"}
+    got = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(rest),
+        prefix=ocp.args.StandardRestore({"table": target["table"]}),
+        users=ocp.args.JsonRestore(), data=ocp.args.JsonRestore()))
+    state = {**got["state"], "table": got["prefix"]["table"]}
+    return state, dict(got["users"]), got["data"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()

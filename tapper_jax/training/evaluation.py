@@ -1,0 +1,67 @@
+"""Greedy predictions for LaMP questions (with or without the TAP-PER prefix) and their scores.
+
+Prompts are left-padded to one fixed length so generation compiles once. With a prefix the
+sequence is [prefix, padding, prompt]: padding is masked and rotary positions count real slots
+only, so the prompt sees exactly the positions it had in training ([prefix, prompt, target]).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tapper_jax import metrics
+from tapper_jax.data.pipeline import Tokenize
+from tapper_jax.models.generate import greedy_generate
+from tapper_jax.tapper.model import PersonalizedLM
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _inputs(graphdef, state, batch):
+  model: PersonalizedLM = nnx.merge(graphdef, state)
+  return model.inputs(batch)
+
+
+def clean(text: str) -> str:
+  """The answer: generation up to the first line break, stripped."""
+  return text.strip().split("\n")[0].strip()
+
+
+def predict(model: PersonalizedLM, examples, tokenizer, config, history=None) -> list[str]:
+  """Greedy answers for `examples` (training.data.Example), in order.
+
+  history: a `training.data.HistoryFields` to personalise with (None: no prefix).
+  """
+  bsz, plen = config.eval_batch_size, config.max_len
+  suffix = Tokenize(tokenizer, plen).prompt_suffix
+  graphdef, state = nnx.split(model)
+  out = []
+  for start in range(0, len(examples), bsz):
+    chunk = list(range(start, min(start + bsz, len(examples))))
+    rows = chunk + [chunk[-1]] * (bsz - len(chunk))  # pad the last batch: one compiled shape
+    ids = np.full((bsz, plen), tokenizer.pad_id, np.int32)
+    mask = np.zeros((bsz, plen), np.int32)
+    for r, i in enumerate(rows):
+      p = tokenizer.encode(examples[i].input + suffix)[-plen:]
+      ids[r, plen - len(p):] = p
+      mask[r, plen - len(p):] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if history is not None:
+      fields = [history.map({"index": np.int32(i)}) for i in rows]
+      for k in ("user_row", "query_z", "hist_z", "hist_age", "hist_valid"):
+        batch[k] = np.stack([f[k] for f in fields])
+    emb, full_mask = _inputs(graphdef, state, jax.tree.map(jnp.asarray, batch))
+    gen = np.asarray(greedy_generate(model.llm, inputs_embeds=emb, attention_mask=full_mask,
+                                     max_new_tokens=config.max_new_tokens,
+                                     pad_id=tokenizer.pad_id))
+    out.extend(clean(tokenizer.decode(g)) for g in gen[: len(chunk)])
+  return out
+
+
+def score(spec, examples, preds) -> dict[str, float]:
+  return metrics.score(spec.name, preds, [e.target for e in examples],
+                       labels=spec.labels or None)

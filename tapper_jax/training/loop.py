@@ -1,0 +1,256 @@
+"""The two-stage TAP-PER run: `train_and_evaluate(config, workdir)`.
+
+Stage 1 trains the task LoRA on query/response pairs pooled over users, merges it, and saves
+the merged backbone once to workdir/backbone. Stage 2 loads that backbone frozen and trains the
+TAP-PER module (user prefix table, temporal attention, projection) with the bridge LoRA. Both
+stages checkpoint with Orbax and resume exactly where they stopped. The end: greedy evaluation
+of the non-personalized backbone and of TAP-PER with the official metrics, leaderboard files in
+workdir/predictions and workdir/summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from tapper_jax import models
+from tapper_jax.models.llama import LlamaForCausalLM
+from tapper_jax.models.lora import merge_lora
+from tapper_jax.models.partitioning import use_rules
+from tapper_jax.tapper.model import PersonalizedLM
+from tapper_jax.training import data, evaluation, setup, steps
+from tapper_jax.training.checkpoint import Checkpoints
+from tapper_jax.training.logger import Logger
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json")
+
+
+def _write_json(path: str, obj) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, ensure_ascii=False)
+  os.replace(tmp, path)
+
+
+class StageRun:
+  """One stage's model, state and shardings on the mesh; `fit` trains it, resuming if it can."""
+
+  def __init__(self, stage: int, llm: LlamaForCausalLM, config, mesh, num_rows: int):
+    self.stage, self.config, self.mesh = stage, config, mesh
+    self.cfg = config.stage1 if stage == 1 else config.stage2
+    self.tx, self.lr = steps.optimizer(self.cfg)
+    key = jax.random.PRNGKey(config.seed + 1000 * stage)
+    self.key = key
+    build = lambda: setup.build_model(LlamaForCausalLM(llm.config, rngs=nnx.Rngs(0)), config,
+                                      stage, num_rows, key)
+    self.graphdef = setup.split(nnx.eval_shape(build))[0]
+    self.init = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx)
+    self.abstract = jax.eval_shape(self.init, key)
+    self.state_sh = setup.shardings(self.abstract, mesh, config)
+    frozen = nnx.state(PersonalizedLM(llm, None))
+    self.frozen_sh = setup.shardings(frozen, mesh, config)
+    self.frozen = jax.device_put(frozen, self.frozen_sh)
+    self._step = None
+
+  def rules(self):
+    return use_rules(self.mesh, self.config.mesh.rules)
+
+  def fresh_state(self):
+    with self.rules(), jax.set_mesh(self.mesh):
+      return jax.jit(self.init, out_shardings=self.state_sh)(self.key)
+
+  def step_fn(self, batch):
+    if self._step is None:
+      batch_sh = {k: setup.batch_sharding(self.mesh, self.config, np.ndim(v))
+                  for k, v in batch.items()}
+      self._step = jax.jit(
+          steps.train_step_fn(self.graphdef, self.tx, self.lr, self.config.model.remat),
+          in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
+          out_shardings=(self.state_sh, setup.replicated(self.mesh)), donate_argnums=0)
+    return self._step
+
+  def model(self, state) -> PersonalizedLM:
+    return nnx.merge(self.graphdef, state["table"], state["params"], self.frozen)
+
+  def fit(self, dataset, workdir: str, id_map: dict[str, int], *, stop_after: int | None = None):
+    """Trains to `cfg.steps` (or `stop_after` steps, to simulate a preemption); returns state."""
+    config, cfg = self.config, self.cfg
+    ckpt = Checkpoints(os.path.join(workdir, f"stage{self.stage}", "checkpoints"),
+                       keep=config.checkpoint_keep)
+    it = iter(dataset)
+    latest = ckpt.latest_step()
+    if latest is not None:
+      state, saved_map, data_state = ckpt.restore(latest, self.abstract, self.state_sh)
+      if saved_map != id_map:
+        raise ValueError(f"{workdir}: checkpoint {latest} was trained for other users "
+                         "(its user-id map differs); use a new workdir")
+      it.set_state(data_state)
+      logging.info("stage %d: resumed from step %d", self.stage, latest)
+    else:
+      state = self.fresh_state()
+    start = int(jax.device_get(state["step"]))
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    log = Logger(os.path.join(workdir, "tensorboard", f"stage{self.stage}"),
+                 total=cfg.steps, initial=start, desc=f"stage {self.stage}",
+                 enabled=config.progress)
+    with self.rules(), jax.set_mesh(self.mesh):
+      for step in range(start, end):
+        host = next(it)
+        batch = setup.put_batch({k: v for k, v in host.items() if k not in ("index", "loss_mask")},
+                                self.mesh, config)
+        state, metrics = self.step_fn(batch)(state, self.frozen, batch)
+        tokens = int(host["attention_mask"].sum()) + len(host["attention_mask"]) * (
+            config.stage2.prefix_len if self.stage == 2 else 0)
+        last = step + 1 == end
+        log.step(step + 1, tokens, metrics if ((step + 1) % config.log_every == 0 or last)
+                 else None)
+        if (step + 1) % config.checkpoint_every == 0 or last:
+          ckpt.save(step + 1, state, id_map, it.get_state())
+    ckpt.wait()
+    ckpt.close()
+    log.close()
+    return state
+
+
+def _backbone(config, workdir: str):
+  """(llm, tokenizer, folder) to run stage 2 on: the saved stage-1 backbone if there is one."""
+  folder = os.path.join(workdir, "backbone")
+  if os.path.isfile(os.path.join(folder, "config.json")):
+    return (models.load_pretrained(folder, param_dtype=config.model.param_dtype,
+                                   dtype=config.model.dtype),
+            models.Tokenizer.from_pretrained(folder), folder)
+  logging.warning("no stage-1 backbone in %s: stage 2 runs on %s without a task LoRA", folder,
+                  config.model.name)
+  llm, tok = models.load(config.model.name, param_dtype=config.model.param_dtype,
+                         dtype=config.model.dtype, seed=config.seed)
+  return llm, tok, None
+
+
+def _save_backbone(llm, source_folder: str, folder: str) -> None:
+  extra = {}
+  for name in TOKENIZER_FILES:
+    p = os.path.join(source_folder, name)
+    if os.path.isfile(p):
+      with open(p, encoding="utf-8") as f:
+        extra[name] = f.read()
+  models.save_pretrained(llm, folder, extra_files=extra)
+
+
+def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
+  """Runs the configured stages and the final evaluation; returns the summary (also written)."""
+  mesh_shape = setup.validate(config)
+  mesh = setup.make_mesh(config)
+  os.makedirs(workdir, exist_ok=True)
+  t_start = time.time()
+  spec, folder = data.load_task(config, workdir)
+  train_qs, report = data.load_questions(config, spec, folder, config.data.train_split)
+  logging.info("%s", report.summary())
+  eval_qs = []
+  if config.data.eval_split:
+    eval_qs, report = data.load_questions(config, spec, folder, config.data.eval_split)
+    logging.info("%s", report.summary())
+    if config.data.eval_max_examples:
+      eval_qs = eval_qs[: config.data.eval_max_examples]
+  summary = {"task": spec.name, "data": folder, "mesh": dict(zip(config.mesh.axes, mesh_shape)),
+             "devices": f"{jax.device_count()} x {jax.devices()[0].platform}", "stages": {},
+             "config": config.to_dict()}
+  stage = str(config.stage)
+  backbone_dir = os.path.join(workdir, "backbone")
+
+  if stage in ("1", "both"):
+    if os.path.isfile(os.path.join(backbone_dir, "config.json")):
+      logging.info("stage 1: merged backbone already in %s; not retrained", backbone_dir)
+    else:
+      t0 = time.time()
+      llm, tok = models.load(config.model.name, param_dtype=config.model.param_dtype,
+                             dtype=config.model.dtype, seed=config.seed)
+      examples = data.question_examples(spec, train_qs)
+      run = StageRun(1, llm, config, mesh, num_rows=1)
+      ds = data.train_dataset(examples, tok, config, config.stage1, seed=config.seed)
+      state = run.fit(ds, workdir, {}, stop_after=stop_after)
+      if int(jax.device_get(state["step"])) < config.stage1.steps:
+        return {"stopped_after": stop_after, "stage": 1}
+      model = run.model(jax.device_get(state))
+      merge_lora(model.llm)
+      source = models.registry.resolve("smollm2-135m-instruct" if config.model.name ==
+                                       "tiny-random" else config.model.name)
+      _save_backbone(model.llm, source, backbone_dir)
+      summary["stages"]["1"] = {"examples": len(examples), "steps": config.stage1.steps,
+                                "seconds": round(time.time() - t0, 1)}
+
+  results = {}
+  if stage in ("2", "both"):
+    t0 = time.time()
+    llm, tok, _ = _backbone(config, workdir)
+    embedding = np.asarray(jax.device_get(llm.model.embed_tokens.embedding.get_value()))
+    s2 = config.stage2
+    bank = data.build_bank(spec, [train_qs, eval_qs], tok, embedding, s2.record_tokens)
+    examples = (data.question_examples(spec, train_qs) if s2.examples == "questions"
+                else data.record_examples(spec, train_qs))
+    users = sorted({e.user for e in examples})
+    id_map = {u: i for i, u in enumerate(users)}
+    num_rows = setup.table_rows(len(users), mesh, config)
+    history = data.HistoryFields(
+        examples, bank, data.embed_queries(examples, tok, embedding, s2.record_tokens), id_map,
+        s2.max_history)
+    run = StageRun(2, llm, config, mesh, num_rows)
+    ds = data.train_dataset(examples, tok, config, s2, seed=config.seed, history=history)
+    state = run.fit(ds, workdir, id_map, stop_after=stop_after)
+    if int(jax.device_get(state["step"])) < s2.steps:
+      return {"stopped_after": stop_after, "stage": 2}
+    summary["stages"]["2"] = {"examples": len(examples), "users": len(users),
+                              "table_rows": num_rows, "bank_records": int(bank.z.shape[0]),
+                              "steps": s2.steps, "seconds": round(time.time() - t0, 1),
+                              "lambda_t": float(state["params"]["tapper"]["attention"]["lambda_t"][...]),
+                              "lambda_o": float(state["params"]["tapper"]["attention"]["lambda_o"][...])}
+    if eval_qs:
+      ev = data.question_examples(spec, eval_qs)
+      ev_history = data.HistoryFields(ev, bank, data.embed_queries(ev, tok, embedding,
+                                                                   s2.record_tokens),
+                                      id_map, s2.max_history)
+      base = PersonalizedLM(llm, None)
+      results["non-personalized"] = _evaluate(spec, ev, base, tok, config, None, workdir,
+                                              "non_personalized")
+      results["TAP-PER"] = _evaluate(spec, ev, run.model(state), tok, config, ev_history,
+                                     workdir, "tapper")
+      summary["cold_start_eval_users"] = sum(1 for e in ev if e.user not in id_map)
+  elif eval_qs:
+    llm, tok, _ = _backbone(config, workdir)
+    results["non-personalized"] = _evaluate(spec, data.question_examples(spec, eval_qs),
+                                            PersonalizedLM(llm, None), tok, config, None, workdir,
+                                            "non_personalized")
+  summary["eval"] = {"split": config.data.eval_split, "questions": len(eval_qs), **results}
+  summary["minutes"] = round((time.time() - t_start) / 60, 2)
+  _write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def _evaluate(spec, examples, model, tok, config, history, workdir, name) -> dict:
+  preds = evaluation.predict(model, examples, tok, config, history)
+  scores = evaluation.score(spec, examples, preds)
+  from tapper_jax import metrics
+  _write_json(os.path.join(workdir, "predictions", f"{config.data.eval_split}_{name}.json"),
+              metrics.leaderboard(spec.name, {e.id: p for e, p in zip(examples, preds)}))
+  return scores
+
+
+def table(summary: dict) -> str:
+  """The final comparison as a Markdown table."""
+  ev = summary.get("eval", {})
+  rows = [(k, v) for k, v in ev.items() if isinstance(v, dict)]
+  if not rows:
+    return "(no evaluation)"
+  keys = [k for k in rows[0][1] if not k.endswith("_mean")]
+  lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+  for name, scores in rows:
+    lines.append(f"| {name} | " + " | ".join(f"{scores[k]:.4f}" for k in keys) + " |")
+  return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""Config checks, the device mesh, model assembly and state created already sharded.
+
+Everything here runs before any step is compiled, so a bad config fails in seconds with a
+message naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from tapper_jax.data.tasks import get_task
+from tapper_jax.models.llama import LlamaForCausalLM
+from tapper_jax.models.lora import attach_lora
+from tapper_jax.models.partitioning import fitted_spec, state_shardings
+from tapper_jax.tapper.model import PersonalizedLM, Tapper
+from tapper_jax.tapper.prefix import PrefixTable
+
+# What stage 2 trains besides the table: every LoRA factor and every Param of the TAP-PER module.
+TRAINABLE = nnx.Any(nnx.LoRAParam, nnx.PathContains("tapper"))
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the field."""
+
+
+def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
+  shape = tuple(int(s) for s in config.mesh.shape)
+  axes = tuple(config.mesh.axes)
+  if len(shape) != len(axes):
+    raise ConfigError(f"config.mesh.shape {shape} and config.mesh.axes {axes} differ in length")
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ConfigError(f"config.mesh.shape {shape}: sizes must be positive, with at most one -1")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ConfigError(f"config.mesh.shape {shape} does not divide the {num_devices} devices")
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(shape) != num_devices:
+    raise ConfigError(f"config.mesh.shape {shape} needs {math.prod(shape)} devices; "
+                      f"{num_devices} are present")
+  return shape
+
+
+def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
+  """Checks the config; returns the resolved mesh shape. Raises ConfigError."""
+  num_devices = num_devices or jax.device_count()
+  try:
+    get_task(config.task)
+  except KeyError:
+    raise ConfigError(f"config.task={config.task!r}: unknown LaMP task (LaMP_1, LaMP_2M, "
+                      "LaMP_2N, LaMP_3, LaMP_4, LaMP_5, LaMP_7)") from None
+  if str(config.stage) not in ("1", "2", "both"):
+    raise ConfigError(f"config.stage={config.stage!r}: choose 1, 2 or both")
+  if config.data.source not in ("lamp", "oppu", "synthetic"):
+    raise ConfigError(f"config.data.source={config.data.source!r}: choose lamp, oppu or synthetic")
+  if config.stage2.examples not in ("questions", "records"):
+    raise ConfigError(f"config.stage2.examples={config.stage2.examples!r}: questions or records")
+  for field in ("stage2.prefix_len", "stage2.max_history", "stage2.record_tokens",
+                "stage1.lora_rank", "stage2.bridge_rank", "max_len", "max_target_tokens",
+                "max_new_tokens", "eval_batch_size", "checkpoint_every", "log_every"):
+    v = config
+    for part in field.split("."):
+      v = v[part]
+    if int(v) <= 0:
+      raise ConfigError(f"config.{field}={v}: must be positive")
+  shape = mesh_shape(config, num_devices)
+  batch_shards = math.prod(s for s, a in zip(shape, config.mesh.axes) if a in ("data", "fsdp"))
+  for stage in ("stage1", "stage2"):
+    s = config[stage]
+    if s.steps < 0 or s.learning_rate <= 0 or s.warmup_steps < 0 or s.grad_clip <= 0:
+      raise ConfigError(f"config.{stage}: steps and warmup_steps >= 0, learning_rate and "
+                        "grad_clip > 0")
+    if s.batch_size <= 0 or s.batch_size % batch_shards:
+      raise ConfigError(f"config.{stage}.batch_size={s.batch_size} must be a positive multiple "
+                        f"of the {batch_shards} data*fsdp devices of mesh {shape}")
+  if config.eval_batch_size % batch_shards:
+    raise ConfigError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of "
+                      f"the {batch_shards} data*fsdp devices")
+  return shape
+
+
+def make_mesh(config) -> Mesh:
+  shape = mesh_shape(config, jax.device_count())
+  return jax.make_mesh(shape, tuple(config.mesh.axes),
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
+
+
+def table_rows(num_users: int, mesh: Mesh, config) -> int:
+  """Table rows: the users, padded so the `users` axis divides its mesh axes evenly."""
+  spec = fitted_spec((1 << 30,), ("users",), config.mesh.rules, mesh)
+  shards = 1
+  for entry in spec:
+    for a in ((entry,) if isinstance(entry, str) else tuple(entry or ())):
+      shards *= mesh.shape[a]
+  return max(1, -(-num_users // shards) * shards)
+
+
+def build_model(llm: LlamaForCausalLM, config, stage: int, num_rows: int, key) -> PersonalizedLM:
+  """Attaches the stage's LoRA (task r8 / bridge r4) to `llm`, and in stage 2 the TAP-PER module."""
+  k_lora, k_tapper = jax.random.split(key)
+  s = config.stage1 if stage == 1 else config.stage2
+  rank, alpha, dropout = ((s.lora_rank, s.lora_alpha, s.lora_dropout) if stage == 1 else
+                          (s.bridge_rank, s.bridge_alpha, s.bridge_dropout))
+  attach_lora(llm, rank=rank, alpha=alpha, dropout=dropout, key=k_lora)
+  tapper = None
+  if stage == 2:
+    tapper = Tapper(llm.config.hidden_size, config.stage2.prefix_len, num_rows,
+                    lambda_init=config.stage2.lambda_init, rngs=nnx.Rngs(k_tapper))
+  return PersonalizedLM(llm, tapper)
+
+
+def split(model: PersonalizedLM):
+  """graphdef, table, trainable (LoRA + TAP-PER module), frozen (the backbone)."""
+  return nnx.split(model, PrefixTable, TRAINABLE, ...)
+
+
+def batch_sharding(mesh: Mesh, config, ndim: int) -> NamedSharding:
+  spec = fitted_spec((1 << 30,) + (1,) * (ndim - 1), ("batch",) + (None,) * (ndim - 1),
+                     config.mesh.rules, mesh)
+  return NamedSharding(mesh, spec)
+
+
+def put_batch(batch: dict, mesh: Mesh, config) -> dict:
+  return {k: jax.device_put(np.asarray(v), batch_sharding(mesh, config, np.ndim(v)))
+          for k, v in batch.items()}
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def shardings(abstract, mesh: Mesh, config):
+  return state_shardings(abstract, mesh, config.mesh.rules)

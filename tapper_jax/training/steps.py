@@ -1,0 +1,85 @@
+"""The optimizer and the pure train step (jitted once, explicit shardings, donated state).
+
+Train state (a pytree): {"params": LoRA + TAP-PER module, "table": the user prefix table,
+"opt": optimizer state, "step": int32, "rng": PRNG key data}. The frozen backbone is a separate
+argument and is never differentiated: `value_and_grad` runs over the trainable dict only, so
+no gradient of a frozen weight is ever formed (XLA computes only the input gradients it needs).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from tapper_jax.models.llama import LlamaForCausalLM
+from tapper_jax.tapper.model import lm_loss
+from tapper_jax.training import setup
+
+
+def schedule(peak: float, warmup: int, steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to `peak`, then linear decay to 0 at `steps`."""
+  decay = optax.linear_schedule(peak, 0.0, max(steps - warmup, 1))
+  if warmup <= 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def optimizer(stage_cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with a global grad-norm clip; the prefix table may take its own learning rate."""
+  lr = schedule(stage_cfg.learning_rate, stage_cfg.warmup_steps, stage_cfg.steps)
+  table_lr = schedule(stage_cfg.get("table_learning_rate", stage_cfg.learning_rate),
+                      stage_cfg.warmup_steps, stage_cfg.steps)
+
+  def labels(t):
+    return {"params": jax.tree.map(lambda _: "rest", t["params"]),
+            "table": jax.tree.map(lambda _: "table", t["table"])}
+
+  tx = optax.chain(
+      optax.clip_by_global_norm(stage_cfg.grad_clip),
+      optax.multi_transform({"rest": optax.adamw(lr, weight_decay=stage_cfg.weight_decay),
+                             "table": optax.adamw(table_lr, weight_decay=0.0)}, labels))
+  return tx, lr
+
+
+def init_state_fn(cfg, config, stage: int, num_rows: int, tx):
+  """key -> fresh train state. Traced under jit: the random backbone it builds is dead code."""
+
+  def init(key):
+    k_model, k_rng = jax.random.split(key)
+    model = setup.build_model(LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)), config, stage, num_rows,
+                              k_model)
+    _, table, params, _ = setup.split(model)
+    trainable = {"params": params, "table": table}
+    return {**trainable, "opt": tx.init(trainable), "step": jnp.zeros((), jnp.int32),
+            "rng": k_rng}
+
+  return init
+
+
+def loss_fn(graphdef, trainable, frozen, batch, key, remat: bool):
+  model = nnx.merge(graphdef, trainable["table"], trainable["params"], frozen)
+  return lm_loss(model, batch, dropout_key=key, remat=remat)
+
+
+def grads_fn(graphdef, remat: bool = False):
+  """(trainable, frozen, batch, key) -> ((loss, tokens), grads over the trainable dict only)."""
+  return jax.value_and_grad(
+      lambda t, f, b, k: loss_fn(graphdef, t, f, b, k, remat), has_aux=True)
+
+
+def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False):
+  grad = grads_fn(graphdef, remat)
+
+  def step(state, frozen, batch):
+    key = jax.random.fold_in(state["rng"], state["step"])
+    trainable = {"params": state["params"], "table": state["table"]}
+    (loss, tokens), grads = grad(trainable, frozen, batch, key)
+    updates, opt = tx.update(grads, state["opt"], trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": tokens,
+               "lr": lr_schedule(state["step"])}
+    return {**state, **trainable, "opt": opt, "step": state["step"] + 1}, metrics
+
+  return step
