@@ -13,6 +13,7 @@ def get_config(variant: str = ""):
   c = base_config("LaMP_2M")
   c.data.source = "synthetic"  # written to DIR/data/synthetic_drift on first use
   c.data.eval_split = "test"  # each user's newest item
+  c.data.synthetic.topical = 0.0  # descriptions carry no tag words: only a user's history tells
   c.max_len = 112  # the synthetic prompts are ~80 tokens
   c.max_target_tokens = 4  # a one-word tag + EOS
   c.max_new_tokens = 4

@@ -8,6 +8,8 @@ stage{1,2}/checkpoints/, tensorboard/, predictions/, summary.json. Re-running th
 resumes from the newest checkpoint.
 """
 
+import logging as pylogging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -16,8 +18,17 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run's outputs go.", required=True)
 
 
+class _QuietOrbax(pylogging.Filter):
+  """Orbax logs every file it renames at INFO; keep its warnings, drop the chatter."""
+
+  def filter(self, record):
+    return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
   del argv
+  for h in pylogging.getLogger("absl").handlers + pylogging.getLogger().handlers:
+    h.addFilter(_QuietOrbax())
   from tapper_jax.training import loop
   summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("summary written to %s/summary.json", _WORKDIR.value)

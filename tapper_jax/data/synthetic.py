@@ -2,7 +2,7 @@
 
 Not real data: every folder it writes says `"synthetic": true` in meta.json and its task name
 starts with `synthetic_`. A LaMP-2M-style tagging task: each item's description mixes words of
-its tag with filler, so the text alone is a weak cue; each user favours one tag early and
+its tag with filler (`topical` = the share of tag words; 0 makes the text no cue at all); each user favours one tag early and
 another late, moving from one to the other over their timeline (`drift` = how far it moves).
 A model that reads the user's recent history should beat one that does not.
 """
@@ -31,7 +31,7 @@ FILLER = ("story about a person who finds an old friend and a secret during one 
 
 def _row(rng, user, k, tag, day0, topical):
   words = TAGS[tag].split()
-  n_top = max(1, round(topical * 8))
+  n_top = round(topical * 8)  # 0: the text says nothing of the tag; only history does
   text = rng.sample(words, n_top) + rng.sample(FILLER, 8 - n_top)
   rng.shuffle(text)
   date = (day0 + dt.timedelta(days=3 * k + rng.randint(0, 2))).isoformat()

@@ -38,7 +38,11 @@ class Checkpoints:
     def one(a, s):
       if isinstance(a, nnx.Variable):
         v = a.get_value()
+        if not hasattr(v, "shape"):  # optax's MaskedNode: an empty placeholder
+          return a
         return a.replace(value=jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s))
+      if not hasattr(a, "shape"):
+        return a
       return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
 
     target = jax.tree.map(one, abstract_state, shardings,

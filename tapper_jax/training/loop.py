@@ -118,6 +118,7 @@ class StageRun:
     ckpt.wait()
     ckpt.close()
     log.close()
+    self.logged = log.logged
     return state
 
 
@@ -185,7 +186,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
                                        "tiny-random" else config.model.name)
       _save_backbone(model.llm, source, backbone_dir)
       summary["stages"]["1"] = {"examples": len(examples), "steps": config.stage1.steps,
-                                "seconds": round(time.time() - t0, 1)}
+                                "seconds": round(time.time() - t0, 1), "log": run.logged}
 
   results = {}
   if stage in ("2", "both"):
@@ -210,6 +211,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     summary["stages"]["2"] = {"examples": len(examples), "users": len(users),
                               "table_rows": num_rows, "bank_records": int(bank.z.shape[0]),
                               "steps": s2.steps, "seconds": round(time.time() - t0, 1),
+                              "log": run.logged,
                               "lambda_t": float(state["params"]["tapper"]["attention"]["lambda_t"][...]),
                               "lambda_o": float(state["params"]["tapper"]["attention"]["lambda_o"][...])}
     if eval_qs:

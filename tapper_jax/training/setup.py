@@ -51,7 +51,7 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
   num_devices = num_devices or jax.device_count()
   try:
     get_task(config.task)
-  except KeyError:
+  except (KeyError, ValueError):
     raise ConfigError(f"config.task={config.task!r}: unknown LaMP task (LaMP_1, LaMP_2M, "
                       "LaMP_2N, LaMP_3, LaMP_4, LaMP_5, LaMP_7)") from None
   if str(config.stage) not in ("1", "2", "both"):
@@ -70,7 +70,8 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
       raise ConfigError(f"config.{field}={v}: must be positive")
   shape = mesh_shape(config, num_devices)
   batch_shards = math.prod(s for s, a in zip(shape, config.mesh.axes) if a in ("data", "fsdp"))
-  for stage in ("stage1", "stage2"):
+  active = {"1": ("stage1",), "2": ("stage2",), "both": ("stage1", "stage2")}[str(config.stage)]
+  for stage in active:
     s = config[stage]
     if s.steps < 0 or s.learning_rate <= 0 or s.warmup_steps < 0 or s.grad_clip <= 0:
       raise ConfigError(f"config.{stage}: steps and warmup_steps >= 0, learning_rate and "

@@ -78,7 +78,7 @@ def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False):
     (loss, tokens), grads = grad(trainable, frozen, batch, key)
     updates, opt = tx.update(grads, state["opt"], trainable)
     trainable = optax.apply_updates(trainable, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": tokens,
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "target_tokens": tokens,
                "lr": lr_schedule(state["step"])}
     return {**state, **trainable, "opt": opt, "step": state["step"] + 1}, metrics
 

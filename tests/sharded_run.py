@@ -1,0 +1,34 @@
+"""Helper for test_sharding: `python sharded_run.py DEVICES MESH WORKDIR` prints JSON losses.
+
+XLA_FLAGS must be set before jax is imported, hence a subprocess per device count.
+"""
+
+import json
+import os
+import sys
+
+devices, mesh, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "configs"))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import synthetic  # noqa: E402  configs/synthetic.py
+from tapper_jax.training.loop import train_and_evaluate  # noqa: E402
+
+assert jax.device_count() == devices
+c = synthetic.get_config("tiny")
+c.stage = "2"
+c.data.synthetic.num_users = 8  # 8 table rows either way: the table's init does not depend on the mesh
+c.data.eval_split = ""
+c.stage2.steps = 3
+c.stage2.batch_size = 8
+c.eval_batch_size = 8
+c.stage2.bridge_dropout = 0.0
+c.mesh.shape = tuple(int(x) for x in mesh.split(","))
+summary = train_and_evaluate(c, workdir)
+print("RESULT " + json.dumps({"losses": [r["loss"] for r in summary["stages"]["2"]["log"]],
+                              "grad_norms": [r["grad_norm"] for r in summary["stages"]["2"]["log"]],
+                              "mesh": summary["mesh"], "rows": summary["stages"]["2"]["table_rows"]}))
