@@ -1,0 +1,197 @@
+"""One TAP-PER stage-2 train step: ours (JAX/Flax) against the same step in PyTorch (transformers +
+peft), timed in the same run, each side in its own subprocess (so peak memory is its own).
+
+Same model (our converted SmolLM2-135M-Instruct folder, fp32), same batch (B rows of T prompt +
+target tokens, K of them targets, L prefix tokens, H history records), same optimizer (AdamW,
+clip 0.3), same trainables (bridge LoRA r4/alpha8/dropout .05 on q/k/v/o, the temporal attention,
+the projection, the user prefix table). The PyTorch step is the straightforward one: HF forward
+with `labels` (logits at every position), peft LoRA, loss.backward().
+
+  python benchmarks/train_step.py --batch=8 --seq=128 --history=32 --steps=5 --out=bench_out
+"""
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+_MODEL = flags.DEFINE_string("model", "smollm2-135m-instruct", "Registry name or HF folder.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Rows per step.")
+_SEQ = flags.DEFINE_integer("seq", 128, "Prompt + target tokens per row (all real: no padding).")
+_TARGET = flags.DEFINE_integer("target", 8, "Target tokens per row (the loss positions).")
+_PREFIX = flags.DEFINE_integer("prefix", 8, "L soft prefix tokens.")
+_HISTORY = flags.DEFINE_integer("history", 32, "History records per row.")
+_USERS = flags.DEFINE_integer("users", 1024, "Rows of the user prefix table.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported) after 2 warm-up steps.")
+_SIDE = flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Internal: one side per process.")
+_OUT = flags.DEFINE_string("out", "bench_out", "Folder for train_step.json.")
+
+
+def _batch_np(vocab, d, seed=0):
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  b, t, k, h = _BATCH.value, _SEQ.value, _TARGET.value, _HISTORY.value
+  return {
+      "input_ids": rng.integers(100, vocab - 100, (b, t)).astype(np.int32),
+      "attention_mask": np.ones((b, t), np.int32),
+      "target_pos": np.tile(np.arange(t - k, t, dtype=np.int32), (b, 1)),
+      "target_valid": np.ones((b, k), np.int32),
+      "user_row": rng.integers(0, _USERS.value, (b,)).astype(np.int32),
+      "query_z": rng.normal(0, 0.02, (b, d)).astype(np.float32),
+      "hist_z": rng.normal(0, 0.02, (b, h, d)).astype(np.float32),
+      "hist_age": np.tile(np.arange(h, 0, -1, dtype=np.float32) * 2.0, (b, 1)),
+      "hist_valid": np.ones((b, h), bool),
+  }
+
+
+def _peak_mb():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _time(step, n):
+  for _ in range(2):
+    step()
+  times = []
+  for _ in range(n):
+    t = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def side_jax(folder):
+  import jax
+  from tapper_jax.models import load_pretrained
+  from tapper_jax.training import defaults, setup
+  from tapper_jax.training.loop import StageRun
+  llm = load_pretrained(folder)
+  c = defaults.base_config("LaMP_2M")
+  c.stage2.steps = 1000
+  c.stage2.prefix_len = _PREFIX.value
+  mesh = setup.make_mesh(c)
+  run = StageRun(2, llm, c, mesh, _USERS.value)
+  state = run.fresh_state()
+  batch = setup.put_batch(_batch_np(llm.config.vocab_size, llm.config.hidden_size), mesh, c)
+  fn = run.step_fn(batch)
+  holder = {"state": state}
+
+  def step():
+    with run.rules(), jax.set_mesh(mesh):
+      holder["state"], m = fn(holder["state"], run.frozen, batch)
+    jax.block_until_ready(m["loss"])
+    holder["loss"] = float(m["loss"])
+
+  t = _time(step, _STEPS.value)
+  flops = None
+  try:
+    lowered = jax.jit(fn).lower(holder["state"], run.frozen, batch)
+    flops = lowered.compile().cost_analysis().get("flops")
+  except Exception:  # cost analysis is optional
+    pass
+  return {"seconds": t, "loss": holder["loss"], "peak_rss_mb": _peak_mb(), "xla_flops": flops,
+          "backend": jax.default_backend()}
+
+
+def side_torch(folder):
+  import torch
+  from peft import LoraConfig, get_peft_model
+  from transformers import AutoModelForCausalLM
+  torch.manual_seed(0)
+  model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+  model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05,
+                                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+  d, L = model.config.hidden_size, _PREFIX.value
+
+  class Tapper(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.score = torch.nn.Sequential(torch.nn.Linear(4 * d, d), torch.nn.GELU(),
+                                       torch.nn.Linear(d, 1))
+      self.lambda_t = torch.nn.Parameter(torch.tensor(0.1))
+      self.lambda_o = torch.nn.Parameter(torch.tensor(0.1))
+      self.proj = torch.nn.Linear(d, L * d)
+      self.table = torch.nn.Parameter(0.02 * torch.randn(_USERS.value, L, d))
+
+    def forward(self, b):
+      zq, hz, age, valid = b["query_z"], b["hist_z"], b["hist_age"], b["hist_valid"]
+      usable = valid & (age > 0)
+      zqe = zq[:, None].expand_as(hz)
+      s = self.score(torch.cat([zqe, hz, zqe - hz, zqe * hz], -1))[..., 0]
+      after = usable.flip(1).float().cumsum(1).flip(1) - usable.float()
+      s = s - self.lambda_t * torch.log1p(age.clamp(min=0)) - self.lambda_o * torch.log1p(after)
+      a = torch.softmax(s.masked_fill(~usable, float("-inf")), dim=1)
+      p_q = self.proj(torch.einsum("bh,bhd->bd", a, hz)).view(-1, L, d)
+      return self.table[b["user_row"].long()] + p_q
+
+  tapper = Tapper()
+  nb = {k: torch.from_numpy(v) for k, v in _batch_np(model.config.vocab_size, d).items()}
+  labels = torch.full((_BATCH.value, L + _SEQ.value), -100, dtype=torch.long)
+  labels[:, L + _SEQ.value - _TARGET.value:] = nb["input_ids"][:, -_TARGET.value:].long()
+  mask = torch.ones((_BATCH.value, L + _SEQ.value), dtype=torch.long)
+  params = [p for p in model.parameters() if p.requires_grad]
+  opt = torch.optim.AdamW([{"params": params + [p for n, p in tapper.named_parameters()
+                                                if n != "table"], "lr": 1e-4},
+                           {"params": [tapper.table], "lr": 1e-3}], weight_decay=0.0)
+  embed = model.get_input_embeddings()
+  out = {}
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    x = torch.cat([tapper(nb), embed(nb["input_ids"].long())], 1)
+    loss = model(inputs_embeds=x, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params + list(tapper.parameters()), 0.3)
+    opt.step()
+    out["loss"] = float(loss)
+
+  model.train()
+  t = _time(step, _STEPS.value)
+  return {"seconds": t, "loss": out["loss"], "peak_rss_mb": _peak_mb(),
+          "threads": torch.get_num_threads()}
+
+
+def main(argv):
+  del argv
+  from tapper_jax.models import registry
+  folder = registry.resolve(_MODEL.value)
+  if _SIDE.value != "both":
+    res = side_jax(folder) if _SIDE.value == "jax" else side_torch(folder)
+    print("RESULT " + json.dumps(res))
+    return
+  results = {}
+  for side in ("jax", "torch"):
+    args = [sys.executable, os.path.abspath(__file__), f"--side={side}"] + [
+        a for a in sys.argv[1:] if not a.startswith("--side")]
+    p = subprocess.run(args, capture_output=True, text=True)
+    if p.returncode:
+      raise SystemExit(f"{side} side failed:\n{p.stderr[-4000:]}")
+    results[side] = json.loads([l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
+  tokens = _BATCH.value * (_SEQ.value + _PREFIX.value)
+  for r in results.values():
+    r["tokens_per_s"] = tokens / r["seconds"]
+  ratio = results["torch"]["seconds"] / results["jax"]["seconds"]
+  rows = [("jax (ours)", results["jax"]), ("torch + peft", results["torch"])]
+  print(f"\nTAP-PER stage-2 train step, {_BATCH.value} x ({_SEQ.value} + {_PREFIX.value}) tokens, "
+        f"{_HISTORY.value} history, fp32, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores")
+  print("| side | s/step | tokens/s | peak RSS MB | loss |\n|---|---|---|---|---|")
+  for name, r in rows:
+    print(f"| {name} | {r['seconds']:.3f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | "
+          f"{r['loss']:.4f} |")
+  print(f"| ratio (torch time / jax time) | **{ratio:.2f}x** | | | |")
+  os.makedirs(_OUT.value, exist_ok=True)
+  with open(os.path.join(_OUT.value, "train_step.json"), "w") as f:
+    json.dump({"batch": _BATCH.value, "seq": _SEQ.value, "target": _TARGET.value,
+               "prefix": _PREFIX.value, "history": _HISTORY.value, "users": _USERS.value,
+               "dtype": "float32", "machine": platform.machine(), "cpus": os.cpu_count(),
+               "results": results, "speedup_vs_torch": ratio}, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
