@@ -88,14 +88,17 @@ def side_jax(folder):
     holder["loss"] = float(m["loss"])
 
   t = _time(step, _STEPS.value)
-  flops = None
-  try:
-    lowered = jax.jit(fn).lower(holder["state"], run.frozen, batch)
-    flops = lowered.compile().cost_analysis().get("flops")
-  except Exception:  # cost analysis is optional
-    pass
-  return {"seconds": t, "loss": holder["loss"], "peak_rss_mb": _peak_mb(), "xla_flops": flops,
-          "backend": jax.default_backend()}
+  cfg = llm.config
+  per_layer = cfg.hidden_size * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim \
+      + cfg.num_attention_heads * cfg.head_dim * cfg.hidden_size + 3 * cfg.hidden_size * cfg.intermediate_size
+  tokens = _BATCH.value * (_SEQ.value + _PREFIX.value)
+  # Matmul FLOPs the step needs: forward 2 P T, backward 2 P T (input gradients only: the
+  # backbone is frozen), over the layer weights; logits at the target positions only.
+  model_flops = 4 * cfg.num_hidden_layers * per_layer * tokens \
+      + 6 * cfg.hidden_size * cfg.vocab_size * _BATCH.value * _TARGET.value
+  return {"seconds": t, "loss": holder["loss"], "peak_rss_mb": _peak_mb(),
+          "model_flops": model_flops, "achieved_tflops": model_flops / t / 1e12,
+          "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
 
 
 def side_torch(folder):

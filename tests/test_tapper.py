@@ -125,3 +125,14 @@ def test_bank_embeds_first_tokens_sorts_by_day_and_finds_older_history():
   g = bank.gather([bank.history("u", 25.0, 4)], [25.0], 4)
   assert g["hist_valid"].tolist() == [[True, True, False, False]]
   np.testing.assert_allclose(g["hist_age"][0, :2], [15.0, 5.0])
+
+
+def test_lora_dropout_mask_rate_and_determinism():
+  from tapper_jax.models.llama import dropout_keep
+  keep, p = dropout_keep(jax.random.PRNGKey(3), 0.05, (64, 257))
+  assert keep.shape == (64, 257) and abs(p - 0.95) < 1e-4
+  assert abs(float(keep.mean()) - p) < 0.01  # 16448 draws: 3 sigma is ~0.005
+  again, _ = dropout_keep(jax.random.PRNGKey(3), 0.05, (64, 257))
+  np.testing.assert_array_equal(keep, again)
+  other, _ = dropout_keep(jax.random.PRNGKey(4), 0.05, (64, 257))
+  assert not np.array_equal(keep, other)

@@ -34,6 +34,20 @@ def _normal(key, shape, dtype):
   return (_INIT_STD * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
 
 
+def dropout_keep(key: jax.Array, rate: float, shape: tuple[int, ...]) -> tuple[jax.Array, float]:
+  """(keep mask, keep probability) for dropout at `rate`, from 16-bit uniform draws.
+
+  Partitionable threefry spends one hash per output element whatever its width, so a float32
+  `bernoulli` costs a hash per element; splitting each 32-bit draw into two 16-bit ones halves
+  the hashing (10% of a SmolLM2 LoRA train step on CPU). The rate is exact to 1/65536.
+  """
+  cut = round(rate * 65536)
+  n = math.prod(shape)
+  words = jax.random.bits(key, ((n + 1) // 2,), jnp.uint32)
+  u = jnp.concatenate([words & 0xFFFF, words >> 16])[:n].reshape(shape)
+  return u >= cut, 1.0 - cut / 65536
+
+
 class Linear(nnx.Module):
   """y = x W + b + scale * (dropout(x) A) B.  W: [*stack, in, out]; LoRA A: [*stack, in, R].
 
@@ -61,8 +75,8 @@ class Linear(nnx.Module):
     if self.lora_a is not None:
       xl = x
       if dropout_key is not None and self.lora_dropout > 0:
-        keep = jax.random.bernoulli(dropout_key, 1.0 - self.lora_dropout, x.shape)
-        xl = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(x.dtype)
+        keep, keep_prob = dropout_keep(dropout_key, self.lora_dropout, x.shape)
+        xl = jnp.where(keep, x / keep_prob, 0).astype(x.dtype)
       low = jnp.einsum("...i,ir->...r", xl, self.lora_a[...].astype(self.dtype))
       y = y + self.lora_scale * jnp.einsum("...r,ro->...o", low, self.lora_b[...].astype(self.dtype))
     return y
