@@ -31,4 +31,5 @@ c.mesh.shape = tuple(int(x) for x in mesh.split(","))
 summary = train_and_evaluate(c, workdir)
 print("RESULT " + json.dumps({"losses": [r["loss"] for r in summary["stages"]["2"]["log"]],
                               "grad_norms": [r["grad_norm"] for r in summary["stages"]["2"]["log"]],
-                              "mesh": summary["mesh"], "rows": summary["stages"]["2"]["table_rows"]}))
+                              "mesh": summary["mesh"], "rows": summary["stages"]["2"]["table_rows"],
+                              "table_sharding": summary["stages"]["2"]["table_sharding"]}))

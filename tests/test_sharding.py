@@ -27,6 +27,7 @@ def test_2x4_mesh_matches_one_device(tmp_path, model_cache):
   one = _run(1, "1,1,1", tmp_path / "one", env)
   eight = _run(8, "2,4,1", tmp_path / "eight", env)
   assert eight["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1} and one["rows"] == eight["rows"] == 8
+  assert eight["table_sharding"] == "P(('data', 'fsdp'), None, None)"  # rows over 8 devices
   assert len(one["losses"]) == 3
   np.testing.assert_allclose(eight["losses"], one["losses"], rtol=LOSS_RTOL)
   np.testing.assert_allclose(eight["grad_norms"], one["grad_norms"], rtol=LOSS_RTOL)

@@ -212,6 +212,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
                               "table_rows": num_rows, "bank_records": int(bank.z.shape[0]),
                               "steps": s2.steps, "seconds": round(time.time() - t0, 1),
                               "log": run.logged,
+                              "table_sharding": str(jax.tree.leaves(state["table"])[0].sharding.spec),
                               "lambda_t": float(state["params"]["tapper"]["attention"]["lambda_t"][...]),
                               "lambda_o": float(state["params"]["tapper"]["attention"]["lambda_o"][...])}
     if eval_qs:
