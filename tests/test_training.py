@@ -140,11 +140,14 @@ def test_resume_is_exact_and_training_is_deterministic(synth_folder, model_cache
 
 def test_train_entry_point_one_step_end_to_end(synth_folder, model_cache, tmp_path):
   workdir = tmp_path / "run"
-  env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
-  cmd = [sys.executable, "-m", "tapper_jax.train", "--config=configs/synthetic.py:tiny",
-         f"--workdir={workdir}", "--config.stage1.steps=1", "--config.stage2.steps=1",
+  env = {**os.environ, "TAPPER_JAX_CACHE": model_cache,
+         "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+  config = os.path.join(REPO, "configs", "synthetic.py")
+  cmd = [sys.executable, "-m", "tapper_jax.train", f"--config={config}:tiny",
+         "--workdir=run",  # relative, as users type it (Orbax itself needs absolute paths)
+         "--config.stage1.steps=1", "--config.stage2.steps=1",
          f"--config.data.folder={synth_folder}"]
-  p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "| TAP-PER |" in p.stdout and "| non-personalized |" in p.stdout
   import json
@@ -156,6 +159,6 @@ def test_train_entry_point_one_step_end_to_end(synth_folder, model_cache, tmp_pa
   assert (workdir / "backbone" / "model.safetensors").is_file()
   assert os.listdir(workdir / "tensorboard" / "stage2")
   # A locked config: a misspelt override is refused by name.
-  p = subprocess.run(cmd[:4] + ["--config.stage2.prefix_lenn=4"], cwd=REPO, env=env,
+  p = subprocess.run(cmd[:4] + ["--config.stage2.prefix_lenn=4"], cwd=tmp_path, env=env,
                      capture_output=True, text=True, timeout=300)
   assert p.returncode != 0 and "prefix_lenn" in p.stderr

@@ -150,6 +150,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
   """Runs the configured stages and the final evaluation; returns the summary (also written)."""
   mesh_shape = setup.validate(config)
   mesh = setup.make_mesh(config)
+  workdir = os.path.abspath(workdir)  # Orbax refuses relative checkpoint paths
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
   spec, folder = data.load_task(config, workdir)
