@@ -162,3 +162,17 @@ def test_train_entry_point_one_step_end_to_end(synth_folder, model_cache, tmp_pa
   p = subprocess.run(cmd[:4] + ["--config.stage2.prefix_lenn=4"], cwd=tmp_path, env=env,
                      capture_output=True, text=True, timeout=300)
   assert p.returncode != 0 and "prefix_lenn" in p.stderr
+
+
+def test_offline_config_trains_on_real_movielens(shared_data, model_cache, tmp_path):
+  """configs/offline.py on a real-data folder (MovieLens tags), tiny model, both stages."""
+  import offline as offline_config  # configs/offline.py
+  from tapper_jax.data import build_offline
+  out = str(tmp_path / "offline")
+  build_offline.build(shared_data, out, names=["movielens_2M"])
+  c = offline_config.get_config("movielens_2M,tiny")
+  c.data.folder = os.path.join(out, "movielens_2M")
+  summary = train_and_evaluate(c, str(tmp_path / "run"))
+  assert c.data.source == "lamp" and summary["task"] == "LaMP_2M"
+  assert summary["stages"]["2"]["users"] == 10  # the real suite's 10 MovieLens taggers
+  assert summary["eval"]["questions"] == 4 and "f1" in summary["eval"]["TAP-PER"]
