@@ -134,6 +134,11 @@ def test_resume_is_exact_and_training_is_deterministic(synth_folder, model_cache
   a, b, r = (_final_params(d, 6) for d in (straight, again, resumed))
   jax.tree.map(np.testing.assert_array_equal, a, b)  # same seed, same config
   jax.tree.map(np.testing.assert_array_equal, a, r)  # 6 straight == 3 + restore + 3
+  # The prefix table and its user map restore on their own (serving needs nothing else).
+  from tapper_jax.training.checkpoint import load_prefix_table
+  table, id_map = load_prefix_table(os.path.join(resumed, "stage2", "checkpoints"))
+  np.testing.assert_array_equal(table, jax.tree.leaves(r["prefix"])[0])
+  assert sorted(id_map.values()) == list(range(len(id_map))) and table.shape[0] >= len(id_map)
   first = _final_params(straight, 3)
   assert not np.array_equal(jax.tree.leaves(first["prefix"])[0], jax.tree.leaves(a["prefix"])[0])
 

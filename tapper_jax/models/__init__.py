@@ -8,6 +8,7 @@ from tapper_jax.models.weights import WeightsError, load_pretrained, save_pretra
 
 # "tiny-random": SmolLM2's tokenizer and vocabulary with a 2-layer, 64-wide random Llama, for CPU
 # smoke runs and tests of the training machinery (it learns, but knows no language).
+TINY_RANDOM_BASE = "smollm2-135m-instruct"  # whose tokenizer and vocabulary it borrows
 TINY_RANDOM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 
@@ -18,7 +19,7 @@ def load(name_or_path: str, *, param_dtype: str = "float32", dtype: str = "float
   from flax import nnx
   from tapper_jax.models import registry
   if name_or_path == "tiny-random":
-    folder = registry.resolve("smollm2-135m-instruct")
+    folder = registry.resolve(TINY_RANDOM_BASE)
     cfg = LlamaConfig.from_pretrained(folder).replace(param_dtype=param_dtype, dtype=dtype,
                                                       **TINY_RANDOM)
     return LlamaForCausalLM(cfg, rngs=nnx.Rngs(seed)), Tokenizer.from_pretrained(folder)

@@ -60,3 +60,18 @@ class Checkpoints:
 
   def close(self):
     self.manager.close()
+
+
+def load_prefix_table(directory: str, step: int | None = None):
+  """(table [rows, L, D] numpy, user id -> row) from a stage-2 checkpoint folder, without the
+  model or the optimizer state: what serving and export need. `step` defaults to the newest."""
+  import numpy as np
+  manager = ocp.CheckpointManager(directory, item_names=ITEMS)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{directory}: no checkpoint")
+  got = manager.restore(step, args=ocp.args.Composite(prefix=ocp.args.StandardRestore(),
+                                                      users=ocp.args.JsonRestore()))
+  manager.close()
+  (table,) = jax.tree.leaves(got["prefix"])
+  return np.asarray(table), dict(got["users"])

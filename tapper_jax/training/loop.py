@@ -20,7 +20,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from tapper_jax import models
+from tapper_jax import metrics, models
+from tapper_jax.models import registry
 from tapper_jax.models.llama import LlamaForCausalLM
 from tapper_jax.models.lora import merge_lora
 from tapper_jax.models.partitioning import use_rules
@@ -107,11 +108,11 @@ class StageRun:
         host = next(it)
         batch = setup.put_batch({k: v for k, v in host.items() if k not in ("index", "loss_mask")},
                                 self.mesh, config)
-        state, metrics = self.step_fn(batch)(state, self.frozen, batch)
+        state, step_metrics = self.step_fn(batch)(state, self.frozen, batch)
         tokens = int(host["attention_mask"].sum()) + len(host["attention_mask"]) * (
             config.stage2.prefix_len if self.stage == 2 else 0)
         last = step + 1 == end
-        log.step(step + 1, tokens, metrics if ((step + 1) % config.log_every == 0 or last)
+        log.step(step + 1, tokens, step_metrics if ((step + 1) % config.log_every == 0 or last)
                  else None)
         if (step + 1) % config.checkpoint_every == 0 or last:
           ckpt.save(step + 1, state, id_map, it.get_state())
@@ -183,8 +184,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
         return {"stopped_after": stop_after, "stage": 1}
       model = run.model(jax.device_get(state))
       merge_lora(model.llm)
-      source = models.registry.resolve("smollm2-135m-instruct" if config.model.name ==
-                                       "tiny-random" else config.model.name)
+      source = registry.resolve(models.TINY_RANDOM_BASE if config.model.name == "tiny-random"
+                                else config.model.name)
       _save_backbone(model.llm, source, backbone_dir)
       summary["stages"]["1"] = {"examples": len(examples), "steps": config.stage1.steps,
                                 "seconds": round(time.time() - t0, 1), "log": run.logged}
@@ -241,7 +242,6 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
 def _evaluate(spec, examples, model, tok, config, history, workdir, name) -> dict:
   preds = evaluation.predict(model, examples, tok, config, history)
   scores = evaluation.score(spec, examples, preds)
-  from tapper_jax import metrics
   _write_json(os.path.join(workdir, "predictions", f"{config.data.eval_split}_{name}.json"),
               metrics.leaderboard(spec.name, {e.id: p for e, p in zip(examples, preds)}))
   return scores
