@@ -181,3 +181,22 @@ def test_offline_config_trains_on_real_movielens(shared_data, model_cache, tmp_p
   assert c.data.source == "lamp" and summary["task"] == "LaMP_2M"
   assert summary["stages"]["2"]["users"] == 10  # the real suite's 10 MovieLens taggers
   assert summary["eval"]["questions"] == 4 and "f1" in summary["eval"]["TAP-PER"]
+
+
+def test_record_examples_see_only_strictly_older_history(synth_folder, model_cache):
+  """stage2.examples="records": each profile record becomes an example whose history is the
+  same user's strictly older records (never itself, never a newer one)."""
+  _, tok = models.load("tiny-random")
+  spec = data.lamp.task_of_folder(synth_folder)
+  c = tiny_config()
+  qs, _ = data.load_questions(c, spec, synth_folder, "train")
+  ex = data.record_examples(spec, qs)
+  assert len({e.id for e in ex}) == len(ex) > len({q.user_id for q in qs})
+  emb = np.random.default_rng(0).normal(size=(tok.vocab_size, 8)).astype(np.float32)
+  bank = data.build_bank(spec, [qs], tok, emb, 128)
+  for e in ex:
+    assert e.target in spec.labels and e.input.startswith("Which tag")
+    rows = bank.history(e.user, e.day, 64)
+    start, end = bank.spans[e.user]
+    assert all(start <= r < end and bank.day[r] < e.day for r in rows)
+    assert len(rows) == sum(1 for d in bank.day[start:end] if d < e.day)
