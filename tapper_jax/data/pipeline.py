@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+PROMPT_SUFFIX = "\nAnswer: "  # between a prompt and its target, in training and generation
+
 
 def _text(v: Any) -> str:
   return v.decode("utf-8") if isinstance(v, bytes) else str(v)
@@ -28,7 +30,7 @@ def _text(v: Any) -> str:
 class Tokenize(grain.transforms.Map):
   tokenizer: Any
   max_len: int
-  prompt_suffix: str = "\nAnswer: "
+  prompt_suffix: str = PROMPT_SUFFIX
 
   def map(self, element):
     index, ex = element

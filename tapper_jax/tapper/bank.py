@@ -9,7 +9,6 @@ Shapes: N records, D hidden, B batch, H history slots.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 from typing import Sequence
 
@@ -66,7 +65,7 @@ class RecordBank:
       return np.zeros((0,), np.int64)
     start, end = self.spans[user]
     if before_day is not None:
-      end = start + bisect.bisect_left(self.day[start:end].tolist(), before_day)
+      end = start + int(np.searchsorted(self.day[start:end], before_day, side="left"))
     return np.arange(max(start, end - max_history), end, dtype=np.int64)
 
   def gather(self, rows: Sequence[np.ndarray], query_days: Sequence[float],

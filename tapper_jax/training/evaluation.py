@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from tapper_jax import metrics
-from tapper_jax.data.pipeline import Tokenize
+from tapper_jax.data.pipeline import PROMPT_SUFFIX
 from tapper_jax.models.generate import greedy_generate
 from tapper_jax.tapper.model import PersonalizedLM
 
@@ -37,18 +37,13 @@ def predict(model: PersonalizedLM, examples, tokenizer, config, history=None) ->
   history: a `training.data.HistoryFields` to personalise with (None: no prefix).
   """
   bsz, plen = config.eval_batch_size, config.max_len
-  suffix = Tokenize(tokenizer, plen).prompt_suffix
   graphdef, state = nnx.split(model)
   out = []
   for start in range(0, len(examples), bsz):
     chunk = list(range(start, min(start + bsz, len(examples))))
     rows = chunk + [chunk[-1]] * (bsz - len(chunk))  # pad the last batch: one compiled shape
-    ids = np.full((bsz, plen), tokenizer.pad_id, np.int32)
-    mask = np.zeros((bsz, plen), np.int32)
-    for r, i in enumerate(rows):
-      p = tokenizer.encode(examples[i].input + suffix)[-plen:]
-      ids[r, plen - len(p):] = p
-      mask[r, plen - len(p):] = 1
+    prompts = tokenizer.encode_batch([examples[i].input + PROMPT_SUFFIX for i in rows])
+    ids, mask = tokenizer.pad([p[-plen:] for p in prompts], side="left", length=plen)
     batch = {"input_ids": ids, "attention_mask": mask}
     if history is not None:
       fields = [history.map({"index": np.int32(i)}) for i in rows]

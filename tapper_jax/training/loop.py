@@ -49,13 +49,9 @@ class StageRun:
     self.stage, self.config, self.mesh = stage, config, mesh
     self.cfg = config.stage1 if stage == 1 else config.stage2
     self.tx, self.lr = steps.optimizer(self.cfg)
-    key = jax.random.PRNGKey(config.seed + 1000 * stage)
-    self.key = key
-    build = lambda: setup.build_model(LlamaForCausalLM(llm.config, rngs=nnx.Rngs(0)), config,
-                                      stage, num_rows, key)
-    self.graphdef = setup.split(nnx.eval_shape(build))[0]
-    self.init = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx)
-    self.abstract = jax.eval_shape(self.init, key)
+    self.key = jax.random.PRNGKey(config.seed + 1000 * stage)
+    self.graphdef, self.init = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx)
+    self.abstract = jax.eval_shape(self.init, self.key)
     self.state_sh = setup.shardings(self.abstract, mesh, config)
     frozen = nnx.state(PersonalizedLM(llm, None))
     self.frozen_sh = setup.shardings(frozen, mesh, config)

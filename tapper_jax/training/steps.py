@@ -44,18 +44,21 @@ def optimizer(stage_cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
 
 
 def init_state_fn(cfg, config, stage: int, num_rows: int, tx):
-  """key -> fresh train state. Traced under jit: the random backbone it builds is dead code."""
+  """(graphdef, key -> fresh train state). `init` is traced under jit, where the random backbone
+  it builds is dead code; the graphdef comes from the same builder, traced abstractly."""
+
+  def model(key):
+    return setup.build_model(LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)), config, stage, num_rows, key)
 
   def init(key):
     k_model, k_rng = jax.random.split(key)
-    model = setup.build_model(LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)), config, stage, num_rows,
-                              k_model)
-    _, table, params, _ = setup.split(model)
+    _, table, params, _ = setup.split(model(k_model))
     trainable = {"params": params, "table": table}
     return {**trainable, "opt": tx.init(trainable), "step": jnp.zeros((), jnp.int32),
             "rng": k_rng}
 
-  return init
+  graphdef = setup.split(nnx.eval_shape(lambda: model(jax.random.PRNGKey(0))))[0]
+  return graphdef, init
 
 
 def loss_fn(graphdef, trainable, frozen, batch, key, remat: bool):
