@@ -2,16 +2,17 @@
 
   python -m tapper_jax.train --config=configs/lamp3.py --workdir=DIR --config.data.folder=LAMP_DIR
 LAMP_DIR holds {train,dev}_questions.json and _outputs.json (`python -m tapper_jax.data.download`).
-`--config=configs/lamp3.py:tiny` is the CPU smoke variant.
+Variants: `:time` (default; official time-based files), `:user` (user-based), `:oppu` (the OPPU
+re-split: user_others.json / user_top_100_history.json); add `,tiny` for the CPU smoke size.
 """
 
-from tapper_jax.training.defaults import base_config, tiny
+from tapper_jax.training.defaults import lamp_config
 
 
 def get_config(variant: str = ""):
-  c = base_config("LaMP_3")
-  c.data.source = "lamp"
-  c.stage2.examples = "records"  # profile records that make a prompt become training examples
-  c.max_new_tokens = 4  # one digit
-  c.stage2.learning_rate = 1e-4
-  return tiny(c) if variant == "tiny" else c
+  return lamp_config(
+      "LaMP_3", variant,
+      max_prompt_tokens=256,  # instruction + the (shortened) input
+      max_target_tokens=4,  # one digit + EOS
+      max_new_tokens=4,
+      **{"stage1.learning_rate": 0.0001, "stage2.learning_rate": 0.0001})

@@ -2,18 +2,17 @@
 
   python -m tapper_jax.train --config=configs/lamp5.py --workdir=DIR --config.data.folder=LAMP_DIR
 LAMP_DIR holds {train,dev}_questions.json and _outputs.json (`python -m tapper_jax.data.download`).
-`--config=configs/lamp5.py:tiny` is the CPU smoke variant.
+Variants: `:time` (default; official time-based files), `:user` (user-based), `:oppu` (the OPPU
+re-split: user_others.json / user_top_100_history.json); add `,tiny` for the CPU smoke size.
 """
 
-from tapper_jax.training.defaults import base_config, tiny
+from tapper_jax.training.defaults import lamp_config
 
 
 def get_config(variant: str = ""):
-  c = base_config("LaMP_5")
-  c.data.source = "lamp"
-  c.stage2.examples = "records"  # profile records that make a prompt become training examples
-  c.max_len = 384  # abstracts are long
-  c.max_target_tokens = 32  # a paper title
-  c.max_new_tokens = 32
-  c.stage2.learning_rate = 5e-5
-  return tiny(c) if variant == "tiny" else c
+  return lamp_config(
+      "LaMP_5", variant,
+      max_prompt_tokens=384,  # instruction + the (shortened) input
+      max_target_tokens=32,  # a paper title + EOS
+      max_new_tokens=32,
+      **{"stage1.learning_rate": 5e-05, "stage2.learning_rate": 5e-05})

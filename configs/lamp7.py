@@ -2,17 +2,17 @@
 
   python -m tapper_jax.train --config=configs/lamp7.py --workdir=DIR --config.data.folder=LAMP_DIR
 LAMP_DIR holds {train,dev}_questions.json and _outputs.json (`python -m tapper_jax.data.download`).
-`--config=configs/lamp7.py:tiny` is the CPU smoke variant.
+Variants: `:time` (default; official time-based files), `:user` (user-based), `:oppu` (the OPPU
+re-split: user_others.json / user_top_100_history.json); add `,tiny` for the CPU smoke size.
 """
 
-from tapper_jax.training.defaults import base_config, tiny
+from tapper_jax.training.defaults import lamp_config
 
 
 def get_config(variant: str = ""):
-  c = base_config("LaMP_7")
-  c.data.source = "lamp"
-  c.stage2.examples = "questions"  # LaMP-7 records (tweets) make no prompt of their own
-  c.max_target_tokens = 48  # a tweet
-  c.max_new_tokens = 48
-  c.stage2.learning_rate = 5e-5
-  return tiny(c) if variant == "tiny" else c
+  return lamp_config(
+      "LaMP_7", variant,
+      max_prompt_tokens=128,  # instruction + the (shortened) input
+      max_target_tokens=48,  # a tweet + EOS
+      max_new_tokens=48,
+      **{"stage1.learning_rate": 5e-05, "stage2.learning_rate": 5e-05})

@@ -3,7 +3,9 @@
 For each task: the profile fields a record must carry, how the official LaMP code extracts the
 query text from a question's input (LaMP/prompts/utils.py), the template that turns a record
 into the text we embed (`record_text`), how one of a user's own records becomes a training
-example (`record_example`: the LaMP-style input and its target), and the label set.
+example (`record_example`: the LaMP-style input and its target; LaMP-1 and LaMP-7 records,
+which hold no question of their own, follow the per-record tasks of per-user training: write
+a paper's abstract from its title, complete a tweet from its opening words), and the label set.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class TaskSpec:
   prompt: str | None
   target_field: str | None
   labels: tuple[str, ...] = ()
+  # A record's (input, target) when it is not `prompt` -> `target_field` (LaMP-1, LaMP-7).
+  record_fn: Callable[[dict], tuple[str, str] | None] | None = None
 
   @property
   def input_template(self) -> str | None:
@@ -62,16 +66,42 @@ class TaskSpec:
     q = self.query_extractor(question_input)
     return q if q else question_input.strip()
 
+  def keep(self, text: str) -> int:
+    """Characters of an input that shortening never cuts: everything before its query text
+    (the instruction, the label list). 0 when the query is not a tail of the input."""
+    q = self.query(text)
+    i = text.rfind(q)
+    return i if i > 0 and text[i:].strip() == q.strip() else 0
+
   def record_text(self, fields: dict) -> str:
     return self.record_template.format(**fields)
 
   def record_example(self, fields: dict) -> tuple[str, str] | None:
+    """(input, target) of one of a user's records as a training example; None if it makes none."""
+    if self.record_fn is not None:
+      return self.record_fn(fields)
     if self.input_template is None:
       return None
     return self.input_template.format(**fields), str(fields[self.target_field])
 
   def with_labels(self, labels) -> "TaskSpec":
     return dataclasses.replace(self, labels=tuple(labels))
+
+
+def _abstract_from_title(fields: dict) -> tuple[str, str] | None:
+  title, abstract = str(fields.get("title", "")).strip(), str(fields.get("abstract", "")).strip()
+  if not title or not abstract:
+    return None
+  return f"Write an abstract for this title: {title}", abstract
+
+
+def _tweet_completion(fields: dict) -> tuple[str, str] | None:
+  """The opening half of a tweet's words -> the rest (a tweet of one word makes no example)."""
+  words = str(fields.get("text", "")).split()
+  if len(words) < 2:
+    return None
+  k = len(words) // 2
+  return f"Complete the following tweet: {' '.join(words[:k])}", " ".join(words[k:])
 
 
 _2M_PROMPT = ("Which tag does this movie relate to among the following tags? Just answer with the tag "
@@ -83,7 +113,8 @@ _2N_PROMPT = ("Which category does this article relate to among the following ca
 TASKS: dict[str, TaskSpec] = {
     "LaMP_1": TaskSpec(
         "LaMP_1", "classification", ("title",), _citation_query,
-        "title: {title}", None, None, tuple(metrics.LABELS["LaMP_1"])),
+        "title: {title}", None, None, tuple(metrics.LABELS["LaMP_1"]),
+        record_fn=_abstract_from_title),
     "LaMP_2M": TaskSpec(
         "LaMP_2M", "classification", ("description", "tag"), extract_after("description:"),
         "description: {description} tag: {tag}",
@@ -114,7 +145,7 @@ TASKS: dict[str, TaskSpec] = {
         "title"),
     "LaMP_7": TaskSpec(
         "LaMP_7", "generation", ("text",), extract_after(":"), "tweet: {text}",
-        None, None),
+        None, None, record_fn=_tweet_completion),
 }
 
 

@@ -14,8 +14,7 @@ import jax.numpy as jnp
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
 
-class ConfigError(ValueError):
-  """A model config that cannot be used; the message names the file and field."""
+from tapper_jax.errors import ConfigError  # noqa: E402  (re-exported: models.ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)

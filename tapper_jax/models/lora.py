@@ -1,7 +1,9 @@
 """LoRA on the attention projections of the frozen LLM: attach, merge, and list.
 
-A = N(0, 1/r) style init (HF peft uses kaiming-uniform; either is fine because B starts at zero,
-so an attached LoRA leaves the model's output unchanged until trained). Factors are stacked over
+A is initialised as peft does (torch's kaiming_uniform_ with a = sqrt(5) on A's [r, in] weight:
+U(-1/sqrt(in), 1/sqrt(in)), std ~0.024 at in = 576) and B at zero, so an attached LoRA leaves
+the output unchanged and the paper's learning rates transfer: an N(0, 1/r) A is 5-28x larger and
+multiplies the effective step of B under Adam by as much. Factors are stacked over
 layers like the kernels they adapt: A [L, in, R], B [L, R, out].
 """
 
@@ -41,8 +43,10 @@ def attach_lora(model: LlamaForCausalLM, *, rank: int, alpha: float, dropout: fl
     if mod.lora_a is not None:
       raise ValueError("a LoRA is already attached: merge or remove it first")
     n, d_in, d_out = mod.kernel.get_value().shape
+    bound = 1.0 / d_in ** 0.5  # kaiming_uniform_(a=sqrt(5)): gain sqrt(1/3), bound sqrt(3)*gain/sqrt(in)
     mod.lora_a = nnx.LoRAParam(
-        (jax.random.normal(k, (n, d_in, rank), jnp.float32) / rank).astype(mod.kernel.get_value().dtype),
+        jax.random.uniform(k, (n, d_in, rank), jnp.float32, -bound, bound).astype(
+            mod.kernel.get_value().dtype),
         out_sharding=("layers", mod.kernel.get_metadata()["out_sharding"][1], "lora_rank"))
     mod.lora_b = nnx.LoRAParam(jnp.zeros((n, rank, d_out), mod.kernel.get_value().dtype),
                                out_sharding=("layers", "lora_rank",

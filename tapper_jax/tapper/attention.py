@@ -1,15 +1,21 @@
-"""Temporal attention over a user's record history -> the query-conditioned prefix P_q.
+"""Temporal attention over a user's whole visible history -> the query-conditioned prefix P_q.
 
   s_j = MLP([z_q; z_j; z_q - z_j; z_q * z_j]) - lambda_t log(1 + dt_j) - lambda_o log(1 + gap_j)
-  a   = softmax_j(s) over records that are real (not padding) and strictly older than the query
+  a   = softmax_j(s) over the user's whole visible history (padding masked)
   P_q = Linear(D -> L*D)(sum_j a_j z_j)
 
-dt_j is the record's age in days at the query's time; gap_j its rank gap from the newest usable
-record (0 for the newest), counted after masking so padding and newer records never shift it.
-A user with no usable history gets a = 0, so P_q is the projection's bias alone.
+dt_j: days from record j to the query, floored at 0 (a same-day record has dt = 0). gap_j: the
+query's index minus the record's index in the date-sorted history, so the newest record has
+gap 1; histories arrive left-aligned, oldest first, so gap_j counts the real records from j to
+the end. lambda_t, lambda_o start at N(0, 0.02) and are learned; either decay can be switched
+off (an ablation). A user with no history gets a = 0, so P_q is the projection's bias alone.
 
-Einsum letters: B batch, H history slots, D hidden (model width), F score-MLP hidden (= D),
-L prefix length.
+The context sum_j a_j z_j runs as a streaming softmax over fixed-size chunks of the history
+(`lax.scan`, running max and sum): the [B, C, 4D] score features of one chunk are alive at a
+time, so thousands of records fit in memory and one compiled shape serves every history length
+up to H. `weights` is the plain, unchunked softmax, for inspection and as the reference.
+
+Einsum letters: B batch, H history slots, C chunk slots, D hidden (model width), L prefix length.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+_NEG = -1e30  # a finite "minus infinity": masked slots stay NaN-free in the backward pass
 
 
 def _init(key, shape, std=0.02):
@@ -34,39 +42,81 @@ class Dense(nnx.Module):
     return jnp.einsum("...i,io->...o", x, self.kernel[...]) + self.bias[...]
 
 
+def decay_inputs(hist_age, hist_valid):
+  """(dt [B,H], gap [B,H]) of a left-aligned, oldest-first history; 0 on padding."""
+  dt = jnp.where(hist_valid, jnp.maximum(hist_age, 0.0), 0.0)
+  valid = hist_valid.astype(jnp.float32)
+  gap = jnp.cumsum(valid[:, ::-1], axis=1)[:, ::-1] * valid  # real records from j to the end
+  return dt, gap
+
+
 class TemporalAttention(nnx.Module):
-  def __init__(self, d: int, prefix_len: int, *, lambda_init: float = 0.1, rngs: nnx.Rngs):
+  def __init__(self, d: int, prefix_len: int, *, time_decay: bool = True,
+               order_decay: bool = True, chunk: int = 64, rngs: nnx.Rngs):
     if prefix_len <= 0:
       raise ValueError(f"prefix length L must be positive, got {prefix_len}")
+    if chunk <= 0:
+      raise ValueError(f"attention chunk must be positive, got {chunk}")
     self.score_in = Dense(4 * d, d, ("tapper_in", "tapper_hidden"), rngs=rngs)
     self.score_out = Dense(d, 1, ("tapper_hidden", None), rngs=rngs)
-    self.lambda_t = nnx.Param(jnp.asarray(lambda_init, jnp.float32))
-    self.lambda_o = nnx.Param(jnp.asarray(lambda_init, jnp.float32))
+    self.lambda_t = nnx.Param(_init(rngs.params(), ()))
+    self.lambda_o = nnx.Param(_init(rngs.params(), ()))
     self.proj = Dense(d, prefix_len * d, ("embed", "tapper_out"), rngs=rngs)
-    self.prefix_len, self.d = prefix_len, d
+    self.prefix_len, self.d, self.chunk = prefix_len, d, chunk
+    self.time_decay, self.order_decay = time_decay, order_decay
+
+  def scores(self, z_q, hist_z, dt, gap):
+    """Unmasked scores s [B,H'] for the slots given (a chunk or the whole history)."""
+    zq = jnp.broadcast_to(z_q[:, None, :], hist_z.shape)
+    feats = jnp.concatenate([zq, hist_z, zq - hist_z, zq * hist_z], axis=-1)  # [B,H',4D]
+    s = self.score_out(jax.nn.gelu(self.score_in(feats)))[..., 0]
+    if self.time_decay:
+      s = s - self.lambda_t[...] * jnp.log1p(dt)
+    if self.order_decay:
+      s = s - self.lambda_o[...] * jnp.log1p(gap)
+    return s
 
   def weights(self, z_q, hist_z, hist_age, hist_valid):
-    """Attention weights a [B,H] (rows sum to 1, or to 0 with no usable record).
+    """Attention weights a [B,H], unchunked (rows sum to 1, or to 0 with no history).
 
-    z_q [B,D]; hist_z [B,H,D] oldest first; hist_age [B,H] days (<= 0: not older than the
-    query, masked); hist_valid [B,H] (False = padding, masked).
+    z_q [B,D]; hist_z [B,H,D] oldest first, left-aligned; hist_age [B,H] days from the record
+    to the query; hist_valid [B,H] (False = padding).
     """
-    usable = hist_valid & (hist_age > 0)
-    zq = jnp.broadcast_to(z_q[:, None, :], hist_z.shape)
-    feats = jnp.concatenate([zq, hist_z, zq - hist_z, zq * hist_z], axis=-1)  # [B,H,4D]
-    s = self.score_out(jax.nn.gelu(self.score_in(feats)))[..., 0]
-    dt = jnp.where(usable, hist_age, 0.0)
-    # gap_j = usable records after j (the history is oldest first): a reverse cumulative sum.
-    after = jnp.cumsum(usable[:, ::-1].astype(jnp.float32), axis=1)[:, ::-1] - usable
-    s = s - self.lambda_t[...] * jnp.log1p(dt) - self.lambda_o[...] * jnp.log1p(after)
-    s = jnp.where(usable, s, -jnp.inf)
+    dt, gap = decay_inputs(hist_age, hist_valid)
+    s = jnp.where(hist_valid, self.scores(z_q, hist_z, dt, gap), _NEG)
     m = jnp.max(s, axis=1, keepdims=True)
-    e = jnp.where(usable, jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
+    e = jnp.where(hist_valid, jnp.exp(s - m), 0.0)
     return e / jnp.maximum(jnp.sum(e, axis=1, keepdims=True), 1e-30)
 
+  def context(self, z_q, hist_z, hist_age, hist_valid):
+    """sum_j a_j z_j [B,D] by a streaming softmax over chunks of `chunk` slots."""
+    b, h, d = hist_z.shape
+    c = min(self.chunk, h)
+    if h % c:
+      raise ValueError(f"history slots H={h} must be a multiple of the attention chunk {c}")
+    dt, gap = decay_inputs(hist_age, hist_valid)
+
+    def chunked(x):  # [B,H,...] -> [H/C, B, C, ...]
+      return jnp.swapaxes(x.reshape(b, h // c, c, *x.shape[2:]), 0, 1)
+
+    def body(carry, xs):
+      m, l, acc = carry
+      z, t, g, v = xs
+      s = jnp.where(v, self.scores(z_q, z, t, g), _NEG)
+      m_new = jnp.maximum(m, jnp.max(s, axis=1))
+      scale = jnp.exp(m - m_new)
+      e = jnp.where(v, jnp.exp(s - m_new[:, None]), 0.0)
+      l = l * scale + jnp.sum(e, axis=1)
+      acc = acc * scale[:, None] + jnp.einsum("bc,bcd->bd", e, z)
+      return (m_new, l, acc), None
+
+    init = (jnp.full((b,), _NEG, jnp.float32), jnp.zeros((b,), jnp.float32),
+            jnp.zeros((b, d), jnp.float32))
+    (_, l, acc), _ = jax.lax.scan(body, init, tuple(
+        chunked(x) for x in (hist_z, dt, gap, hist_valid)))
+    return acc / jnp.maximum(l, 1e-30)[:, None]
+
   def __call__(self, z_q, hist_z, hist_age, hist_valid):
-    """-> P_q [B,L,D] and the attention weights [B,H]."""
-    a = self.weights(z_q, hist_z, hist_age, hist_valid)
-    ctx = jnp.einsum("bh,bhd->bd", a, hist_z)
-    p = self.proj(ctx).reshape(ctx.shape[0], self.prefix_len, self.d)
-    return p, a
+    """-> P_q [B,L,D]."""
+    ctx = self.context(z_q, hist_z, hist_age, hist_valid)
+    return self.proj(ctx).reshape(ctx.shape[0], self.prefix_len, self.d)

@@ -34,47 +34,40 @@ def embed_texts(texts: Sequence[str], tokenizer, embedding: np.ndarray, *,
 
 @dataclasses.dataclass
 class RecordBank:
-  """Each user's records, oldest first, in one [N, D] array with per-user [start, end) spans."""
+  """Each user's records, oldest first, in one [N, D] array; `index` finds a record's row."""
   z: np.ndarray  # [N, D] float32
   day: np.ndarray  # [N] float64, days since 1970-01-01
-  spans: dict[str, tuple[int, int]]  # user id -> [start, end) rows of z, sorted by day
+  index: dict[tuple[str, str], int]  # (user id, record id) -> row of z
 
   @classmethod
   def build(cls, users: dict[str, Sequence[tuple[str, str, float]]], tokenizer,
             embedding: np.ndarray, *, max_tokens: int = 128) -> "RecordBank":
     """users: user id -> [(record id, text, day)], any order; duplicate record ids kept once."""
-    texts, days, spans = [], [], {}
+    texts, days, index = [], [], {}
     for uid, records in users.items():
-      seen, rows = set(), []
-      for rid, text, day in records:
-        if rid not in seen:
-          seen.add(rid)
-          rows.append((day, text))
-      rows.sort(key=lambda r: r[0])  # stable: same-day records keep their given order
-      spans[uid] = (len(texts), len(texts) + len(rows))
-      texts.extend(t for _, t in rows)
-      days.extend(d for d, _ in rows)
+      for rid, text, day in sorted(records, key=lambda r: r[2]):  # stable within a day
+        if (uid, rid) not in index:
+          index[(uid, rid)] = len(texts)
+          texts.append(text)
+          days.append(day)
     z = embed_texts(texts, tokenizer, embedding, max_tokens=max_tokens)
     d = z.shape[1] if len(texts) else np.asarray(embedding).shape[1]
-    return cls(z.reshape(-1, d), np.asarray(days, np.float64), spans)
+    return cls(z.reshape(-1, d), np.asarray(days, np.float64), index)
 
-  def history(self, user: str, before_day: float | None, max_history: int) -> np.ndarray:
-    """Row ids of `user`'s newest `max_history` records strictly older than `before_day`
-    (all of them when it is None), oldest first. An unknown user has none."""
-    if user not in self.spans:
-      return np.zeros((0,), np.int64)
-    start, end = self.spans[user]
-    if before_day is not None:
-      end = start + int(np.searchsorted(self.day[start:end], before_day, side="left"))
-    return np.arange(max(start, end - max_history), end, dtype=np.int64)
+  def rows(self, user: str, record_ids: Sequence[str]) -> np.ndarray:
+    """Rows of `user`'s records, in the order given (an example's history, oldest first)."""
+    try:
+      return np.asarray([self.index[(user, r)] for r in record_ids], np.int64)
+    except KeyError as e:
+      raise KeyError(f"record {e.args[0]} is not in the record bank") from None
 
   def gather(self, rows: Sequence[np.ndarray], query_days: Sequence[float],
              max_history: int) -> dict[str, np.ndarray]:
     """Pads each example's history rows to H = max_history (left-aligned, oldest first).
 
-    Returns hist_z [B,H,D] float32, hist_age [B,H] float32 (days from the record to the query:
-    > 0 for older records; the model masks the rest) and hist_valid [B,H] bool (False = padding).
-    Ages are taken in float64 first, so absolute dates lose no precision.
+    Returns hist_z [B,H,D] float32, hist_age [B,H] float32 (days from the record to the query;
+    the model floors it at 0) and hist_valid [B,H] bool (False = padding). Ages are taken in
+    float64 first, so absolute dates lose no precision.
     """
     b, h, d = len(rows), max_history, self.z.shape[1]
     hz = np.zeros((b, h, d), np.float32)

@@ -23,18 +23,29 @@ from tapper_jax.tapper.prefix import UserPrefixTable
 
 
 class Tapper(nnx.Module):
-  """P_u + P_q for a batch: [B,L,D]."""
+  """P_u + P_q for a batch: [B,L,D]. Either part can be switched off (an ablation): without
+  P_u no table is built, without P_q no attention."""
 
-  def __init__(self, d: int, prefix_len: int, num_rows: int, *, lambda_init: float = 0.1,
-               rngs: nnx.Rngs):
-    self.attention = TemporalAttention(d, prefix_len, lambda_init=lambda_init, rngs=rngs)
-    self.users = UserPrefixTable(num_rows, prefix_len, d, rngs=rngs)
+  def __init__(self, d: int, prefix_len: int, num_rows: int, *, user_prefix: bool = True,
+               query_prefix: bool = True, time_decay: bool = True, order_decay: bool = True,
+               chunk: int = 64, rngs: nnx.Rngs):
+    if not (user_prefix or query_prefix):
+      raise ValueError("TAP-PER needs P_u, P_q or both (for neither, build no Tapper)")
+    self.attention = nnx.data(TemporalAttention(
+        d, prefix_len, time_decay=time_decay, order_decay=order_decay, chunk=chunk, rngs=rngs)
+        if query_prefix else None)
+    self.users = nnx.data(UserPrefixTable(num_rows, prefix_len, d, rngs=rngs)
+                          if user_prefix else None)
     self.prefix_len = prefix_len
 
   def __call__(self, batch) -> jax.Array:
-    p_q, _ = self.attention(batch["query_z"], batch["hist_z"], batch["hist_age"],
-                            batch["hist_valid"])
-    return self.users(batch["user_row"]) + p_q
+    p = 0.0
+    if self.attention is not None:
+      p = p + self.attention(batch["query_z"], batch["hist_z"], batch["hist_age"],
+                             batch["hist_valid"])
+    if self.users is not None:
+      p = p + self.users(batch["user_row"])
+    return p
 
 
 class PersonalizedLM(nnx.Module):

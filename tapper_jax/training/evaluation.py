@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from tapper_jax import metrics
-from tapper_jax.data.pipeline import PROMPT_SUFFIX
+from tapper_jax.data.prompts import PromptFormat
 from tapper_jax.models.generate import greedy_generate
 from tapper_jax.tapper.model import PersonalizedLM
 
@@ -31,29 +31,32 @@ def clean(text: str) -> str:
   return text.strip().split("\n")[0].strip()
 
 
-def predict(model: PersonalizedLM, examples, tokenizer, config, history=None) -> list[str]:
-  """Greedy answers for `examples` (training.data.Example), in order.
+def predict(model: PersonalizedLM, examples, prompts: PromptFormat, config,
+            fields=None) -> list[str]:
+  """Greedy answers for `examples` (training.examples.Example), in order.
 
-  history: a `training.data.HistoryFields` to personalise with (None: no prefix).
+  fields: i -> example i's personal fields (user_row, query_z, hist_*), e.g.
+  `HistoryFields.fields`; None runs without a prefix. Prompts get the training budget.
   """
-  bsz, plen = config.eval_batch_size, config.max_len
+  bsz, plen = config.eval_batch_size, prompts.max_prompt_tokens
   graphdef, state = nnx.split(model)
   out = []
   for start in range(0, len(examples), bsz):
     chunk = list(range(start, min(start + bsz, len(examples))))
     rows = chunk + [chunk[-1]] * (bsz - len(chunk))  # pad the last batch: one compiled shape
-    prompts = tokenizer.encode_batch([examples[i].input + PROMPT_SUFFIX for i in rows])
-    ids, mask = tokenizer.pad([p[-plen:] for p in prompts], side="left", length=plen)
+    ids, mask = prompts.tokenizer.pad(
+        [prompts.encode(examples[i].input, examples[i].keep)[0] for i in rows], side="left",
+        length=plen)
     batch = {"input_ids": ids, "attention_mask": mask}
-    if history is not None:
-      fields = [history.map({"index": np.int32(i)}) for i in rows]
+    if fields is not None:
+      f = [fields(i) for i in rows]
       for k in ("user_row", "query_z", "hist_z", "hist_age", "hist_valid"):
-        batch[k] = np.stack([f[k] for f in fields])
+        batch[k] = np.stack([x[k] for x in f])
     emb, full_mask = _inputs(graphdef, state, jax.tree.map(jnp.asarray, batch))
     gen = np.asarray(greedy_generate(model.llm, inputs_embeds=emb, attention_mask=full_mask,
                                      max_new_tokens=config.max_new_tokens,
-                                     pad_id=tokenizer.pad_id))
-    out.extend(clean(tokenizer.decode(g)) for g in gen[: len(chunk)])
+                                     pad_id=prompts.tokenizer.pad_id))
+    out.extend(clean(prompts.tokenizer.decode(g)) for g in gen[: len(chunk)])
   return out
 
 

@@ -10,6 +10,7 @@ workdir/predictions and workdir/summary.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,10 +27,15 @@ from tapper_jax.models.llama import LlamaForCausalLM
 from tapper_jax.models.lora import merge_lora
 from tapper_jax.models.partitioning import use_rules
 from tapper_jax.tapper.model import PersonalizedLM
-from tapper_jax.training import data, evaluation, setup, steps
+from tapper_jax.data import lamp
+from tapper_jax.data.prompts import PromptFormat
+from tapper_jax.training import evaluation, setup, steps
+from tapper_jax.training import examples as ex
+from tapper_jax.training.defaults import resolve_steps
 from tapper_jax.training.checkpoint import Checkpoints
 from tapper_jax.training.logger import Logger
 
+HOST_ONLY = ("index", "loss_mask", "shortened", "target_cut")  # batch fields the step never sees
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")
 
@@ -45,10 +51,11 @@ def _write_json(path: str, obj) -> None:
 class StageRun:
   """One stage's model, state and shardings on the mesh; `fit` trains it, resuming if it can."""
 
-  def __init__(self, stage: int, llm: LlamaForCausalLM, config, mesh, num_rows: int):
-    self.stage, self.config, self.mesh = stage, config, mesh
+  def __init__(self, stage: int, llm: LlamaForCausalLM, config, mesh, num_rows: int,
+               num_steps: int):
+    self.stage, self.config, self.mesh, self.steps = stage, config, mesh, num_steps
     self.cfg = config.stage1 if stage == 1 else config.stage2
-    self.tx, self.lr = steps.optimizer(self.cfg)
+    self.tx, self.lr = steps.optimizer(self.cfg, num_steps)
     self.key = jax.random.PRNGKey(config.seed + 1000 * stage)
     self.graphdef, self.init = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx)
     self.abstract = jax.eval_shape(self.init, self.key)
@@ -80,7 +87,7 @@ class StageRun:
 
   def fit(self, dataset, workdir: str, id_map: dict[str, int], *, stop_after: int | None = None):
     """Trains to `cfg.steps` (or `stop_after` steps, to simulate a preemption); returns state."""
-    config, cfg = self.config, self.cfg
+    config = self.config
     ckpt = Checkpoints(os.path.join(workdir, f"stage{self.stage}", "checkpoints"),
                        keep=config.checkpoint_keep)
     it = iter(dataset)
@@ -95,18 +102,18 @@ class StageRun:
     else:
       state = self.fresh_state()
     start = int(jax.device_get(state["step"]))
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    end = self.steps if stop_after is None else min(self.steps, stop_after)
+    prefix_len = config.stage2.prefix_len if self.stage == 2 and config.stage2.prefix else 0
     log = Logger(os.path.join(workdir, "tensorboard", f"stage{self.stage}"),
-                 total=cfg.steps, initial=start, desc=f"stage {self.stage}",
+                 total=self.steps, initial=start, desc=f"stage {self.stage}",
                  enabled=config.progress)
     with self.rules(), jax.set_mesh(self.mesh):
       for step in range(start, end):
         host = next(it)
-        batch = setup.put_batch({k: v for k, v in host.items() if k not in ("index", "loss_mask")},
+        batch = setup.put_batch({k: v for k, v in host.items() if k not in HOST_ONLY},
                                 self.mesh, config)
         state, step_metrics = self.step_fn(batch)(state, self.frozen, batch)
-        tokens = int(host["attention_mask"].sum()) + len(host["attention_mask"]) * (
-            config.stage2.prefix_len if self.stage == 2 else 0)
+        tokens = int(host["attention_mask"].sum()) + len(host["attention_mask"]) * prefix_len
         last = step + 1 == end
         log.step(step + 1, tokens, step_metrics if ((step + 1) % config.log_every == 0 or last)
                  else None)
@@ -121,7 +128,7 @@ class StageRun:
 
 def _backbone(config, workdir: str):
   """(llm, tokenizer, folder) to run stage 2 on: the saved stage-1 backbone if there is one."""
-  folder = os.path.join(workdir, "backbone")
+  folder = config.stage2.backbone or os.path.join(workdir, "backbone")
   if os.path.isfile(os.path.join(folder, "config.json")):
     return (models.load_pretrained(folder, param_dtype=config.model.param_dtype,
                                    dtype=config.model.dtype),
@@ -143,6 +150,24 @@ def _save_backbone(llm, source_folder: str, folder: str) -> None:
   models.save_pretrained(llm, folder, extra_files=extra)
 
 
+def prompt_format(config, tokenizer) -> PromptFormat:
+  chat = {"on": True, "off": False, "auto": bool(tokenizer.chat_template)}[config.chat_template]
+  return PromptFormat(tokenizer, config.max_prompt_tokens, chat=chat)
+
+
+def _load(config, workdir):
+  spec, folder = ex.load_task(config, workdir)
+  stage1_qs, report = ex.load_questions(config, spec, folder, config.data.stage1_split)
+  logging.info("%s", report.summary())
+  eval_qs = []
+  if config.data.eval_split:
+    eval_qs, report = ex.load_questions(config, spec, folder, config.data.eval_split)
+    logging.info("%s", report.summary())
+    if config.data.eval_max_examples:
+      eval_qs = eval_qs[: config.data.eval_max_examples]
+  return spec, folder, stage1_qs, eval_qs
+
+
 def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
   """Runs the configured stages and the final evaluation; returns the summary (also written)."""
   mesh_shape = setup.validate(config)
@@ -150,15 +175,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
   workdir = os.path.abspath(workdir)  # Orbax refuses relative checkpoint paths
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
-  spec, folder = data.load_task(config, workdir)
-  train_qs, report = data.load_questions(config, spec, folder, config.data.train_split)
-  logging.info("%s", report.summary())
-  eval_qs = []
-  if config.data.eval_split:
-    eval_qs, report = data.load_questions(config, spec, folder, config.data.eval_split)
-    logging.info("%s", report.summary())
-    if config.data.eval_max_examples:
-      eval_qs = eval_qs[: config.data.eval_max_examples]
+  spec, folder, stage1_qs, eval_qs = _load(config, workdir)
   summary = {"task": spec.name, "data": folder, "mesh": dict(zip(config.mesh.axes, mesh_shape)),
              "devices": f"{jax.device_count()} x {jax.devices()[0].platform}", "stages": {},
              "config": config.to_dict()}
@@ -172,71 +189,126 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       t0 = time.time()
       llm, tok = models.load(config.model.name, param_dtype=config.model.param_dtype,
                              dtype=config.model.dtype, seed=config.seed)
-      examples = data.question_examples(spec, train_qs)
-      run = StageRun(1, llm, config, mesh, num_rows=1)
-      ds = data.train_dataset(examples, tok, config, config.stage1, seed=config.seed)
+      prompts = prompt_format(config, tok)
+      examples = ex.question_examples(spec, stage1_qs)
+      n_steps = resolve_steps(config.stage1, len(examples))
+      run = StageRun(1, llm, config, mesh, num_rows=1, num_steps=n_steps)
+      ds = ex.train_dataset(examples, prompts, config, config.stage1, seed=config.seed)
       state = run.fit(ds, workdir, {}, stop_after=stop_after)
-      if int(jax.device_get(state["step"])) < config.stage1.steps:
+      if int(jax.device_get(state["step"])) < n_steps:
         return {"stopped_after": stop_after, "stage": 1}
       model = run.model(jax.device_get(state))
       merge_lora(model.llm)
       source = registry.resolve(models.TINY_RANDOM_BASE if config.model.name == "tiny-random"
                                 else config.model.name)
       _save_backbone(model.llm, source, backbone_dir)
-      summary["stages"]["1"] = {"examples": len(examples), "steps": config.stage1.steps,
-                                "seconds": round(time.time() - t0, 1), "log": run.logged}
+      summary["stages"]["1"] = {
+          "split": config.data.stage1_split, "examples": len(examples), "steps": n_steps,
+          "budget": ex.budget_report(examples, prompts, config.max_target_tokens),
+          "seconds": round(time.time() - t0, 1), "log": run.logged}
 
   results = {}
   if stage in ("2", "both"):
     t0 = time.time()
     llm, tok, _ = _backbone(config, workdir)
-    embedding = np.asarray(jax.device_get(llm.model.embed_tokens.embedding.get_value()))
+    prompts = prompt_format(config, tok)
     s2 = config.stage2
-    bank = data.build_bank(spec, [train_qs, eval_qs], tok, embedding, s2.record_tokens)
-    examples = (data.question_examples(spec, train_qs) if s2.examples == "questions"
-                else data.record_examples(spec, train_qs))
-    users = sorted({e.user for e in examples})
+    skips = lamp.Report("stage-2 examples")
+    examples = ex.stage2_examples(spec, s2.examples, eval_qs, stage1_qs, skips)
+    if not examples:
+      raise ValueError(f"stage 2 has no training examples ({s2.examples} of "
+                       f"{len(eval_qs)} evaluated questions); {skips.summary()}")
+    logging.info("%s", skips.summary())
+    ev = ex.question_examples(spec, eval_qs)
+    users = sorted({e.user for e in examples}) if s2.prefix and s2.user_prefix else []
     id_map = {u: i for i, u in enumerate(users)}
     num_rows = setup.table_rows(len(users), mesh, config)
-    history = data.HistoryFields(
-        examples, bank, data.embed_queries(examples, tok, embedding, s2.record_tokens), id_map,
-        s2.max_history)
-    run = StageRun(2, llm, config, mesh, num_rows)
-    ds = data.train_dataset(examples, tok, config, s2, seed=config.seed, history=history)
+    n_steps = resolve_steps(s2, len(examples))
+    fields = ev_fields = None
+    if s2.prefix:
+      embedding = np.asarray(jax.device_get(llm.model.embed_tokens.embedding.get_value()))
+      bank = ex.build_bank(spec, [stage1_qs, eval_qs], tok, embedding, s2.record_tokens)
+      slots = ex.history_slots([examples, ev], s2.max_history, s2.attention_chunk)
+      fields = ex.HistoryFields(examples, bank, ex.embed_queries(examples, tok, embedding,
+                                                                 s2.record_tokens),
+                                id_map, slots, s2.max_history)
+      ev_fields = ex.HistoryFields(ev, bank, ex.embed_queries(ev, tok, embedding,
+                                                              s2.record_tokens),
+                                   id_map, slots, s2.max_history)
+    run = StageRun(2, llm, config, mesh, num_rows, n_steps)
+    ds = ex.train_dataset(examples, prompts, config, s2, seed=config.seed, history=fields)
     state = run.fit(ds, workdir, id_map, stop_after=stop_after)
-    if int(jax.device_get(state["step"])) < s2.steps:
+    if int(jax.device_get(state["step"])) < n_steps:
       return {"stopped_after": stop_after, "stage": 2}
-    summary["stages"]["2"] = {"examples": len(examples), "users": len(users),
-                              "table_rows": num_rows, "bank_records": int(bank.z.shape[0]),
-                              "steps": s2.steps, "seconds": round(time.time() - t0, 1),
-                              "log": run.logged,
-                              "table_sharding": str(jax.tree.leaves(state["table"])[0].sharding.spec),
-                              "lambda_t": float(state["params"]["tapper"]["attention"]["lambda_t"][...]),
-                              "lambda_o": float(state["params"]["tapper"]["attention"]["lambda_o"][...])}
+    eval_users = sorted({q.user_id for q in eval_qs})
+    cold = [u for u in eval_users if u not in id_map] if s2.prefix and s2.user_prefix else []
+    if eval_users and len(cold) * 2 > len(eval_users):
+      logging.warning("MOST EVALUATED USERS ARE COLD STARTS: %d of %d have no P_u row (their "
+                      "P_u is 0). Check data.eval_split and stage2.examples.", len(cold),
+                      len(eval_users))
+    info = {"examples": len(examples), "kinds": list(s2.examples), "skipped": dict(skips.counts),
+            "users": len(users), "table_rows": num_rows, "steps": n_steps,
+            "budget": ex.budget_report(examples, prompts, config.max_target_tokens),
+            "seconds": round(time.time() - t0, 1), "log": run.logged}
+    if jax.tree.leaves(state["table"]):
+      info["table_sharding"] = str(jax.tree.leaves(state["table"])[0].sharding.spec)
+    if fields is not None:
+      info.update(bank_records=int(fields.bank.z.shape[0]), history_slots=fields.slots)
+      attn = state["params"].get("tapper", {}).get("attention")
+      if attn is not None:
+        info.update(lambda_t=float(attn["lambda_t"][...]), lambda_o=float(attn["lambda_o"][...]))
+    summary["stages"]["2"] = info
     if eval_qs:
-      ev = data.question_examples(spec, eval_qs)
-      ev_history = data.HistoryFields(ev, bank, data.embed_queries(ev, tok, embedding,
-                                                                   s2.record_tokens),
-                                      id_map, s2.max_history)
-      base = PersonalizedLM(llm, None)
-      results["non-personalized"] = _evaluate(spec, ev, base, tok, config, None, workdir,
-                                              "non_personalized")
-      results["TAP-PER"] = _evaluate(spec, ev, run.model(state), tok, config, ev_history,
-                                     workdir, "tapper")
-      summary["cold_start_eval_users"] = sum(1 for e in ev if e.user not in id_map)
+      summary["cold_start_eval_users"] = len(cold)
+      summary["eval_users"] = len(eval_users)
+      if config.eval_backbone:
+        results["non-personalized"] = _evaluate(spec, ev, PersonalizedLM(llm, None), prompts,
+                                                config, None, workdir, "non_personalized")
+      model = run.model(state)
+      results[config.name] = _evaluate(spec, ev, model, prompts, config,
+                                       None if ev_fields is None else ev_fields.fields,
+                                       workdir, _slug(config.name))
+      for control in (config.eval_controls if ev_fields is not None else ()):
+        results[f"{config.name}, {CONTROLS[control]}"] = _evaluate(
+            spec, ev, model, prompts, config, _control_fields(control, ev, ev_fields), workdir,
+            f"{_slug(config.name)}_{control}")
   elif eval_qs:
     llm, tok, _ = _backbone(config, workdir)
-    results["non-personalized"] = _evaluate(spec, data.question_examples(spec, eval_qs),
-                                            PersonalizedLM(llm, None), tok, config, None, workdir,
-                                            "non_personalized")
+    results["non-personalized"] = _evaluate(spec, ex.question_examples(spec, eval_qs),
+                                            PersonalizedLM(llm, None), prompt_format(config, tok),
+                                            config, None, workdir, "non_personalized")
   summary["eval"] = {"split": config.data.eval_split, "questions": len(eval_qs), **results}
   summary["minutes"] = round((time.time() - t_start) / 60, 2)
   _write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 
-def _evaluate(spec, examples, model, tok, config, history, workdir, name) -> dict:
-  preds = evaluation.predict(model, examples, tok, config, history)
+CONTROLS = {"no_personal": "no personal input", "other_user": "another user's input"}
+
+
+def _slug(name: str) -> str:
+  return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+def _control_fields(control: str, ev, fields: "ex.HistoryFields"):
+  """Example i's fields under a control: no personal input (P_u = 0 and an empty history), or
+  the row and visible history of another evaluated user (users shifted by one, in sorted order)."""
+  if control == "no_personal":
+    empty = dataclasses.replace(fields, examples=[dataclasses.replace(e, history=()) for e in ev])
+    return lambda i: empty.fields(i, user="")
+  users = sorted({e.user for e in ev})
+  if len(users) < 2:
+    raise ValueError("the other-user control needs at least two evaluated users")
+  first = {}
+  for j, e in enumerate(ev):
+    first.setdefault(e.user, j)
+  other = {u: first[users[(k + 1) % len(users)]] for k, u in enumerate(users)}
+  return lambda i: fields.fields(i, user=ev[other[ev[i].user]].user,
+                                 history_of=other[ev[i].user])
+
+
+def _evaluate(spec, examples, model, prompts, config, fields, workdir, name) -> dict:
+  preds = evaluation.predict(model, examples, prompts, config, fields)
   scores = evaluation.score(spec, examples, preds)
   _write_json(os.path.join(workdir, "predictions", f"{config.data.eval_split}_{name}.json"),
               metrics.leaderboard(spec.name, {e.id: p for e, p in zip(examples, preds)}))

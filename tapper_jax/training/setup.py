@@ -24,8 +24,7 @@ from tapper_jax.tapper.prefix import PrefixTable
 TRAINABLE = nnx.Any(nnx.LoRAParam, nnx.PathContains("tapper"))
 
 
-class ConfigError(ValueError):
-  """A config that cannot run; the message names the field."""
+from tapper_jax.errors import ConfigError  # noqa: E402  (one config error type)
 
 
 def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
@@ -58,10 +57,24 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
     raise ConfigError(f"config.stage={config.stage!r}: choose 1, 2 or both")
   if config.data.source not in ("lamp", "oppu", "synthetic"):
     raise ConfigError(f"config.data.source={config.data.source!r}: choose lamp, oppu or synthetic")
-  if config.stage2.examples not in ("questions", "records"):
-    raise ConfigError(f"config.stage2.examples={config.stage2.examples!r}: questions or records")
-  for field in ("stage2.prefix_len", "stage2.max_history", "stage2.record_tokens",
-                "stage1.lora_rank", "stage2.bridge_rank", "max_len", "max_target_tokens",
+  kinds = tuple(config.stage2.examples)
+  if not kinds or any(k not in ("records", "questions", "pooled") for k in kinds):
+    raise ConfigError(f"config.stage2.examples={kinds!r}: one or more of records, questions, "
+                      "pooled")
+  if config.chat_template not in ("auto", "on", "off"):
+    raise ConfigError(f"config.chat_template={config.chat_template!r}: auto, on or off")
+  if config.stage2.prefix and not (config.stage2.user_prefix or config.stage2.query_prefix):
+    raise ConfigError("config.stage2: prefix=True needs user_prefix or query_prefix "
+                      "(for neither, set prefix=False: the bridge-LoRA-alone control)")
+  if not config.stage2.prefix and not config.stage2.bridge_lora:
+    raise ConfigError("config.stage2: prefix=False and bridge_lora=False leave nothing to train")
+  for c in config.eval_controls:
+    if c not in ("no_personal", "other_user"):
+      raise ConfigError(f"config.eval_controls: unknown control {c!r} (no_personal, other_user)")
+  if config.stage2.max_history < 0:
+    raise ConfigError(f"config.stage2.max_history={config.stage2.max_history}: >= 0 (0 = all)")
+  for field in ("stage2.prefix_len", "stage2.attention_chunk", "stage2.record_tokens",
+                "stage1.lora_rank", "stage2.bridge_rank", "max_prompt_tokens", "max_target_tokens",
                 "max_new_tokens", "eval_batch_size", "checkpoint_every", "log_every"):
     v = config
     for part in field.split("."):
@@ -73,9 +86,10 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
   active = {"1": ("stage1",), "2": ("stage2",), "both": ("stage1", "stage2")}[str(config.stage)]
   for stage in active:
     s = config[stage]
-    if s.steps < 0 or s.learning_rate <= 0 or s.warmup_steps < 0 or s.grad_clip <= 0:
-      raise ConfigError(f"config.{stage}: steps and warmup_steps >= 0, learning_rate and "
-                        "grad_clip > 0")
+    if (s.steps < 0 or s.epochs < 0 or (s.steps == 0 and s.epochs == 0) or s.learning_rate <= 0
+        or not 0 <= s.warmup < 1 or s.grad_clip <= 0 or s.weight_decay < 0):
+      raise ConfigError(f"config.{stage}: steps >= 0 or epochs > 0, 0 <= warmup < 1 (a "
+                        "fraction), learning_rate and grad_clip > 0, weight_decay >= 0")
     if s.batch_size <= 0 or s.batch_size % batch_shards:
       raise ConfigError(f"config.{stage}.batch_size={s.batch_size} must be a positive multiple "
                         f"of the {batch_shards} data*fsdp devices of mesh {shape}")
@@ -102,16 +116,20 @@ def table_rows(num_users: int, mesh: Mesh, config) -> int:
 
 
 def build_model(llm: LlamaForCausalLM, config, stage: int, num_rows: int, key) -> PersonalizedLM:
-  """Attaches the stage's LoRA (task r8 / bridge r4) to `llm`, and in stage 2 the TAP-PER module."""
+  """Attaches the stage's LoRA (task r8 / bridge r4, unless switched off) to `llm`, and in
+  stage 2 the TAP-PER module (unless `stage2.prefix` is off: the bridge-LoRA-alone control)."""
   k_lora, k_tapper = jax.random.split(key)
   s = config.stage1 if stage == 1 else config.stage2
-  rank, alpha, dropout = ((s.lora_rank, s.lora_alpha, s.lora_dropout) if stage == 1 else
-                          (s.bridge_rank, s.bridge_alpha, s.bridge_dropout))
-  attach_lora(llm, rank=rank, alpha=alpha, dropout=dropout, key=k_lora)
+  if stage == 1:
+    attach_lora(llm, rank=s.lora_rank, alpha=s.lora_alpha, dropout=s.lora_dropout, key=k_lora)
+  elif s.bridge_lora:
+    attach_lora(llm, rank=s.bridge_rank, alpha=s.bridge_alpha, dropout=s.bridge_dropout,
+                key=k_lora)
   tapper = None
-  if stage == 2:
-    tapper = Tapper(llm.config.hidden_size, config.stage2.prefix_len, num_rows,
-                    lambda_init=config.stage2.lambda_init, rngs=nnx.Rngs(k_tapper))
+  if stage == 2 and s.prefix:
+    tapper = Tapper(llm.config.hidden_size, s.prefix_len, num_rows, user_prefix=s.user_prefix,
+                    query_prefix=s.query_prefix, time_decay=s.time_decay,
+                    order_decay=s.order_decay, chunk=s.attention_chunk, rngs=nnx.Rngs(k_tapper))
   return PersonalizedLM(llm, tapper)
 
 

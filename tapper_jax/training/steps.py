@@ -26,20 +26,23 @@ def schedule(peak: float, warmup: int, steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
-def optimizer(stage_cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with a global grad-norm clip; the prefix table may take its own learning rate."""
-  lr = schedule(stage_cfg.learning_rate, stage_cfg.warmup_steps, stage_cfg.steps)
-  table_lr = schedule(stage_cfg.get("table_learning_rate", stage_cfg.learning_rate),
-                      stage_cfg.warmup_steps, stage_cfg.steps)
+def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with a global grad-norm clip over `steps`; the prefix table takes its own learning
+  rate and the same weight decay."""
+  warmup = int(round(stage_cfg.warmup * steps))
+  lr = schedule(stage_cfg.learning_rate, warmup, steps)
+  table_lr = schedule(stage_cfg.get("table_learning_rate", stage_cfg.learning_rate), warmup,
+                      steps)
 
   def labels(t):
     return {"params": jax.tree.map(lambda _: "rest", t["params"]),
             "table": jax.tree.map(lambda _: "table", t["table"])}
 
+  wd = stage_cfg.weight_decay
   tx = optax.chain(
       optax.clip_by_global_norm(stage_cfg.grad_clip),
-      optax.multi_transform({"rest": optax.adamw(lr, weight_decay=stage_cfg.weight_decay),
-                             "table": optax.adamw(table_lr, weight_decay=0.0)}, labels))
+      optax.multi_transform({"rest": optax.adamw(lr, weight_decay=wd),
+                             "table": optax.adamw(table_lr, weight_decay=wd)}, labels))
   return tx, lr
 
 
