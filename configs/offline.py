@@ -33,5 +33,6 @@ def get_config(variant: str = "huffpost_2N"):
   c.max_prompt_tokens, c.max_target_tokens, c.max_new_tokens = max_prompt, max_target, max_new
   if size == "tiny":
     c = tiny(c)
-    c.data.source = "lamp"  # keep the real files; only the model and the steps shrink
+    c.data.source = "lamp"  # keep the real files and prompts; only the model and steps shrink
+    c.max_prompt_tokens, c.max_target_tokens = max_prompt, max_target
   return c

@@ -12,9 +12,10 @@ import pytest
 from flax import nnx
 
 from tapper_jax import models
-from tapper_jax.training import data, setup, steps
+from tapper_jax.training import examples as data
+from tapper_jax.training import setup, steps
 from tapper_jax.training.checkpoint import Checkpoints
-from tapper_jax.training.loop import StageRun, train_and_evaluate
+from tapper_jax.training.loop import StageRun, plan, prompt_format, train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -66,16 +67,17 @@ def test_bad_configs_fail_before_any_compile():
 
 def _stage2_run(config, folder, tok_llm):
   llm, tok = tok_llm
-  spec = data.lamp.task_of_folder(folder)
-  qs, _ = data.load_questions(config, spec, folder, "train")
+  config.data.folder = folder
+  p = plan(config, folder)
   emb = np.asarray(llm.model.embed_tokens.embedding.get_value())
-  bank = data.build_bank(spec, [qs], tok, emb, 128)
-  ex = data.question_examples(spec, qs)
-  id_map = {u: i for i, u in enumerate(sorted({e.user for e in ex}))}
-  hist = data.HistoryFields(ex, bank, data.embed_queries(ex, tok, emb, 128), id_map, 8)
+  bank = data.build_bank(p.spec, [p.stage1_qs, p.eval_qs], tok, emb, 128)
+  ex = p.stage2
+  id_map = {u: i for i, u in enumerate(p.users)}
+  hist = data.HistoryFields(ex, bank, data.embed_queries(ex, tok, emb, 128), id_map, 8, 8)
   mesh = setup.make_mesh(config)
-  run = StageRun(2, llm, config, mesh, len(id_map))
-  ds = data.train_dataset(ex, tok, config, config.stage2, seed=0, history=hist)
+  run = StageRun(2, llm, config, mesh, len(id_map), config.stage2.steps)
+  ds = data.train_dataset(ex, prompt_format(config, tok), config, config.stage2, seed=0,
+                          history=hist)
   return run, ds, id_map
 
 
@@ -92,7 +94,8 @@ def test_frozen_weights_bit_identical_and_absent_from_gradients(synth_folder, mo
   jax.tree.map(np.testing.assert_array_equal, frozen_before, jax.tree.map(np.array, run.frozen))
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, nnx.state(llm)))
   # The gradient tree holds exactly the trainable leaves: no backbone kernel appears in it.
-  batch = {k: v for k, v in next(iter(ds)).items() if k not in ("index", "loss_mask")}
+  from tapper_jax.training.loop import HOST_ONLY
+  batch = {k: v for k, v in next(iter(ds)).items() if k not in HOST_ONLY}
   trainable = {"params": state["params"], "table": state["table"]}
   (_, _), grads = steps.grads_fn(run.graphdef)(trainable, run.frozen, batch, jax.random.key(0))
   paths = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_leaves_with_path(grads)}
@@ -118,7 +121,7 @@ def test_resume_is_exact_and_training_is_deterministic(synth_folder, model_cache
     c = tiny_config()
     c.stage = "2"  # on the tiny random backbone: the resume machinery is what is tested here
     c.data.folder = synth_folder
-    c.data.eval_split = ""
+    c.evaluate = False
     c.stage2.steps = 6
     c.checkpoint_every = 3
     return c
@@ -159,7 +162,7 @@ def test_train_entry_point_one_step_end_to_end(synth_folder, model_cache, tmp_pa
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["stages"]["1"]["steps"] == 1 and summary["stages"]["2"]["steps"] == 1
   assert set(summary["eval"]["TAP-PER"]) >= {"accuracy", "f1"}
-  preds = json.loads((workdir / "predictions" / "test_tapper.json").read_text())
+  preds = json.loads((workdir / "predictions" / "test_tap_per.json").read_text())
   assert len(preds["golds"]) == summary["eval"]["questions"] == 4
   assert (workdir / "backbone" / "model.safetensors").is_file()
   assert os.listdir(workdir / "tensorboard" / "stage2")
@@ -179,24 +182,36 @@ def test_offline_config_trains_on_real_movielens(shared_data, model_cache, tmp_p
   c.data.folder = os.path.join(out, "movielens_2M")
   summary = train_and_evaluate(c, str(tmp_path / "run"))
   assert c.data.source == "lamp" and summary["task"] == "LaMP_2M"
-  assert summary["stages"]["2"]["users"] == 10  # the real suite's 10 MovieLens taggers
+  # The evaluated users are the trained users: each has a row, none is a cold start.
+  assert summary["stages"]["2"]["users"] == summary["eval_users"] == 4
+  assert summary["cold_start_eval_users"] == 0
   assert summary["eval"]["questions"] == 4 and "f1" in summary["eval"]["TAP-PER"]
 
 
-def test_record_examples_see_only_strictly_older_history(synth_folder, model_cache):
-  """stage2.examples="records": each profile record becomes an example whose history is the
-  same user's strictly older records (never itself, never a newer one)."""
+def test_every_example_sees_only_its_own_users_earlier_records(synth_folder, model_cache):
+  """Stage-2 record examples and evaluation questions: each history holds only records of the
+  example's own user that come before it in date order, and the bank returns exactly those."""
   _, tok = models.load("tiny-random")
-  spec = data.lamp.task_of_folder(synth_folder)
   c = tiny_config()
-  qs, _ = data.load_questions(c, spec, synth_folder, "train")
-  ex = data.record_examples(spec, qs)
-  assert len({e.id for e in ex}) == len(ex) > len({q.user_id for q in qs})
+  c.data.folder = synth_folder
+  c.data.eval_max_examples = 0
+  p = plan(c, synth_folder)
+  assert len({e.id for e in p.stage2}) == len(p.stage2) > len(p.users)
   emb = np.random.default_rng(0).normal(size=(tok.vocab_size, 8)).astype(np.float32)
-  bank = data.build_bank(spec, [qs], tok, emb, 128)
-  for e in ex:
-    assert e.target in spec.labels and e.input.startswith("Which tag")
-    rows = bank.history(e.user, e.day, 64)
-    start, end = bank.spans[e.user]
-    assert all(start <= r < end and bank.day[r] < e.day for r in rows)
-    assert len(rows) == sum(1 for d in bank.day[start:end] if d < e.day)
+  bank = data.build_bank(p.spec, [p.stage1_qs, p.eval_qs], tok, emb, 128)
+  profiles = {q.user_id: {r.id: r for r in q.profile} for q in p.eval_qs}
+  own = {}
+  for e in p.stage2:
+    assert e.target in p.spec.labels and e.input.startswith("Which tag")
+    rid = e.id.split("/", 1)[1]
+    recs = profiles[e.user]
+    assert rid not in e.history and all(recs[h].day <= e.day for h in e.history)
+    own.setdefault(e.user, []).append((e.day, len(e.history)))
+    rows = bank.rows(e.user, e.history)
+    assert all(bank.index[(e.user, h)] == r for h, r in zip(e.history, rows))
+    assert all(u == e.user for (u, _), row in bank.index.items() if row in set(rows.tolist()))
+  for user, seq in own.items():  # the k-th record sees exactly the k before it
+    assert [n for _, n in sorted(seq)] == list(range(len(seq)))
+  for e, q in zip(p.evaluate, p.eval_qs):
+    assert e.history == tuple(r.id for r in q.profile) and e.user == q.user_id
+    assert all(r.day <= e.day for r in q.profile)

@@ -119,6 +119,7 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   # Extra evaluation rows that ask whether the personal input matters: "no_personal" (P_u = 0,
   # no history), "other_user" (another evaluated user's row and history).
   c.eval_controls = ()
+  c.evaluate = True  # generate and score at the end (the eval split still picks stage 2's users)
   c.eval_backbone = True  # also evaluate the stage-1 backbone alone ("non-personalized")
   c.progress = True  # tqdm progress bar
   return c

@@ -155,7 +155,22 @@ def prompt_format(config, tokenizer) -> PromptFormat:
   return PromptFormat(tokenizer, config.max_prompt_tokens, chat=chat)
 
 
-def _load(config, workdir):
+@dataclasses.dataclass
+class Plan:
+  """What a run trains and evaluates on, decided from the config and the files alone."""
+  spec: object  # data.tasks.TaskSpec
+  folder: str
+  stage1_qs: list  # the stage-1 split's questions
+  eval_qs: list  # the evaluated questions
+  stage1: list  # stage-1 examples (pooled question/gold pairs)
+  stage2: list  # stage-2 examples (the evaluated users' own records, ...)
+  evaluate: list  # evaluation examples
+  users: list  # the users with a P_u row (sorted)
+  skips: object  # lamp.Report of records that make no example
+
+
+def plan(config, workdir: str) -> Plan:
+  """Reads the splits and builds every example set of the run (no model needed)."""
   spec, folder = ex.load_task(config, workdir)
   stage1_qs, report = ex.load_questions(config, spec, folder, config.data.stage1_split)
   logging.info("%s", report.summary())
@@ -165,7 +180,12 @@ def _load(config, workdir):
     logging.info("%s", report.summary())
     if config.data.eval_max_examples:
       eval_qs = eval_qs[: config.data.eval_max_examples]
-  return spec, folder, stage1_qs, eval_qs
+  s2 = config.stage2
+  skips = lamp.Report("stage-2 examples")
+  stage2 = ex.stage2_examples(spec, s2.examples, eval_qs, stage1_qs, skips)
+  users = sorted({e.user for e in stage2}) if s2.prefix and s2.user_prefix else []
+  return Plan(spec, folder, stage1_qs, eval_qs, ex.question_examples(spec, stage1_qs), stage2,
+              ex.question_examples(spec, eval_qs), users, skips)
 
 
 def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -175,7 +195,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
   workdir = os.path.abspath(workdir)  # Orbax refuses relative checkpoint paths
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
-  spec, folder, stage1_qs, eval_qs = _load(config, workdir)
+  p = plan(config, workdir)
+  spec, folder, stage1_qs, eval_qs = p.spec, p.folder, p.stage1_qs, p.eval_qs
   summary = {"task": spec.name, "data": folder, "mesh": dict(zip(config.mesh.axes, mesh_shape)),
              "devices": f"{jax.device_count()} x {jax.devices()[0].platform}", "stages": {},
              "config": config.to_dict()}
@@ -190,7 +211,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       llm, tok = models.load(config.model.name, param_dtype=config.model.param_dtype,
                              dtype=config.model.dtype, seed=config.seed)
       prompts = prompt_format(config, tok)
-      examples = ex.question_examples(spec, stage1_qs)
+      examples = p.stage1
       n_steps = resolve_steps(config.stage1, len(examples))
       run = StageRun(1, llm, config, mesh, num_rows=1, num_steps=n_steps)
       ds = ex.train_dataset(examples, prompts, config, config.stage1, seed=config.seed)
@@ -213,14 +234,11 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     llm, tok, _ = _backbone(config, workdir)
     prompts = prompt_format(config, tok)
     s2 = config.stage2
-    skips = lamp.Report("stage-2 examples")
-    examples = ex.stage2_examples(spec, s2.examples, eval_qs, stage1_qs, skips)
+    examples, ev, users, skips = p.stage2, p.evaluate, p.users, p.skips
     if not examples:
       raise ValueError(f"stage 2 has no training examples ({s2.examples} of "
                        f"{len(eval_qs)} evaluated questions); {skips.summary()}")
     logging.info("%s", skips.summary())
-    ev = ex.question_examples(spec, eval_qs)
-    users = sorted({e.user for e in examples}) if s2.prefix and s2.user_prefix else []
     id_map = {u: i for i, u in enumerate(users)}
     num_rows = setup.table_rows(len(users), mesh, config)
     n_steps = resolve_steps(s2, len(examples))
@@ -258,7 +276,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       if attn is not None:
         info.update(lambda_t=float(attn["lambda_t"][...]), lambda_o=float(attn["lambda_o"][...]))
     summary["stages"]["2"] = info
-    if eval_qs:
+    if eval_qs and config.evaluate:
       summary["cold_start_eval_users"] = len(cold)
       summary["eval_users"] = len(eval_users)
       if config.eval_backbone:
@@ -272,9 +290,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
         results[f"{config.name}, {CONTROLS[control]}"] = _evaluate(
             spec, ev, model, prompts, config, _control_fields(control, ev, ev_fields), workdir,
             f"{_slug(config.name)}_{control}")
-  elif eval_qs:
+  elif eval_qs and config.evaluate:
     llm, tok, _ = _backbone(config, workdir)
-    results["non-personalized"] = _evaluate(spec, ex.question_examples(spec, eval_qs),
+    results["non-personalized"] = _evaluate(spec, p.evaluate,
                                             PersonalizedLM(llm, None), prompt_format(config, tok),
                                             config, None, workdir, "non_personalized")
   summary["eval"] = {"split": config.data.eval_split, "questions": len(eval_qs), **results}
