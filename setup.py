@@ -13,7 +13,7 @@ setup(
         "grain>=0.2.12", "tensorflow-datasets>=4.9.9", "array-record>=0.8",
         "importlib_resources",  # tensorflow-datasets needs it without TensorFlow
         "tokenizers>=0.21", "safetensors>=0.5", "gguf>=0.17", "rouge-score>=0.1.2",
-        "numpy>=2.0", "jinja2>=3.1", "tqdm>=4.66", "tensorboardX>=2.6",
+        "numpy>=2.0", "jinja2>=3.1", "tqdm>=4.66", "tensorboardX>=2.6", "matplotlib>=3.8",
     ],
     extras_require={
         # The PyTorch side: parity tests and export. CPU wheel: see README.

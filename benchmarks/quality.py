@@ -1,0 +1,292 @@
+"""Quality: every method row and ablation on the offline tasks (and any LaMP folder), one
+backbone, one decoding, official metrics, paired bootstrap intervals against TAP-PER.
+
+  python benchmarks/quality.py --budget=cpu --offline=data/offline --output=bench_out/quality
+  python benchmarks/quality.py --budget=cpu-ablate --offline=data/offline --output=bench_out/quality
+  python benchmarks/quality.py --budget=full --offline=data/offline --lamp=LaMP_2:/data/LaMP_2/time
+
+Per task, stage 1 runs once (its merged backbone is shared by every row, and the backbone alone
+is the "non-personalized" row). Each other row is one stage-2 run of the same code path with
+switches (configs/offline.py + `stage2.*` fields):
+  TAP-PER                         the full model
+  non-personalized, trained as long   the bridge LoRA alone on the pooled stage-1 questions, as
+                                  many stage-2 steps as TAP-PER (no user input anywhere)
+  step-matched control            the bridge LoRA alone on TAP-PER's own stage-2 examples (the
+                                  evaluated users' records), same steps: what the prefix adds
+  ablations                       no P_u, no P_q, no time decay, no order decay, no bridge LoRA
+TAP-PER is also evaluated with no personal input (P_u = 0, empty history) and with another
+evaluated user's row and history. Rows resume: a row whose summary.json exists is not rerun.
+Output: OUT/quality.md (table, best per column in bold), OUT/quality.json, OUT/quality.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "configs"))
+
+_BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "full"], "Which budget.")
+_OFFLINE = flags.DEFINE_string("offline", os.path.join("data", "offline"),
+                               "Offline suite root (built here from --raw if missing).")
+_RAW = flags.DEFINE_string("raw_data", os.path.join("..", "shared", "data", "raw"), "Raw data root.")
+_LAMP = flags.DEFINE_multi_string("lamp", [], "Extra LaMP folders as CONFIG:FOLDER, e.g. "
+                                  "lamp2:/data/LaMP_2/time (configs/lamp2.py, time setting).")
+_OUT = flags.DEFINE_string("output", os.path.join("bench_out", "quality"), "Output folder.")
+_SPLIT = flags.DEFINE_string("split", "test", "Evaluated split (choose settings on dev).")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (each row is run once per seed).")
+_TASKS = flags.DEFINE_list("only_tasks", [], "Restrict to these offline tasks (default: the budget's).")
+_BOOT = flags.DEFINE_integer("bootstrap", 1000, "Paired bootstrap resamples.")
+_TINY = flags.DEFINE_bool("tiny", False, "Smoke run: the tiny random LLM, 2 steps a stage, 12 "
+                          "questions of 3 users (checks the harness, measures nothing).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  name: str
+  fields: tuple = ()  # (dotted config field, value) overrides of the stage-2 run
+  controls: tuple = ()  # extra evaluation rows of the same run
+
+
+TAPPER = Row("TAP-PER", controls=("no_personal", "other_user"))
+LONG = Row("non-personalized, trained as long",
+           (("stage2.prefix", False), ("stage2.examples", ("pooled",))))
+STEP_MATCHED = Row("step-matched control (bridge LoRA alone)", (("stage2.prefix", False),))
+ABLATIONS = (Row("TAP-PER without P_u", (("stage2.user_prefix", False),)),
+             Row("TAP-PER without P_q", (("stage2.query_prefix", False),)),
+             Row("TAP-PER without time decay", (("stage2.time_decay", False),)),
+             Row("TAP-PER without order decay", (("stage2.order_decay", False),)),
+             Row("TAP-PER without bridge LoRA", (("stage2.bridge_lora", False),)))
+
+# budget -> (tasks, rows, per-task {field: value} of the budget's recipe)
+CPU_RECIPE = {  # sized for 2 CPU cores: ~5-6 s a step at batch 8 with SmolLM2-135M
+    "huffpost_2N": {"stage1.steps": 150, "stage2.steps": 150},
+    "movielens_2M": {"stage1.steps": 60, "stage2.steps": 60},
+}
+SHORT_RATES = {  # few steps: the demo's rates (peft-initialised LoRA), chosen before any test run
+    "stage1.learning_rate": 1e-3, "stage2.learning_rate": 1e-3,
+    "stage2.table_learning_rate": 1e-2}
+BUDGETS = {
+    "cpu": (("huffpost_2N", "movielens_2M"), (TAPPER, LONG, STEP_MATCHED),
+            {t: {**SHORT_RATES, **r} for t, r in CPU_RECIPE.items()}),
+    "cpu-ablate": (("huffpost_2N",), (TAPPER,) + ABLATIONS,
+                   {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
+    "full": (("huffpost_2N", "huffpost_4", "movielens_3", "movielens_2M"),
+             (TAPPER, LONG, STEP_MATCHED) + ABLATIONS, {}),  # the paper's recipe: epochs
+}
+LOWER_IS_BETTER = ("mae", "rmse")
+
+
+def _set(c, name, value):
+  node = c
+  *parents, leaf = name.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def task_config(kind: str, name: str, folder: str, recipe: dict, seed: int):
+  import importlib
+  if kind == "offline":
+    c = importlib.import_module("offline").get_config(name + (",tiny" if _TINY.value else ""))
+  else:
+    c = importlib.import_module(name).get_config("")
+  c.data.folder = folder
+  c.data.eval_split = _SPLIT.value
+  c.seed = seed
+  c.progress = False
+  c.checkpoint_every = 1000
+  for k, v in recipe.items():
+    _set(c, k, v)
+  if _TINY.value:
+    c.stage1.steps = c.stage2.steps = 2
+    c.data.eval_max_examples = 12  # several users (the other-user control needs two)
+  return c
+
+
+def run_task(kind, name, folder, rows, recipe, seed, out) -> dict:
+  """Stage 1 once, then every row; returns {row: scores} and the per-row prediction files."""
+  from tapper_jax.training.loop import train_and_evaluate
+  base = os.path.join(out, "runs", f"{name}_seed{seed}")
+  results, preds, minutes = {}, {}, {}
+
+  def run(tag, c):
+    wd = os.path.join(base, tag)
+    path = os.path.join(wd, "summary.json")
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        return json.load(f), wd
+    return train_and_evaluate(c, wd), wd
+
+  c = task_config(kind, name, folder, recipe, seed)
+  c.stage = "1"
+  t0 = time.time()
+  s, wd = run("stage1", c)
+  minutes["stage1"] = s.get("minutes", round((time.time() - t0) / 60, 2))
+  results["non-personalized"] = s["eval"]["non-personalized"]
+  preds["non-personalized"] = os.path.join(wd, "predictions",
+                                           f"{_SPLIT.value}_non_personalized.json")
+  backbone = os.path.join(wd, "backbone")
+  for row in rows:
+    c = task_config(kind, name, folder, recipe, seed)
+    c.stage, c.name, c.eval_backbone = "2", row.name, False
+    c.stage2.backbone = backbone
+    c.eval_controls = row.controls
+    for k, v in row.fields:
+      _set(c, k, v)
+    tag = "".join(ch if ch.isalnum() else "_" for ch in row.name.lower())
+    s, wd = run(tag, c)
+    minutes[row.name] = s["minutes"]
+    for label, scores in s["eval"].items():
+      if isinstance(scores, dict):
+        results[label] = scores
+        slug = "".join(ch if ch.isalnum() else "_" for ch in row.name.lower()).strip("_")
+        suffix = {f"{row.name}, no personal input": "_no_personal",
+                  f"{row.name}, another user's input": "_other_user"}.get(label, "")
+        preds[label] = os.path.join(wd, "predictions", f"{_SPLIT.value}_{slug}{suffix}.json")
+    results.setdefault("_info", {})[row.name] = {
+        k: s["stages"]["2"].get(k) for k in ("examples", "users", "steps", "lambda_t",
+                                             "lambda_o", "history_slots")}
+    results["_info"]["cold_start_eval_users"] = s.get("cold_start_eval_users")
+  results["_minutes"] = minutes
+  results["_preds"] = preds
+  return results
+
+
+def paired_bootstrap(task, labels, golds, a, b, n, seed=0):
+  """95% interval of metric(a) - metric(b) over resampled questions, for each metric."""
+  import numpy as np
+  from tapper_jax import metrics
+  ids = sorted(golds)
+  g = [golds[i] for i in ids]
+  pa, pb = [a[i] for i in ids], [b[i] for i in ids]
+  rng = np.random.default_rng(seed)
+  t = metrics.canonical_task(task)
+  if t in metrics.GENERATION:  # per-question ROUGE once, then resample means
+    from rouge_score import rouge_scorer
+    sc = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+
+    def per(p):
+      s = [sc.score(str(y).strip(), str(x).strip()) for x, y in zip(p, g)]
+      return {"rouge-1": np.array([x["rouge1"].fmeasure for x in s]),
+              "rouge-L": np.array([x["rougeL"].fmeasure for x in s])}
+    sa, sb = per(pa), per(pb)
+    diffs = {k: [] for k in sa}
+    for _ in range(n):
+      idx = rng.integers(0, len(ids), len(ids))
+      for k in sa:
+        diffs[k].append(sa[k][idx].mean() - sb[k][idx].mean())
+  else:
+    diffs = {}
+    for _ in range(n):
+      idx = rng.integers(0, len(ids), len(ids))
+      ma = metrics.score(task, [pa[i] for i in idx], [g[i] for i in idx], labels=labels)
+      mb = metrics.score(task, [pb[i] for i in idx], [g[i] for i in idx], labels=labels)
+      for k in ma:
+        diffs.setdefault(k, []).append(ma[k] - mb[k])
+  return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+          for k, v in diffs.items() if not k.endswith("_mean")}
+
+
+def _load_preds(path):
+  with open(path, encoding="utf-8") as f:
+    return {str(r["id"]): r["output"] for r in json.load(f)["golds"]}
+
+
+def report(all_results: dict, header: str) -> str:
+  lines = [header, ""]
+  for task, res in all_results.items():
+    rows = {k: v for k, v in res["scores"].items() if not k.startswith("_")}
+    keys = [k for k in next(iter(rows.values())) if not k.endswith("_mean")]
+    best = {}
+    for k in keys:
+      vals = [v[k] for v in rows.values()]
+      best[k] = min(vals) if k in LOWER_IS_BETTER else max(vals)
+    lines += [f"### {task} ({res['questions']} {_SPLIT.value} questions, "
+              f"{res['users']} users)", "",
+              "| row | " + " | ".join(keys) + " | TAP-PER minus row, 95% CI |",
+              "|---|" + "---|" * (len(keys) + 1)]
+    for name, v in rows.items():
+      cells = [(f"**{v[k]:.4f}**" if v[k] == best[k] else f"{v[k]:.4f}") for k in keys]
+      ci = res["intervals"].get(name)
+      ci_text = "; ".join(f"{k} [{lo:+.3f}, {hi:+.3f}]" for k, (lo, hi) in ci.items()) if ci else ""
+      lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci_text} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def plot(all_results: dict, path: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(all_results), figsize=(6 * len(all_results), 4.5),
+                           squeeze=False)
+  for ax, (task, res) in zip(axes[0], all_results.items()):
+    rows = {k: v for k, v in res["scores"].items() if not k.startswith("_")}
+    metric = next(iter(next(iter(rows.values()))))
+    names = list(rows)
+    ax.barh(range(len(names)), [rows[n][metric] for n in names],
+            color=["tab:red" if n == "TAP-PER" else "tab:gray" for n in names])
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(metric)
+    ax.set_title(f"{task} ({_SPLIT.value}, {res['questions']} questions)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import jax
+  from tapper_jax.data import build_offline, lamp
+  tasks, rows, recipes = BUDGETS[_BUDGET.value]
+  tasks = tuple(_TASKS.value) or tasks
+  out = os.path.abspath(_OUT.value)
+  os.makedirs(out, exist_ok=True)
+  build_offline.build(_RAW.value, _OFFLINE.value, names=[t for t in tasks])
+  jobs = [("offline", t, os.path.join(_OFFLINE.value, t)) for t in tasks]
+  jobs += [("lamp", *spec.split(":", 1)) for spec in _LAMP.value]
+  model = "tiny-random (smoke)" if _TINY.value else "SmolLM2-135M-Instruct"
+  header = (f"Budget `{_BUDGET.value}`; {model} fp32 on {jax.device_count()} x "
+            f"{jax.devices()[0].platform} ({os.cpu_count()} cores); split {_SPLIT.value}; seeds "
+            f"{','.join(_SEEDS.value)}; rows {', '.join(r.name for r in rows)}; recipe "
+            f"{json.dumps(recipes) if recipes else 'the paper (configs, in epochs)'}; greedy "
+            "decoding; paired bootstrap " f"{_BOOT.value} resamples.")
+  print(header, flush=True)
+  t0 = time.time()
+  all_results = {}
+  for kind, name, folder in jobs:
+    for seed in map(int, _SEEDS.value):
+      key = f"{name}" + (f" (seed {seed})" if len(_SEEDS.value) > 1 else "")
+      res = run_task(kind, name, folder, rows, recipes.get(name, {}), seed, out)
+      spec = lamp.task_of_folder(folder)
+      qs, _ = lamp.load_split(folder, spec, _SPLIT.value)
+      if _TINY.value:
+        qs = qs[:12]
+      golds = {q.id: q.gold for q in qs}
+      preds = {k: _load_preds(p) for k, p in res["_preds"].items()}
+      intervals = {k: paired_bootstrap(spec.name, spec.labels or None, golds, preds["TAP-PER"],
+                                       v, _BOOT.value) for k, v in preds.items() if k != "TAP-PER"}
+      all_results[key] = {"scores": res, "intervals": intervals, "questions": len(qs),
+                          "users": len({q.user_id for q in qs}), "minutes": res["_minutes"]}
+      print(report({key: all_results[key]}, ""), flush=True)
+  header += f" Wall time {round((time.time() - t0) / 60, 1)} min."
+  text = report(all_results, header)
+  with open(os.path.join(out, f"quality_{_BUDGET.value}.md"), "w", encoding="utf-8") as f:
+    f.write(text + "\n")
+  with open(os.path.join(out, f"quality_{_BUDGET.value}.json"), "w", encoding="utf-8") as f:
+    json.dump({"header": header, "results": all_results}, f, indent=2)
+  plot(all_results, os.path.join(out, f"quality_{_BUDGET.value}.png"))
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
