@@ -196,8 +196,8 @@ def paired_bootstrap(task, labels, golds, a, b, n, seed=0):
 
 
 def _load_preds(path):
-  with open(path, encoding="utf-8") as f:
-    return {str(r["id"]): r["output"] for r in json.load(f)["golds"]}
+  from tapper_jax.data.lamp import read_outputs
+  return read_outputs(path)[1]
 
 
 def report(all_results: dict, header: str) -> str:

@@ -75,7 +75,7 @@ def side_jax(folder):
   c.stage2.steps = 1000
   c.stage2.prefix_len = _PREFIX.value
   mesh = setup.make_mesh(c)
-  run = StageRun(2, llm, c, mesh, _USERS.value)
+  run = StageRun(2, llm, c, mesh, _USERS.value, c.stage2.steps)
   state = run.fresh_state()
   batch = setup.put_batch(_batch_np(llm.config.vocab_size, llm.config.hidden_size), mesh, c)
   fn = run.step_fn(batch)
@@ -123,11 +123,11 @@ def side_torch(folder):
 
     def forward(self, b):
       zq, hz, age, valid = b["query_z"], b["hist_z"], b["hist_age"], b["hist_valid"]
-      usable = valid & (age > 0)
+      usable = valid
       zqe = zq[:, None].expand_as(hz)
       s = self.score(torch.cat([zqe, hz, zqe - hz, zqe * hz], -1))[..., 0]
-      after = usable.flip(1).float().cumsum(1).flip(1) - usable.float()
-      s = s - self.lambda_t * torch.log1p(age.clamp(min=0)) - self.lambda_o * torch.log1p(after)
+      gap = usable.flip(1).float().cumsum(1).flip(1) * usable.float()  # newest record: 1
+      s = s - self.lambda_t * torch.log1p(age.clamp(min=0)) - self.lambda_o * torch.log1p(gap)
       a = torch.softmax(s.masked_fill(~usable, float("-inf")), dim=1)
       p_q = self.proj(torch.einsum("bh,bhd->bd", a, hz)).view(-1, L, d)
       return self.table[b["user_row"].long()] + p_q

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Sequence
 
@@ -112,32 +111,15 @@ def score(task: str, preds: Sequence, golds: Sequence,
   return rouge(preds, golds)
 
 
-def _load_leaderboard(path: str, what: str) -> tuple[str, dict[str, str]]:
-  try:
-    with open(path, encoding="utf-8") as f:
-      obj = json.load(f)
-  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: cannot read {what} ({e})") from e
-  if not isinstance(obj, dict) or "task" not in obj or not isinstance(obj.get("golds"), list):
-    raise ValueError(f"{path}: {what} must be {{\"task\": ..., \"golds\": [{{\"id\", \"output\"}}]}}")
-  out = {}
-  for i, row in enumerate(obj["golds"]):
-    for field in ("id", "output"):
-      if not isinstance(row, dict) or field not in row:
-        raise ValueError(f"{path}: record {i}: field {field!r} missing")
-    key = str(row["id"])
-    if key in out:
-      raise ValueError(f"{path}: record {i}: duplicate id {key!r}")
-    out[key] = row["output"]
-  return obj["task"], out
-
-
 def evaluate_files(golds_path: str, preds_path: str, task: str) -> dict[str, float]:
   """Scores a leaderboard-format predictions file against golds; the id sets must match."""
+  from tapper_jax.data.lamp import read_outputs  # the one leaderboard reader (no JAX there)
   t = canonical_task(task)
-  gtask, golds = _load_leaderboard(golds_path, "golds")
-  ptask, preds = _load_leaderboard(preds_path, "predictions")
+  gtask, golds = read_outputs(golds_path)
+  ptask, preds = read_outputs(preds_path)
   for path, name in ((golds_path, gtask), (preds_path, ptask)):
+    if name is None:
+      raise ValueError(f"{path}: field 'task' missing")
     if canonical_task(name) != t:
       raise ValueError(f"{path}: field 'task' = {name!r} does not match --task {task}")
   if set(golds) != set(preds):

@@ -102,10 +102,10 @@ def test_evaluate_files_checks_ids_and_task(tmp_path):
   with pytest.raises(ValueError, match=r"other\.json: field 'task' = 'LaMP_4' does not match"):
     metrics.evaluate_files(g, other, "LaMP_3")
   (tmp_path / "trunc.json").write_text('{"task": "LaMP_3", "golds": [{"id": "a"')
-  with pytest.raises(ValueError, match=r"trunc\.json: cannot read predictions"):
+  with pytest.raises(ValueError, match=r"trunc\.json: not valid JSON"):
     metrics.evaluate_files(g, str(tmp_path / "trunc.json"), "LaMP_3")
   (tmp_path / "noout.json").write_text('{"task": "LaMP_3", "golds": [{"id": "a"}]}')
-  with pytest.raises(ValueError, match=r"noout\.json: record 0: field 'output' missing"):
+  with pytest.raises(ValueError, match=r"noout\.json: golds\[0\] \(id a\): field 'output' missing"):
     metrics.evaluate_files(g, str(tmp_path / "noout.json"), "LaMP_3")
 
 

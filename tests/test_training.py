@@ -215,3 +215,48 @@ def test_every_example_sees_only_its_own_users_earlier_records(synth_folder, mod
   for e, q in zip(p.evaluate, p.eval_qs):
     assert e.history == tuple(r.id for r in q.profile) and e.user == q.user_id
     assert all(r.day <= e.day for r in q.profile)
+
+
+def test_history_fields_carry_the_examples_own_history_and_the_controls_swap_it(synth_folder,
+                                                                               model_cache):
+  _, tok = models.load("tiny-random")
+  c = tiny_config()
+  c.data.folder = synth_folder
+  c.data.eval_max_examples = 0
+  p = plan(c, synth_folder)
+  emb = np.random.default_rng(1).normal(size=(tok.vocab_size, 8)).astype(np.float32)
+  bank = data.build_bank(p.spec, [p.stage1_qs, p.eval_qs], tok, emb, 128)
+  id_map = {u: i for i, u in enumerate(p.users)}
+  slots = data.history_slots([p.stage2, p.evaluate], 0, 64)
+  f = data.HistoryFields(p.evaluate, bank, data.embed_queries(p.evaluate, tok, emb, 128),
+                         id_map, slots)
+  e = p.evaluate[0]
+  got = f.fields(0)
+  n = len(e.history)
+  assert slots >= max(len(x.history) for x in p.evaluate) and got["hist_valid"].sum() == n
+  np.testing.assert_array_equal(got["hist_z"][:n], bank.z[bank.rows(e.user, e.history)])
+  np.testing.assert_allclose(got["hist_age"][:n], e.day - bank.day[bank.rows(e.user, e.history)])
+  assert got["user_row"] == id_map[e.user]
+  other = next(j for j, x in enumerate(p.evaluate) if x.user != e.user)
+  swapped = f.fields(0, user=p.evaluate[other].user, history_of=other)
+  assert swapped["user_row"] == id_map[p.evaluate[other].user]
+  np.testing.assert_array_equal(swapped["query_z"], got["query_z"])  # the query stays its own
+  assert swapped["hist_valid"].sum() == len(p.evaluate[other].history)
+  assert f.fields(0, user="")["user_row"] == -1
+
+
+@pytest.mark.parametrize("switch", [dict(prefix=False), dict(user_prefix=False),
+                                    dict(query_prefix=False, bridge_lora=False)])
+def test_controls_and_ablations_train_only_what_they_keep(synth_folder, model_cache, switch,
+                                                         tmp_path):
+  config = tiny_config(**switch)
+  config.stage2.steps = 1
+  llm, tok = models.load("tiny-random")
+  run, ds, id_map = _stage2_run(config, synth_folder, (llm, tok))
+  state = run.fit(ds, str(tmp_path), id_map, stop_after=0)
+  paths = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_leaves_with_path(
+      {"params": state["params"], "table": state["table"]})}
+  has = lambda s: any(s in p for p in paths)  # noqa: E731
+  assert has("lora_a") == config.stage2.bridge_lora
+  assert has("table") == (config.stage2.prefix and config.stage2.user_prefix)
+  assert has("attention") == (config.stage2.prefix and config.stage2.query_prefix)
