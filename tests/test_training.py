@@ -180,12 +180,13 @@ def test_offline_config_trains_on_real_movielens(shared_data, model_cache, tmp_p
   build_offline.build(shared_data, out, names=["movielens_2M"])
   c = offline_config.get_config("movielens_2M,tiny")
   c.data.folder = os.path.join(out, "movielens_2M")
+  c.data.eval_max_examples = 12  # 5 test questions per user: 3 users
   summary = train_and_evaluate(c, str(tmp_path / "run"))
   assert c.data.source == "lamp" and summary["task"] == "LaMP_2M"
   # The evaluated users are the trained users: each has a row, none is a cold start.
-  assert summary["stages"]["2"]["users"] == summary["eval_users"] == 4
+  assert summary["stages"]["2"]["users"] == summary["eval_users"] == 3
   assert summary["cold_start_eval_users"] == 0
-  assert summary["eval"]["questions"] == 4 and "f1" in summary["eval"]["TAP-PER"]
+  assert summary["eval"]["questions"] == 12 and "f1" in summary["eval"]["TAP-PER"]
 
 
 def test_every_example_sees_only_its_own_users_earlier_records(synth_folder, model_cache):

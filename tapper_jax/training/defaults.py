@@ -35,6 +35,7 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.task = task  # LaMP task: LaMP_1, LaMP_2M, LaMP_2N, LaMP_3, LaMP_4, LaMP_5, LaMP_7 (LaMP_2 = 2M)
   c.stage = "both"  # "1" (task LoRA, merged and saved), "2" (TAP-PER on a saved backbone), "both"
   c.seed = 0  # one seed for init, data order and dropout
+  c.method = "tapper"  # the stage-2 method (tapper_jax.methods): its modules, inputs, examples
   c.name = "TAP-PER"  # the stage-2 row's name in summary.json and predictions/
 
   c.data = ml_collections.ConfigDict()

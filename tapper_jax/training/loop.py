@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from tapper_jax import metrics, models
+from tapper_jax import methods, metrics, models
 from tapper_jax.models import registry
 from tapper_jax.models.llama import LlamaForCausalLM
 from tapper_jax.models.lora import merge_lora
@@ -180,10 +180,10 @@ def plan(config, workdir: str) -> Plan:
     logging.info("%s", report.summary())
     if config.data.eval_max_examples:
       eval_qs = eval_qs[: config.data.eval_max_examples]
-  s2 = config.stage2
+  method = methods.get(config)
   skips = lamp.Report("stage-2 examples")
-  stage2 = ex.stage2_examples(spec, s2.examples, eval_qs, stage1_qs, skips)
-  users = sorted({e.user for e in stage2}) if s2.prefix and s2.user_prefix else []
+  stage2 = method.examples(spec, eval_qs, stage1_qs, skips)
+  users = method.users(stage2)
   return Plan(spec, folder, stage1_qs, eval_qs, ex.question_examples(spec, stage1_qs), stage2,
               ex.question_examples(spec, eval_qs), users, skips)
 
@@ -242,24 +242,16 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     id_map = {u: i for i, u in enumerate(users)}
     num_rows = setup.table_rows(len(users), mesh, config)
     n_steps = resolve_steps(s2, len(examples))
-    fields = ev_fields = None
-    if s2.prefix:
-      embedding = np.asarray(jax.device_get(llm.model.embed_tokens.embedding.get_value()))
-      bank = ex.build_bank(spec, [stage1_qs, eval_qs], tok, embedding, s2.record_tokens)
-      slots = ex.history_slots([examples, ev], s2.max_history, s2.attention_chunk)
-      fields = ex.HistoryFields(examples, bank, ex.embed_queries(examples, tok, embedding,
-                                                                 s2.record_tokens),
-                                id_map, slots, s2.max_history)
-      ev_fields = ex.HistoryFields(ev, bank, ex.embed_queries(ev, tok, embedding,
-                                                              s2.record_tokens),
-                                   id_map, slots, s2.max_history)
+    method = methods.get(config)
+    fields = method.fields(examples, p, tok, llm, id_map, slots_from=[ev])
+    ev_fields = method.fields(ev, p, tok, llm, id_map, slots_from=[examples])
     run = StageRun(2, llm, config, mesh, num_rows, n_steps)
     ds = ex.train_dataset(examples, prompts, config, s2, seed=config.seed, history=fields)
     state = run.fit(ds, workdir, id_map, stop_after=stop_after)
     if int(jax.device_get(state["step"])) < n_steps:
       return {"stopped_after": stop_after, "stage": 2}
     eval_users = sorted({q.user_id for q in eval_qs})
-    cold = [u for u in eval_users if u not in id_map] if s2.prefix and s2.user_prefix else []
+    cold = [u for u in eval_users if u not in id_map] if users else []
     if eval_users and len(cold) * 2 > len(eval_users):
       logging.warning("MOST EVALUATED USERS ARE COLD STARTS: %d of %d have no P_u row (their "
                       "P_u is 0). Check data.eval_split and stage2.examples.", len(cold),

@@ -17,7 +17,8 @@ from tapper_jax.data.tasks import get_task
 from tapper_jax.models.llama import LlamaForCausalLM
 from tapper_jax.models.lora import attach_lora
 from tapper_jax.models.partitioning import fitted_spec, state_shardings
-from tapper_jax.tapper.model import PersonalizedLM, Tapper
+from tapper_jax import methods
+from tapper_jax.tapper.model import PersonalizedLM
 from tapper_jax.tapper.prefix import PrefixTable
 
 # What stage 2 trains besides the table: every LoRA factor and every Param of the TAP-PER module.
@@ -53,6 +54,8 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
   except (KeyError, ValueError):
     raise ConfigError(f"config.task={config.task!r}: unknown LaMP task (LaMP_1, LaMP_2M, "
                       "LaMP_2N, LaMP_3, LaMP_4, LaMP_5, LaMP_7)") from None
+  if config.method not in methods.METHODS:
+    raise ConfigError(f"config.method={config.method!r}: choose from {sorted(methods.METHODS)}")
   if str(config.stage) not in ("1", "2", "both"):
     raise ConfigError(f"config.stage={config.stage!r}: choose 1, 2 or both")
   if config.data.source not in ("lamp", "oppu", "synthetic"):
@@ -117,7 +120,7 @@ def table_rows(num_users: int, mesh: Mesh, config) -> int:
 
 def build_model(llm: LlamaForCausalLM, config, stage: int, num_rows: int, key) -> PersonalizedLM:
   """Attaches the stage's LoRA (task r8 / bridge r4, unless switched off) to `llm`, and in
-  stage 2 the TAP-PER module (unless `stage2.prefix` is off: the bridge-LoRA-alone control)."""
+  stage 2 the method's prefix module (TAP-PER's; none for the bridge-LoRA-alone control)."""
   k_lora, k_tapper = jax.random.split(key)
   s = config.stage1 if stage == 1 else config.stage2
   if stage == 1:
@@ -125,12 +128,11 @@ def build_model(llm: LlamaForCausalLM, config, stage: int, num_rows: int, key) -
   elif s.bridge_lora:
     attach_lora(llm, rank=s.bridge_rank, alpha=s.bridge_alpha, dropout=s.bridge_dropout,
                 key=k_lora)
-  tapper = None
-  if stage == 2 and s.prefix:
-    tapper = Tapper(llm.config.hidden_size, s.prefix_len, num_rows, user_prefix=s.user_prefix,
-                    query_prefix=s.query_prefix, time_decay=s.time_decay,
-                    order_decay=s.order_decay, chunk=s.attention_chunk, rngs=nnx.Rngs(k_tapper))
-  return PersonalizedLM(llm, tapper)
+  prefix = None
+  if stage == 2:
+    prefix = methods.get(config).prefix_module(llm.config.hidden_size, num_rows,
+                                               nnx.Rngs(k_tapper))
+  return PersonalizedLM(llm, prefix)
 
 
 def split(model: PersonalizedLM):

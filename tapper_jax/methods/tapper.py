@@ -1,0 +1,55 @@
+"""TAP-PER in the harness: P_u (a table row per trained user) + P_q (temporal attention over
+the user's whole visible history, read from the record bank), as L soft tokens, with the bridge
+LoRA. Switches (config.stage2.*) turn parts off for ablations and controls; `prefix=False`
+leaves the bridge LoRA alone."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from tapper_jax.methods.base import Fields, Method
+from tapper_jax.tapper.model import Tapper
+
+
+class TapperMethod(Method):
+  name = "tapper"
+
+  def users(self, examples: Sequence) -> list[str]:
+    s2 = self.config.stage2
+    return sorted({e.user for e in examples}) if s2.prefix and s2.user_prefix else []
+
+  def prefix_module(self, d: int, num_rows: int, rngs: nnx.Rngs) -> nnx.Module | None:
+    s = self.config.stage2
+    if not s.prefix:
+      return None
+    return Tapper(d, s.prefix_len, num_rows, user_prefix=s.user_prefix,
+                  query_prefix=s.query_prefix, time_decay=s.time_decay,
+                  order_decay=s.order_decay, chunk=s.attention_chunk, rngs=rngs)
+
+  def bank(self, plan, tokenizer, llm):
+    """The record bank of every profile the run sees (built once, then reused)."""
+    if getattr(self, "_bank", None) is None:
+      from tapper_jax.training import examples as ex
+      self._embedding = np.asarray(jax.device_get(
+          llm.model.embed_tokens.embedding.get_value()))
+      self._bank = ex.build_bank(plan.spec, [plan.stage1_qs, plan.eval_qs], tokenizer,
+                                 self._embedding, self.config.stage2.record_tokens)
+    return self._bank
+
+  def history_fields(self, examples, plan, tokenizer, llm, id_map, slots_from=()):
+    from tapper_jax.training import examples as ex
+    s2 = self.config.stage2
+    bank = self.bank(plan, tokenizer, llm)
+    slots = ex.history_slots([examples, *slots_from], s2.max_history, s2.attention_chunk)
+    return ex.HistoryFields(examples, bank, ex.embed_queries(examples, tokenizer,
+                                                             self._embedding, s2.record_tokens),
+                            id_map, slots, s2.max_history)
+
+  def fields(self, examples, plan, tokenizer, llm, id_map, slots_from=()) -> Fields | None:
+    if not self.config.stage2.prefix:
+      return None
+    return self.history_fields(examples, plan, tokenizer, llm, id_map, slots_from)
