@@ -208,7 +208,7 @@ def report(all_results: dict, header: str) -> str:
     best = {}
     for k in keys:
       vals = [v[k] for v in rows.values()]
-      best[k] = min(vals) if k in LOWER_IS_BETTER else max(vals)
+      best[k] = min(vals) if k.lower() in LOWER_IS_BETTER else max(vals)
     lines += [f"### {task} ({res['questions']} {_SPLIT.value} questions, "
               f"{res['users']} users)", "",
               "| row | " + " | ".join(keys) + " | TAP-PER minus row, 95% CI |",

@@ -71,9 +71,11 @@ class Tokenizer:
   def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt=True) -> str:
     if not self.chat_template:
       raise TokenizerError(f"{self.source}: no chat_template in tokenizer_config.json")
-    import jinja2
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(self.chat_template).render(
+    if getattr(self, "_template", None) is None:  # compiled once: prompts render per example
+      import jinja2
+      env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+      self._template = env.from_string(self.chat_template)
+    return self._template.render(
         messages=messages, add_generation_prompt=add_generation_prompt,
         bos_token=self.tk.id_to_token(self.bos_id) if self.bos_id is not None else "",
         eos_token=self.tk.id_to_token(self.eos_id) if self.eos_id is not None else "")
