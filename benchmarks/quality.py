@@ -43,6 +43,8 @@ _OUT = flags.DEFINE_string("output", os.path.join("bench_out", "quality"), "Outp
 _SPLIT = flags.DEFINE_string("split", "test", "Evaluated split (choose settings on dev).")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (each row is run once per seed).")
 _TASKS = flags.DEFINE_list("only_tasks", [], "Restrict to these offline tasks (default: the budget's).")
+_ROWS = flags.DEFINE_list("rows", [], "Restrict to the budget's rows whose names contain one of "
+                          "these (e.g. 'without P_u,without P_q'); TAP-PER always runs.")
 _BOOT = flags.DEFINE_integer("bootstrap", 1000, "Paired bootstrap resamples.")
 _TINY = flags.DEFINE_bool("tiny", False, "Smoke run: the tiny random LLM, 2 steps a stage, 12 "
                           "questions of 3 users (checks the harness, measures nothing).")
@@ -249,6 +251,8 @@ def main(argv):
   from tapper_jax.data import build_offline, lamp
   tasks, rows, recipes = BUDGETS[_BUDGET.value]
   tasks = tuple(_TASKS.value) or tasks
+  if _ROWS.value:
+    rows = tuple(r for r in rows if r is TAPPER or any(k in r.name for k in _ROWS.value))
   out = os.path.abspath(_OUT.value)
   os.makedirs(out, exist_ok=True)
   build_offline.build(_RAW.value, _OFFLINE.value, names=[t for t in tasks])
