@@ -22,7 +22,8 @@ assert jax.device_count() == devices
 c = synthetic.get_config("tiny")
 c.stage = "2"
 c.data.synthetic.num_users = 8  # 8 table rows either way: the table's init does not depend on the mesh
-c.data.eval_split = ""
+c.data.eval_max_examples = 0  # all 8 users are evaluated, hence trained
+c.evaluate = False
 c.stage2.steps = 3
 c.stage2.batch_size = 8
 c.eval_batch_size = 8
