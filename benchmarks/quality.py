@@ -133,8 +133,7 @@ def run_task(kind, name, folder, rows, recipe, seed, out) -> dict:
   s, wd = run("stage1", c)
   minutes["stage1"] = s.get("minutes", round((time.time() - t0) / 60, 2))
   results["non-personalized"] = s["eval"]["non-personalized"]
-  preds["non-personalized"] = os.path.join(wd, "predictions",
-                                           f"{_SPLIT.value}_non_personalized.json")
+  preds.update(s["predictions"])
   backbone = os.path.join(wd, "backbone")
   for row in rows:
     c = task_config(kind, name, folder, recipe, seed)
@@ -146,13 +145,8 @@ def run_task(kind, name, folder, rows, recipe, seed, out) -> dict:
     tag = "".join(ch if ch.isalnum() else "_" for ch in row.name.lower())
     s, wd = run(tag, c)
     minutes[row.name] = s["minutes"]
-    for label, scores in s["eval"].items():
-      if isinstance(scores, dict):
-        results[label] = scores
-        slug = "".join(ch if ch.isalnum() else "_" for ch in row.name.lower()).strip("_")
-        suffix = {f"{row.name}, no personal input": "_no_personal",
-                  f"{row.name}, another user's input": "_other_user"}.get(label, "")
-        preds[label] = os.path.join(wd, "predictions", f"{_SPLIT.value}_{slug}{suffix}.json")
+    results.update({k: v for k, v in s["eval"].items() if isinstance(v, dict)})
+    preds.update(s["predictions"])
     results.setdefault("_info", {})[row.name] = {
         k: s["stages"]["2"].get(k) for k in ("examples", "users", "steps", "lambda_t",
                                              "lambda_o", "history_slots")}

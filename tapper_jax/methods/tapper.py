@@ -18,6 +18,10 @@ from tapper_jax.tapper.model import Tapper
 class TapperMethod(Method):
   name = "tapper"
 
+  def __init__(self, config):
+    super().__init__(config)
+    self._bank = self._embedding = None  # the record bank, built once per run
+
   def users(self, examples: Sequence) -> list[str]:
     s2 = self.config.stage2
     return sorted({e.user for e in examples}) if s2.prefix and s2.user_prefix else []
@@ -30,26 +34,16 @@ class TapperMethod(Method):
                   query_prefix=s.query_prefix, time_decay=s.time_decay,
                   order_decay=s.order_decay, chunk=s.attention_chunk, rngs=rngs)
 
-  def bank(self, plan, tokenizer, llm):
-    """The record bank of every profile the run sees (built once, then reused)."""
-    if getattr(self, "_bank", None) is None:
-      from tapper_jax.training import examples as ex
-      self._embedding = np.asarray(jax.device_get(
-          llm.model.embed_tokens.embedding.get_value()))
-      self._bank = ex.build_bank(plan.spec, [plan.stage1_qs, plan.eval_qs], tokenizer,
-                                 self._embedding, self.config.stage2.record_tokens)
-    return self._bank
-
-  def history_fields(self, examples, plan, tokenizer, llm, id_map, slots_from=()):
-    from tapper_jax.training import examples as ex
-    s2 = self.config.stage2
-    bank = self.bank(plan, tokenizer, llm)
-    slots = ex.history_slots([examples, *slots_from], s2.max_history, s2.attention_chunk)
-    return ex.HistoryFields(examples, bank, ex.embed_queries(examples, tokenizer,
-                                                             self._embedding, s2.record_tokens),
-                            id_map, slots, s2.max_history)
-
   def fields(self, examples, plan, tokenizer, llm, id_map, slots_from=()) -> Fields | None:
+    """HistoryFields over the record bank of every profile the run sees (built on first use)."""
     if not self.config.stage2.prefix:
       return None
-    return self.history_fields(examples, plan, tokenizer, llm, id_map, slots_from)
+    from tapper_jax.training import examples as ex
+    s2 = self.config.stage2
+    if self._bank is None:
+      self._embedding = np.asarray(jax.device_get(llm.model.embed_tokens.embedding.get_value()))
+      self._bank = ex.build_bank(plan.spec, [plan.stage1_qs, plan.eval_qs], tokenizer,
+                                 self._embedding, s2.record_tokens)
+    slots = ex.history_slots([examples, *slots_from], s2.max_history, s2.attention_chunk)
+    return ex.HistoryFields(examples, self._bank, ex.embed_queries(
+        examples, tokenizer, self._embedding, s2.record_tokens), id_map, slots, s2.max_history)

@@ -9,12 +9,11 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from tapper_jax.errors import ConfigError  # re-exported: models.ConfigError
+
 # model_type -> (q/k/v have bias, o has bias). Qwen2 carries q/k/v biases only; Llama's
 # `attention_bias` puts a bias on all four projections.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
-
-
-from tapper_jax.errors import ConfigError  # noqa: E402  (re-exported: models.ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,8 +35,8 @@ def predict(model: PersonalizedLM, examples, prompts: PromptFormat, config,
             fields=None) -> list[str]:
   """Greedy answers for `examples` (training.examples.Example), in order.
 
-  fields: i -> example i's personal fields (user_row, query_z, hist_*), e.g.
-  `HistoryFields.fields`; None runs without a prefix. Prompts get the training budget.
+  fields: i -> example i's personal batch fields (the method's, e.g. `HistoryFields.fields`:
+  user_row, query_z, hist_*); None runs without a prefix. Prompts get the training budget.
   """
   bsz, plen = config.eval_batch_size, prompts.max_prompt_tokens
   graphdef, state = nnx.split(model)
@@ -50,8 +50,7 @@ def predict(model: PersonalizedLM, examples, prompts: PromptFormat, config,
     batch = {"input_ids": ids, "attention_mask": mask}
     if fields is not None:
       f = [fields(i) for i in rows]
-      for k in ("user_row", "query_z", "hist_z", "hist_age", "hist_valid"):
-        batch[k] = np.stack([x[k] for x in f])
+      batch.update({k: np.stack([x[k] for x in f]) for k in f[0]})
     emb, full_mask = _inputs(graphdef, state, jax.tree.map(jnp.asarray, batch))
     gen = np.asarray(greedy_generate(model.llm, inputs_embeds=emb, attention_mask=full_mask,
                                      max_new_tokens=config.max_new_tokens,

@@ -167,6 +167,7 @@ class Plan:
   evaluate: list  # evaluation examples
   users: list  # the users with a P_u row (sorted)
   skips: object  # lamp.Report of records that make no example
+  method: methods.Method  # the configured stage-2 method
 
 
 def plan(config, workdir: str) -> Plan:
@@ -185,7 +186,7 @@ def plan(config, workdir: str) -> Plan:
   stage2 = method.examples(spec, eval_qs, stage1_qs, skips)
   users = method.users(stage2)
   return Plan(spec, folder, stage1_qs, eval_qs, ex.question_examples(spec, stage1_qs), stage2,
-              ex.question_examples(spec, eval_qs), users, skips)
+              ex.question_examples(spec, eval_qs), users, skips, method)
 
 
 def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -228,7 +229,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
           "budget": ex.budget_report(examples, prompts, config.max_target_tokens),
           "seconds": round(time.time() - t0, 1), "log": run.logged}
 
-  results = {}
+  results, files = {}, {}
   if stage in ("2", "both"):
     t0 = time.time()
     llm, tok, _ = _backbone(config, workdir)
@@ -242,9 +243,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     id_map = {u: i for i, u in enumerate(users)}
     num_rows = setup.table_rows(len(users), mesh, config)
     n_steps = resolve_steps(s2, len(examples))
-    method = methods.get(config)
-    fields = method.fields(examples, p, tok, llm, id_map, slots_from=[ev])
-    ev_fields = method.fields(ev, p, tok, llm, id_map, slots_from=[examples])
+    fields = p.method.fields(examples, p, tok, llm, id_map, slots_from=[ev])
+    ev_fields = p.method.fields(ev, p, tok, llm, id_map, slots_from=[examples])
     run = StageRun(2, llm, config, mesh, num_rows, n_steps)
     ds = ex.train_dataset(examples, prompts, config, s2, seed=config.seed, history=fields)
     state = run.fit(ds, workdir, id_map, stop_after=stop_after)
@@ -272,22 +272,21 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       summary["cold_start_eval_users"] = len(cold)
       summary["eval_users"] = len(eval_users)
       if config.eval_backbone:
-        results["non-personalized"] = _evaluate(spec, ev, PersonalizedLM(llm, None), prompts,
-                                                config, None, workdir, "non_personalized")
+        _evaluate(results, files, "non-personalized", spec, ev, PersonalizedLM(llm, None),
+                  prompts, config, None, workdir)
       model = run.model(state)
-      results[config.name] = _evaluate(spec, ev, model, prompts, config,
-                                       None if ev_fields is None else ev_fields.fields,
-                                       workdir, _slug(config.name))
+      _evaluate(results, files, config.name, spec, ev, model, prompts, config,
+                None if ev_fields is None else ev_fields.fields, workdir)
       for control in (config.eval_controls if ev_fields is not None else ()):
-        results[f"{config.name}, {CONTROLS[control]}"] = _evaluate(
-            spec, ev, model, prompts, config, _control_fields(control, ev, ev_fields), workdir,
-            f"{_slug(config.name)}_{control}")
+        _evaluate(results, files, f"{config.name}, {CONTROLS[control]}", spec, ev, model,
+                  prompts, config, _control_fields(control, ev, ev_fields), workdir,
+                  file=f"{_slug(config.name)}_{control}")
   elif eval_qs and config.evaluate:
     llm, tok, _ = _backbone(config, workdir)
-    results["non-personalized"] = _evaluate(spec, p.evaluate,
-                                            PersonalizedLM(llm, None), prompt_format(config, tok),
-                                            config, None, workdir, "non_personalized")
+    _evaluate(results, files, "non-personalized", spec, p.evaluate, PersonalizedLM(llm, None),
+              prompt_format(config, tok), config, None, workdir)
   summary["eval"] = {"split": config.data.eval_split, "questions": len(eval_qs), **results}
+  summary["predictions"] = files  # row name -> its leaderboard file
   summary["minutes"] = round((time.time() - t_start) / 60, 2)
   _write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
@@ -317,12 +316,15 @@ def _control_fields(control: str, ev, fields: "ex.HistoryFields"):
                                  history_of=other[ev[i].user])
 
 
-def _evaluate(spec, examples, model, prompts, config, fields, workdir, name) -> dict:
+def _evaluate(results, files, name, spec, examples, model, prompts, config, fields, workdir, *,
+              file: str | None = None) -> None:
+  """Scores row `name` into results[name] and writes its leaderboard file (path in files[name])."""
   preds = evaluation.predict(model, examples, prompts, config, fields)
-  scores = evaluation.score(spec, examples, preds)
-  _write_json(os.path.join(workdir, "predictions", f"{config.data.eval_split}_{name}.json"),
-              metrics.leaderboard(spec.name, {e.id: p for e, p in zip(examples, preds)}))
-  return scores
+  results[name] = evaluation.score(spec, examples, preds)
+  path = os.path.join(workdir, "predictions",
+                      f"{config.data.eval_split}_{file or _slug(name)}.json")
+  _write_json(path, metrics.leaderboard(spec.name, {e.id: p for e, p in zip(examples, preds)}))
+  files[name] = path
 
 
 def table(summary: dict) -> str:

@@ -13,19 +13,17 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from tapper_jax import methods
 from tapper_jax.data.tasks import get_task
+from tapper_jax.errors import ConfigError  # re-exported: setup.ConfigError
 from tapper_jax.models.llama import LlamaForCausalLM
 from tapper_jax.models.lora import attach_lora
 from tapper_jax.models.partitioning import fitted_spec, state_shardings
-from tapper_jax import methods
 from tapper_jax.tapper.model import PersonalizedLM
 from tapper_jax.tapper.prefix import PrefixTable
 
 # What stage 2 trains besides the table: every LoRA factor and every Param of the TAP-PER module.
 TRAINABLE = nnx.Any(nnx.LoRAParam, nnx.PathContains("tapper"))
-
-
-from tapper_jax.errors import ConfigError  # noqa: E402  (one config error type)
 
 
 def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
@@ -54,8 +52,7 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
   except (KeyError, ValueError):
     raise ConfigError(f"config.task={config.task!r}: unknown LaMP task (LaMP_1, LaMP_2M, "
                       "LaMP_2N, LaMP_3, LaMP_4, LaMP_5, LaMP_7)") from None
-  if config.method not in methods.METHODS:
-    raise ConfigError(f"config.method={config.method!r}: choose from {sorted(methods.METHODS)}")
+  methods.get(config)  # raises ConfigError for an unknown method
   if str(config.stage) not in ("1", "2", "both"):
     raise ConfigError(f"config.stage={config.stage!r}: choose 1, 2 or both")
   if config.data.source not in ("lamp", "oppu", "synthetic"):
