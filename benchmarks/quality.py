@@ -14,6 +14,7 @@ switches (configs/offline.py + `stage2.*` fields):
   step-matched control            the bridge LoRA alone on TAP-PER's own stage-2 examples (the
                                   evaluated users' records), same steps: what the prefix adds
   ablations                       no P_u, no P_q, no time decay, no order decay, no bridge LoRA
+  PPlug                           the persona plug (methods/pplug.py) on the same backbone
 TAP-PER is also evaluated with no personal input (P_u = 0, empty history) and with another
 evaluated user's row and history. Rows resume: a row whose summary.json exists is not rerun.
 Output: OUT/quality.md (table, best per column in bold), OUT/quality.json, OUT/quality.png.
@@ -33,7 +34,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "configs"))
 
-_BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "full"], "Which budget.")
+_BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "cpu-methods", "full"],
+                            "Which budget.")
 _OFFLINE = flags.DEFINE_string("offline", os.path.join("data", "offline"),
                                "Offline suite root (built here from --raw if missing).")
 _RAW = flags.DEFINE_string("raw_data", os.path.join("..", "shared", "data", "raw"), "Raw data root.")
@@ -55,12 +57,14 @@ class Row:
   name: str
   fields: tuple = ()  # (dotted config field, value) overrides of the stage-2 run
   controls: tuple = ()  # extra evaluation rows of the same run
+  method: str = "tapper"  # the stage-2 method (its defaults applied before `fields`)
 
 
 TAPPER = Row("TAP-PER", controls=("no_personal", "other_user"))
 LONG = Row("non-personalized, trained as long",
            (("stage2.prefix", False), ("stage2.examples", ("pooled",))))
 STEP_MATCHED = Row("step-matched control (bridge LoRA alone)", (("stage2.prefix", False),))
+PPLUG = Row("PPlug", controls=("no_personal", "other_user"), method="pplug")
 ABLATIONS = (Row("TAP-PER without P_u", (("stage2.user_prefix", False),)),
              Row("TAP-PER without P_q", (("stage2.query_prefix", False),)),
              Row("TAP-PER without time decay", (("stage2.time_decay", False),)),
@@ -80,22 +84,18 @@ BUDGETS = {
             {t: {**SHORT_RATES, **r} for t, r in CPU_RECIPE.items()}),
     "cpu-ablate": (("huffpost_2N",), (TAPPER,) + ABLATIONS,
                    {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
+    # The other methods beside TAP-PER, same data, steps and rates (issue 11).
+    "cpu-methods": (("huffpost_2N",), (TAPPER, PPLUG),
+                    {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
     "full": (("huffpost_2N", "huffpost_4", "movielens_3", "movielens_2M"),
-             (TAPPER, LONG, STEP_MATCHED) + ABLATIONS, {}),  # the paper's recipe: epochs
+             (TAPPER, LONG, STEP_MATCHED, PPLUG) + ABLATIONS, {}),  # the paper's recipe: epochs
 }
 LOWER_IS_BETTER = ("mae", "rmse")
 
 
-def _set(c, name, value):
-  node = c
-  *parents, leaf = name.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
-
-
 def task_config(kind: str, name: str, folder: str, recipe: dict, seed: int):
   import importlib
+  from tapper_jax.training.defaults import set_field
   if kind == "offline":
     c = importlib.import_module("offline").get_config(name + (",tiny" if _TINY.value else ""))
   else:
@@ -106,7 +106,7 @@ def task_config(kind: str, name: str, folder: str, recipe: dict, seed: int):
   c.progress = False
   c.checkpoint_every = 1000
   for k, v in recipe.items():
-    _set(c, k, v)
+    set_field(c, k, v)
   if _TINY.value:
     c.stage1.steps = c.stage2.steps = 2
     c.data.eval_max_examples = 12  # several users (the other-user control needs two)
@@ -115,6 +115,7 @@ def task_config(kind: str, name: str, folder: str, recipe: dict, seed: int):
 
 def run_task(kind, name, folder, rows, recipe, seed, out) -> dict:
   """Stage 1 once, then every row; returns {row: scores} and the per-row prediction files."""
+  from tapper_jax.training.defaults import set_field, with_method
   from tapper_jax.training.loop import train_and_evaluate
   base = os.path.join(out, "runs", f"{name}_seed{seed}")
   results, preds, minutes = {}, {}, {}
@@ -137,11 +138,13 @@ def run_task(kind, name, folder, rows, recipe, seed, out) -> dict:
   backbone = os.path.join(wd, "backbone")
   for row in rows:
     c = task_config(kind, name, folder, recipe, seed)
+    if row.method != "tapper":
+      with_method(c, row.method)
     c.stage, c.name, c.eval_backbone = "2", row.name, False
     c.stage2.backbone = backbone
     c.eval_controls = row.controls
     for k, v in row.fields:
-      _set(c, k, v)
+      set_field(c, k, v)
     tag = "".join(ch if ch.isalnum() else "_" for ch in row.name.lower())
     s, wd = run(tag, c)
     minutes[row.name] = s["minutes"]

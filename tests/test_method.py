@@ -154,6 +154,8 @@ def _shipped_configs():
       out.append((path, setting))
   for variant in ("huffpost_2N", "huffpost_4", "movielens_3", "movielens_2M"):
     out.append((os.path.join(REPO, "configs", "offline.py"), variant))
+  for variant in ("lamp2:time", "lamp2:user", "lamp2:oppu", "lamp7:oppu", "huffpost_2N"):
+    out.append((os.path.join(REPO, "configs", "pplug.py"), variant))
   return out
 
 
@@ -162,12 +164,16 @@ def _shipped_configs():
 def test_every_evaluated_user_is_trained_and_no_evaluated_gold_is_trained_on(path, variant,
                                                                              tmp_path):
   c = _config_module(path).get_config(variant)
-  setting = variant if variant in ("time", "user", "oppu") else "time"
+  setting = variant.rpartition(":")[2]
+  setting = setting if setting in ("time", "user", "oppu") else "time"
   c.data.folder = write_setting(str(tmp_path / "data"), c.task, setting)
   p = plan(c, str(tmp_path))
   assert p.eval_qs and p.stage1 and p.stage2
   evaluated = {q.user_id for q in p.eval_qs}
-  assert evaluated <= set(p.users)  # every evaluated user has a P_u row
+  if c.method == "tapper":
+    assert evaluated <= set(p.users)  # every evaluated user has a P_u row
+  else:  # PPlug: no per-user parameters at all
+    assert c.method == "pplug" and not p.users
   assert {e.user for e in p.stage2} == evaluated or "pooled" in c.stage2.examples
   golds = {(q.input, q.gold) for q in p.eval_qs}
   eval_ids = {q.id for q in p.eval_qs}

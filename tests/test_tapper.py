@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from tapper_jax.tapper import RecordBank, TemporalAttention, UserPrefixTable, embed_texts
+from tapper_jax.tapper.bank import mean_embedder
 from tapper_jax.tapper.model import Tapper
 
 D, L = 16, 3
@@ -182,7 +183,8 @@ def test_bank_embeds_first_tokens_sorts_by_day_and_gathers_histories():
   np.testing.assert_array_equal(z[1], 0.0)
   np.testing.assert_allclose(z[2], emb[97 % 7])
   bank = RecordBank.build({"u": [("r3", "c", 30.0), ("r1", "a", 10.0), ("r2", "b", 20.0),
-                                 ("r1", "a", 10.0)], "v": [("r1", "x", 5.0)]}, _Tok(), emb)
+                                 ("r1", "a", 10.0)], "v": [("r1", "x", 5.0)]},
+                          mean_embedder(_Tok(), emb))
   assert bank.z.shape == (4, 2) and list(bank.day) == [10.0, 20.0, 30.0, 5.0]
   assert bank.rows("u", ["r1", "r2"]).tolist() == [0, 1]
   assert bank.rows("v", ["r1"]).tolist() == [3]  # record ids are per user

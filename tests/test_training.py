@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from tapper_jax import models
+from tapper_jax.tapper.bank import mean_embedder
 from tapper_jax.training import examples as data
 from tapper_jax.training import setup, steps
 from tapper_jax.training.checkpoint import Checkpoints
@@ -70,10 +71,10 @@ def _stage2_run(config, folder, tok_llm):
   config.data.folder = folder
   p = plan(config, folder)
   emb = np.asarray(llm.model.embed_tokens.embedding.get_value())
-  bank = data.build_bank(p.spec, [p.stage1_qs, p.eval_qs], tok, emb, 128)
+  bank = data.build_bank(p.spec, [p.stage1_qs, p.eval_qs], mean_embedder(tok, emb, 128))
   ex = p.stage2
   id_map = {u: i for i, u in enumerate(p.users)}
-  hist = data.HistoryFields(ex, bank, data.embed_queries(ex, tok, emb, 128), id_map, 8, 8)
+  hist = data.HistoryFields(ex, bank, data.embed_queries(ex, mean_embedder(tok, emb, 128)), id_map, 8, 8)
   mesh = setup.make_mesh(config)
   run = StageRun(2, llm, config, mesh, len(id_map), config.stage2.steps)
   ds = data.train_dataset(ex, prompt_format(config, tok), config, config.stage2, seed=0,
@@ -199,7 +200,7 @@ def test_every_example_sees_only_its_own_users_earlier_records(synth_folder, mod
   p = plan(c, synth_folder)
   assert len({e.id for e in p.stage2}) == len(p.stage2) > len(p.users)
   emb = np.random.default_rng(0).normal(size=(tok.vocab_size, 8)).astype(np.float32)
-  bank = data.build_bank(p.spec, [p.stage1_qs, p.eval_qs], tok, emb, 128)
+  bank = data.build_bank(p.spec, [p.stage1_qs, p.eval_qs], mean_embedder(tok, emb, 128))
   profiles = {q.user_id: {r.id: r for r in q.profile} for q in p.eval_qs}
   own = {}
   for e in p.stage2:
@@ -226,10 +227,10 @@ def test_history_fields_carry_the_examples_own_history_and_the_controls_swap_it(
   c.data.eval_max_examples = 0
   p = plan(c, synth_folder)
   emb = np.random.default_rng(1).normal(size=(tok.vocab_size, 8)).astype(np.float32)
-  bank = data.build_bank(p.spec, [p.stage1_qs, p.eval_qs], tok, emb, 128)
+  bank = data.build_bank(p.spec, [p.stage1_qs, p.eval_qs], mean_embedder(tok, emb, 128))
   id_map = {u: i for i, u in enumerate(p.users)}
   slots = data.history_slots([p.stage2, p.evaluate], 0, 64)
-  f = data.HistoryFields(p.evaluate, bank, data.embed_queries(p.evaluate, tok, emb, 128),
+  f = data.HistoryFields(p.evaluate, bank, data.embed_queries(p.evaluate, mean_embedder(tok, emb, 128)),
                          id_map, slots)
   e = p.evaluate[0]
   got = f.fields(0)

@@ -4,9 +4,10 @@ method declares its trainable modules, the per-example inputs they read, and the
 trains on. `get(config)` returns the configured method."""
 
 from tapper_jax.methods.base import Method
+from tapper_jax.methods.pplug import PPlugMethod
 from tapper_jax.methods.tapper import TapperMethod
 
-METHODS: dict[str, type[Method]] = {"tapper": TapperMethod}
+METHODS: dict[str, type[Method]] = {"tapper": TapperMethod, "pplug": PPlugMethod}
 
 
 def get(config) -> Method:

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from tapper_jax.methods.base import Fields, Method
+from tapper_jax.tapper.bank import mean_embedder
 from tapper_jax.tapper.model import Tapper
 
 
@@ -20,7 +21,7 @@ class TapperMethod(Method):
 
   def __init__(self, config):
     super().__init__(config)
-    self._bank = self._embedding = None  # the record bank, built once per run
+    self._bank = self._embed = None  # the record bank, built once per run
 
   def users(self, examples: Sequence) -> list[str]:
     s2 = self.config.stage2
@@ -41,9 +42,9 @@ class TapperMethod(Method):
     from tapper_jax.training import examples as ex
     s2 = self.config.stage2
     if self._bank is None:
-      self._embedding = np.asarray(jax.device_get(llm.model.embed_tokens.embedding.get_value()))
-      self._bank = ex.build_bank(plan.spec, [plan.stage1_qs, plan.eval_qs], tokenizer,
-                                 self._embedding, s2.record_tokens)
+      table = np.asarray(jax.device_get(llm.model.embed_tokens.embedding.get_value()))
+      self._embed = mean_embedder(tokenizer, table, s2.record_tokens)
+      self._bank = ex.build_bank(plan.spec, [plan.stage1_qs, plan.eval_qs], self._embed)
     slots = ex.history_slots([examples, *slots_from], s2.max_history, s2.attention_chunk)
-    return ex.HistoryFields(examples, self._bank, ex.embed_queries(
-        examples, tokenizer, self._embedding, s2.record_tokens), id_map, slots, s2.max_history)
+    return ex.HistoryFields(examples, self._bank, ex.embed_queries(examples, self._embed),
+                            id_map, slots, s2.max_history)

@@ -1,6 +1,6 @@
 """The record bank: every record and query embedded once, on the host.
 
-z = mean of the frozen LLM's *input token embeddings* over the first `max_tokens` tokens of the
+TAP-PER's z = mean of the frozen LLM's *input token embeddings* over the first `max_tokens` tokens of the
 text (no forward pass), so the bank costs one table lookup per token and never changes while
 stage 2 trains (the bridge LoRA touches q/k/v/o, not the embedding table).
 
@@ -10,7 +10,8 @@ Shapes: N records, D hidden, B batch, H history slots.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -32,6 +33,12 @@ def embed_texts(texts: Sequence[str], tokenizer, embedding: np.ndarray, *,
   return out
 
 
+def mean_embedder(tokenizer, embedding: np.ndarray, max_tokens: int = 128):
+  """texts -> embed_texts(texts, ...): TAP-PER's z, as the callable RecordBank.build takes."""
+  return functools.partial(embed_texts, tokenizer=tokenizer, embedding=embedding,
+                           max_tokens=max_tokens)
+
+
 @dataclasses.dataclass
 class RecordBank:
   """Each user's records, oldest first, in one [N, D] array; `index` finds a record's row."""
@@ -40,9 +47,11 @@ class RecordBank:
   index: dict[tuple[str, str], int]  # (user id, record id) -> row of z
 
   @classmethod
-  def build(cls, users: dict[str, Sequence[tuple[str, str, float]]], tokenizer,
-            embedding: np.ndarray, *, max_tokens: int = 128) -> "RecordBank":
-    """users: user id -> [(record id, text, day)], any order; duplicate record ids kept once."""
+  def build(cls, users: dict[str, Sequence[tuple[str, str, float]]],
+            embed: Callable[[list[str]], np.ndarray]) -> "RecordBank":
+    """users: user id -> [(record id, text, day)], any order; duplicate record ids kept once.
+    embed: texts -> [N, D] float32 ([0, D] for no texts), e.g. `mean_embedder(...)` (TAP-PER)
+    or a sentence encoder's `encode` (PPlug)."""
     texts, days, index = [], [], {}
     for uid, records in users.items():
       for rid, text, day in sorted(records, key=lambda r: r[2]):  # stable within a day
@@ -50,9 +59,8 @@ class RecordBank:
           index[(uid, rid)] = len(texts)
           texts.append(text)
           days.append(day)
-    z = embed_texts(texts, tokenizer, embedding, max_tokens=max_tokens)
-    d = z.shape[1] if len(texts) else np.asarray(embedding).shape[1]
-    return cls(z.reshape(-1, d), np.asarray(days, np.float64), index)
+    z = np.asarray(embed(texts), np.float32)
+    return cls(z.reshape(len(texts), z.shape[-1]), np.asarray(days, np.float64), index)
 
   def rows(self, user: str, record_ids: Sequence[str]) -> np.ndarray:
     """Rows of `user`'s records, in the order given (an example's history, oldest first)."""

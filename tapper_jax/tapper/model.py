@@ -38,7 +38,8 @@ class Tapper(nnx.Module):
                           if user_prefix else None)
     self.prefix_len = prefix_len
 
-  def __call__(self, batch) -> jax.Array:
+  def __call__(self, batch, llm=None) -> jax.Array:
+    del llm  # TAP-PER reads only the batch (another method's module may read the backbone)
     p = 0.0
     if self.attention is not None:
       p = p + self.attention(batch["query_z"], batch["hist_z"], batch["hist_age"],
@@ -49,7 +50,8 @@ class Tapper(nnx.Module):
 
 
 class PersonalizedLM(nnx.Module):
-  """The frozen LLM (with its LoRA) and, in stage 2, the TAP-PER prefix module."""
+  """The frozen LLM (with its LoRA) and, in stage 2, the method's prefix module (TAP-PER's, or
+  another method's: called as module(batch, llm) -> soft tokens [B,L,D])."""
 
   def __init__(self, llm: LlamaForCausalLM, tapper: Tapper | None):
     self.llm = llm
@@ -64,7 +66,7 @@ class PersonalizedLM(nnx.Module):
     emb = self.llm.embed(batch["input_ids"])
     mask = batch["attention_mask"].astype(jnp.int32)
     if self.tapper is not None:
-      prefix = self.tapper(batch).astype(emb.dtype)
+      prefix = self.tapper(batch, self.llm).astype(emb.dtype)
       emb = jnp.concatenate([prefix, emb], axis=1)
       mask = jnp.concatenate([jnp.ones(prefix.shape[:2], jnp.int32), mask], axis=1)
     return emb, mask

@@ -40,6 +40,8 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.seed = 0  # one seed for init, data order and dropout
   c.method = "tapper"  # the stage-2 method (tapper_jax.methods): its modules, inputs, examples
   c.name = "TAP-PER"  # the stage-2 row's name in summary.json and predictions/
+  # The frozen sentence encoder (PPlug's embeddings): a registry name or a local HF folder.
+  c.encoder = "all-minilm-l6-v2"
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "lamp"  # "lamp" (official {split}_questions/outputs.json), "oppu", "synthetic"
@@ -148,6 +150,34 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def set_field(c: ml_collections.ConfigDict, name: str, value) -> None:
+  """c.<dotted name> = value (e.g. "stage2.bridge_lora")."""
+  node = c
+  *parents, leaf = name.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+# A method's own defaults on top of a task config (`with_method(config, "pplug")`).
+METHOD_DEFAULTS = {
+    "tapper": {},
+    # PPlug trains one shared projector on the stage-1 split's questions pooled over users, each
+    # with its own profile as history (no per-user parameters, so nothing ties it to the
+    # evaluated users), and adds no LoRA to the frozen stage-1 backbone.
+    "pplug": {"name": "PPlug", "stage2.examples": ("pooled",), "stage2.bridge_lora": False},
+}
+
+
+def with_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  if method not in METHOD_DEFAULTS:
+    raise ValueError(f"method {method!r}: choose from {sorted(METHOD_DEFAULTS)}")
+  c.method = method
+  for name, value in METHOD_DEFAULTS[method].items():
+    set_field(c, name, value)
+  return c
+
+
 def resolve_steps(stage_cfg, num_examples: int) -> int:
   """Optimizer steps of a stage: `steps` if set, else ceil(epochs * examples / batch)."""
   if stage_cfg.steps > 0:
@@ -184,11 +214,7 @@ def lamp_config(task: str, variant: str, **fields) -> ml_collections.ConfigDict:
                                                            s["eval_split"])
   c.stage2.examples = s["examples"]
   for name, value in fields.items():
-    node = c
-    *parents, leaf = name.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    set_field(c, name, value)
   if size == "tiny":  # synthetic files in the official time-based layout
     c = tiny(c)
     c.data.stage1_split, c.data.eval_split = "train", "dev"

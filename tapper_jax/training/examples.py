@@ -27,7 +27,7 @@ from tapper_jax.data import lamp, synthetic
 from tapper_jax.data.pipeline import make_dataset
 from tapper_jax.data.prompts import PromptFormat
 from tapper_jax.data.tasks import TaskSpec
-from tapper_jax.tapper.bank import RecordBank, embed_texts
+from tapper_jax.tapper.bank import RecordBank
 
 
 @dataclasses.dataclass
@@ -119,14 +119,15 @@ def stage2_examples(spec: TaskSpec, kinds: Sequence[str], eval_qs: Sequence[lamp
   return out
 
 
-def build_bank(spec: TaskSpec, question_sets: Sequence[Sequence[lamp.Question]], tokenizer,
-               embedding: np.ndarray, record_tokens: int) -> RecordBank:
-  """All users' records (union over the given question sets' profiles), embedded once."""
+def build_bank(spec: TaskSpec, question_sets: Sequence[Sequence[lamp.Question]],
+               embed) -> RecordBank:
+  """All users' records (union over the given question sets' profiles), embedded once by
+  `embed` (texts -> [N, D])."""
   users: dict[str, list] = collections.defaultdict(list)
   for qs in question_sets:
     for q in qs:
       users[q.user_id].extend((r.id, spec.record_text(r.fields), r.day) for r in q.profile)
-  return RecordBank.build(users, tokenizer, embedding, max_tokens=record_tokens)
+  return RecordBank.build(users, embed)
 
 
 def history_slots(example_sets: Sequence[Sequence[Example]], max_history: int, chunk: int) -> int:
@@ -165,8 +166,9 @@ class HistoryFields(grain.transforms.Map):
             **{k: v[0] for k, v in g.items()}}
 
 
-def embed_queries(examples: Sequence[Example], tokenizer, embedding, record_tokens: int):
-  return embed_texts([e.query for e in examples], tokenizer, embedding, max_tokens=record_tokens)
+def embed_queries(examples: Sequence[Example], embed) -> np.ndarray:
+  """[N, D]: each example's query text through `embed` (the bank's embedder)."""
+  return np.asarray(embed([e.query for e in examples]), np.float32)
 
 
 def train_dataset(examples: Sequence[Example], prompts: PromptFormat, config, stage_cfg, *,
