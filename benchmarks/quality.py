@@ -15,6 +15,8 @@ switches (configs/offline.py + `stage2.*` fields):
                                   evaluated users' records), same steps: what the prefix adds
   ablations                       no P_u, no P_q, no time decay, no order decay, no bridge LoRA
   PPlug                           the persona plug (methods/pplug.py) on the same backbone
+  RAG                             k retrieved records in the prompt (methods/rag.py): BM25,
+                                  recency, dense; zero-shot on the backbone, or trained
 TAP-PER is also evaluated with no personal input (P_u = 0, empty history) and with another
 evaluated user's row and history. Rows resume: a row whose summary.json exists is not rerun.
 Output: OUT/quality.md (table, best per column in bold), OUT/quality.json, OUT/quality.png.
@@ -65,6 +67,17 @@ LONG = Row("non-personalized, trained as long",
            (("stage2.prefix", False), ("stage2.examples", ("pooled",))))
 STEP_MATCHED = Row("step-matched control (bridge LoRA alone)", (("stage2.prefix", False),))
 PPLUG = Row("PPlug", controls=("no_personal", "other_user"), method="pplug")
+
+
+def rag_row(retriever: str, k: int, zeroshot: bool) -> Row:
+  name = f"RAG {retriever} k={k}" + (", zero-shot" if zeroshot else ", trained")
+  return Row(name, (("rag.retriever", retriever), ("rag.k", k),
+                    ("stage2.bridge_lora", not zeroshot)), method="rag")
+
+
+RAG_ZERO_SHOT = tuple(rag_row(r, k, True) for r, k in
+                      (("bm25", 1), ("bm25", 4), ("recency", 1), ("recency", 4), ("dense", 4)))
+RAG_TRAINED = (rag_row("bm25", 4, False),)
 ABLATIONS = (Row("TAP-PER without P_u", (("stage2.user_prefix", False),)),
              Row("TAP-PER without P_q", (("stage2.query_prefix", False),)),
              Row("TAP-PER without time decay", (("stage2.time_decay", False),)),
@@ -85,10 +98,10 @@ BUDGETS = {
     "cpu-ablate": (("huffpost_2N",), (TAPPER,) + ABLATIONS,
                    {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
     # The other methods beside TAP-PER, same data, steps and rates (issue 11).
-    "cpu-methods": (("huffpost_2N",), (TAPPER, PPLUG),
+    "cpu-methods": (("huffpost_2N",), (TAPPER, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED,
                     {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
     "full": (("huffpost_2N", "huffpost_4", "movielens_3", "movielens_2M"),
-             (TAPPER, LONG, STEP_MATCHED, PPLUG) + ABLATIONS, {}),  # the paper's recipe: epochs
+             (TAPPER, LONG, STEP_MATCHED, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED + ABLATIONS, {}),  # the paper's recipe: epochs
 }
 LOWER_IS_BETTER = ("mae", "rmse")
 

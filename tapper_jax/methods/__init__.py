@@ -5,9 +5,11 @@ trains on. `get(config)` returns the configured method."""
 
 from tapper_jax.methods.base import Method
 from tapper_jax.methods.pplug import PPlugMethod
+from tapper_jax.methods.rag import RagMethod
 from tapper_jax.methods.tapper import TapperMethod
 
-METHODS: dict[str, type[Method]] = {"tapper": TapperMethod, "pplug": PPlugMethod}
+METHODS: dict[str, type[Method]] = {"tapper": TapperMethod, "pplug": PPlugMethod,
+                                    "rag": RagMethod}
 
 
 def get(config) -> Method:

@@ -34,6 +34,11 @@ class Method:
     (with a `prefix_len`), or None for no soft tokens."""
     return None
 
+  def prompts(self, examples: Sequence, plan, tokenizer, prompt_format) -> list:
+    """The examples as this method prompts the LLM (retrieval writes records into the input);
+    applied to stage-2 training and evaluation examples alike."""
+    return list(examples)
+
   def fields(self, examples: Sequence, plan, tokenizer, llm, id_map: dict,
              slots_from: Sequence[Sequence] = ()) -> Fields | None:
     """Per-example personal inputs for `examples`, or None when the method reads none."""

@@ -42,6 +42,9 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.name = "TAP-PER"  # the stage-2 row's name in summary.json and predictions/
   # The frozen sentence encoder (PPlug's embeddings): a registry name or a local HF folder.
   c.encoder = "all-minilm-l6-v2"
+  c.rag = ml_collections.ConfigDict()  # method "rag" only
+  c.rag.retriever = "bm25"  # "bm25", "recency" or "dense" (the encoder above)
+  c.rag.k = 4  # records written into each prompt
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "lamp"  # "lamp" (official {split}_questions/outputs.json), "oppu", "synthetic"
@@ -166,6 +169,11 @@ METHOD_DEFAULTS = {
     # with its own profile as history (no per-user parameters, so nothing ties it to the
     # evaluated users), and adds no LoRA to the frozen stage-1 backbone.
     "pplug": {"name": "PPlug", "stage2.examples": ("pooled",), "stage2.bridge_lora": False},
+    # RAG: no soft tokens; trained = the bridge LoRA on retrieval-augmented prompts of the pooled
+    # stage-1 questions (set stage2.bridge_lora=False for zero-shot: nothing trains). The prompt
+    # budget is the official LaMP max_length (256), so k records fit beside the input.
+    "rag": {"name": "RAG", "stage2.prefix": False, "stage2.examples": ("pooled",),
+            "max_prompt_tokens": 256},
 }
 
 
@@ -176,6 +184,29 @@ def with_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Con
   for name, value in METHOD_DEFAULTS[method].items():
     set_field(c, name, value)
   return c
+
+
+def task_config(arg: str, configs_dir: str) -> ml_collections.ConfigDict:
+  """The config a method config (configs/pplug.py, configs/rag.py) starts from: an offline
+  variant ("huffpost_2N", "movielens_2M,tiny") or "MODULE[:ARG]" of configs_dir/MODULE.py
+  ("lamp2:oppu", "synthetic:tiny")."""
+  import importlib.util
+  import os
+
+  def module(name):
+    path = os.path.join(configs_dir, name + ".py")
+    if not os.path.isfile(path):
+      raise ValueError(f"no task config {path} (argument {arg!r})")
+    spec = importlib.util.spec_from_file_location(f"_tapper_config_{name}", path)
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
+
+  name, _, variant = arg.partition(":")
+  offline = module("offline")
+  if name.partition(",")[0] in offline.TASKS:
+    return offline.get_config(name)
+  return module(name).get_config(variant)
 
 
 def resolve_steps(stage_cfg, num_examples: int) -> int:

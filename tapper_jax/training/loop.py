@@ -235,21 +235,30 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     llm, tok, _ = _backbone(config, workdir)
     prompts = prompt_format(config, tok)
     s2 = config.stage2
-    examples, ev, users, skips = p.stage2, p.evaluate, p.users, p.skips
+    examples, users, skips = p.stage2, p.users, p.skips
+    trains = s2.prefix or s2.bridge_lora  # else zero-shot: the backbone on the method's prompts
+    if trains:
+      examples = p.method.prompts(examples, p, tok, prompts)
+    ev = p.method.prompts(p.evaluate, p, tok, prompts)
     if not examples:
       raise ValueError(f"stage 2 has no training examples ({s2.examples} of "
                        f"{len(eval_qs)} evaluated questions); {skips.summary()}")
     logging.info("%s", skips.summary())
     id_map = {u: i for i, u in enumerate(users)}
     num_rows = setup.table_rows(len(users), mesh, config)
-    n_steps = resolve_steps(s2, len(examples))
+    n_steps = resolve_steps(s2, len(examples)) if trains else 0
     fields = p.method.fields(examples, p, tok, llm, id_map, slots_from=[ev])
     ev_fields = p.method.fields(ev, p, tok, llm, id_map, slots_from=[examples])
-    run = StageRun(2, llm, config, mesh, num_rows, n_steps)
-    ds = ex.train_dataset(examples, prompts, config, s2, seed=config.seed, history=fields)
-    state = run.fit(ds, workdir, id_map, stop_after=stop_after)
-    if int(jax.device_get(state["step"])) < n_steps:
-      return {"stopped_after": stop_after, "stage": 2}
+    run, state = None, None
+    if trains:
+      run = StageRun(2, llm, config, mesh, num_rows, n_steps)
+      ds = ex.train_dataset(examples, prompts, config, s2, seed=config.seed, history=fields)
+      state = run.fit(ds, workdir, id_map, stop_after=stop_after)
+      if int(jax.device_get(state["step"])) < n_steps:
+        return {"stopped_after": stop_after, "stage": 2}
+    else:
+      logging.info("stage 2 trains nothing (prefix=False, bridge_lora=False): %s is evaluated "
+                   "zero-shot on the stage-1 backbone", config.name)
     eval_users = sorted({q.user_id for q in eval_qs})
     cold = [u for u in eval_users if u not in id_map] if users else []
     if eval_users and len(cold) * 2 > len(eval_users):
@@ -258,13 +267,14 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
                       len(eval_users))
     info = {"examples": len(examples), "kinds": list(s2.examples), "skipped": dict(skips.counts),
             "users": len(users), "table_rows": num_rows, "steps": n_steps,
-            "budget": ex.budget_report(examples, prompts, config.max_target_tokens),
-            "seconds": round(time.time() - t0, 1), "log": run.logged}
-    if jax.tree.leaves(state["table"]):
+            "budget": ex.budget_report(examples if trains else ev, prompts,
+                                       config.max_target_tokens),
+            "seconds": round(time.time() - t0, 1), "log": run.logged if run else []}
+    if state is not None and jax.tree.leaves(state["table"]):
       info["table_sharding"] = str(jax.tree.leaves(state["table"])[0].sharding.spec)
     if fields is not None:
       info.update(bank_records=int(fields.bank.z.shape[0]), history_slots=fields.slots)
-      attn = state["params"].get("tapper", {}).get("attention")
+      attn = state["params"].get("tapper", {}).get("attention") if state is not None else None
       if attn is not None:
         info.update(lambda_t=float(attn["lambda_t"][...]), lambda_o=float(attn["lambda_o"][...]))
     summary["stages"]["2"] = info
@@ -272,9 +282,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       summary["cold_start_eval_users"] = len(cold)
       summary["eval_users"] = len(eval_users)
       if config.eval_backbone:
-        _evaluate(results, files, "non-personalized", spec, ev, PersonalizedLM(llm, None),
-                  prompts, config, None, workdir)
-      model = run.model(state)
+        _evaluate(results, files, "non-personalized", spec, p.evaluate,
+                  PersonalizedLM(llm, None), prompts, config, None, workdir)
+      model = run.model(state) if run else PersonalizedLM(llm, None)
       _evaluate(results, files, config.name, spec, ev, model, prompts, config,
                 None if ev_fields is None else ev_fields.fields, workdir)
       for control in (config.eval_controls if ev_fields is not None else ()):

@@ -66,8 +66,9 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
   if config.stage2.prefix and not (config.stage2.user_prefix or config.stage2.query_prefix):
     raise ConfigError("config.stage2: prefix=True needs user_prefix or query_prefix "
                       "(for neither, set prefix=False: the bridge-LoRA-alone control)")
-  if not config.stage2.prefix and not config.stage2.bridge_lora:
-    raise ConfigError("config.stage2: prefix=False and bridge_lora=False leave nothing to train")
+  if not config.stage2.prefix and not config.stage2.bridge_lora and config.method != "rag":
+    raise ConfigError("config.stage2: prefix=False and bridge_lora=False leave nothing to train "
+                      "(only method 'rag' evaluates so, zero-shot, on its own prompts)")
   for c in config.eval_controls:
     if c not in ("no_personal", "other_user"):
       raise ConfigError(f"config.eval_controls: unknown control {c!r} (no_personal, other_user)")
