@@ -254,6 +254,14 @@ def plot(all_results: dict, path: str):
   fig.savefig(path, dpi=120)
 
 
+def keep_previous(stem: str) -> None:
+  """An earlier run's table, JSON and plot are renamed (suffixed with their time), not overwritten."""
+  for ext in (".md", ".json", ".png"):
+    if os.path.exists(stem + ext):
+      stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(stem + ext)))
+      os.replace(stem + ext, f"{stem}.{stamp}{ext}")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -294,11 +302,13 @@ def main(argv):
       print(report({key: all_results[key]}, ""), flush=True)
   header += f" Wall time {round((time.time() - t0) / 60, 1)} min."
   text = report(all_results, header)
-  with open(os.path.join(out, f"quality_{_BUDGET.value}.md"), "w", encoding="utf-8") as f:
+  stem = os.path.join(out, f"quality_{_BUDGET.value}")
+  keep_previous(stem)
+  with open(stem + ".md", "w", encoding="utf-8") as f:
     f.write(text + "\n")
-  with open(os.path.join(out, f"quality_{_BUDGET.value}.json"), "w", encoding="utf-8") as f:
+  with open(stem + ".json", "w", encoding="utf-8") as f:
     json.dump({"header": header, "results": all_results}, f, indent=2)
-  plot(all_results, os.path.join(out, f"quality_{_BUDGET.value}.png"))
+  plot(all_results, stem + ".png")
   print(text)
 
 

@@ -43,3 +43,37 @@ def test_paired_bootstrap_interval_covers_the_observed_difference_and_orients_lo
          - metrics.score("LaMP_3", [b[i] for i in ids], [golds[i] for i in ids])["MAE"])
   lo, hi = ci["MAE"]
   assert lo <= obs <= hi and hi < 0  # a is better: its MAE is lower
+
+
+def test_an_earlier_table_is_renamed_not_overwritten(tmp_path):
+  stem = str(tmp_path / "quality_cpu")
+  for ext in (".md", ".json"):
+    with open(stem + ext, "w") as f:
+      f.write("old" + ext)
+  Q.keep_previous(stem)
+  assert not os.path.exists(stem + ".md")
+  kept = sorted(os.listdir(tmp_path))
+  assert len(kept) == 2 and all(k.startswith("quality_cpu.2") for k in kept)
+  assert {open(tmp_path / k).read() for k in kept} == {"old.md", "old.json"}
+
+
+def test_every_budget_row_is_a_valid_config():
+  """Each row's overrides name real config fields and pass validation (methods included)."""
+  from tapper_jax.training import defaults, setup
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import offline
+  for budget, (tasks, rows, recipes) in Q.BUDGETS.items():
+    for task in tasks:
+      for row in rows:
+        c = offline.get_config(task)
+        if row.method != "tapper":
+          defaults.with_method(c, row.method)
+        for k, v in list(recipes.get(task, {}).items()) + list(row.fields):
+          *parents, leaf = k.split(".")
+          node = c
+          for part in parents:
+            node = node[part]
+          assert leaf in node, (budget, row.name, k)  # a typo would add a field silently
+          defaults.set_field(c, k, v)
+        c.stage = "2"
+        setup.validate(c, 1)
