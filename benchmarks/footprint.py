@@ -10,7 +10,10 @@ backbone OPPU and PER-PCS report on). Methods:
   PPlug     per user: nothing (a user is the embeddings of their history). Shared: the
             projector MLP and the instruction token (encoder width: all-MiniLM-L6-v2's 384).
   OPPU      per user: a LoRA (r=8 on q and v), as OPPU's per-user PEFT.
-  PER-PCS   published sizes only (see PER_PCS below), not built here.
+  PER-PCS   reconstructed from its public code (github.com/TamSiuhin/Per-Pcs; the paper's
+            storage table could not be read offline): a shared pool of 50 sharers, each a LoRA
+            (r=8 on q/k/v/o) plus a gate vector per adapted module; per user, the top-3 piece
+            indices and weights per adapted module.
 Bytes in fp32 and bf16. Output: OUT/footprint.md and OUT/footprint.json (earlier ones kept).
 """
 
@@ -45,8 +48,7 @@ SHAPES = {
                        head_dim=128),
 }
 
-# PER-PCS, as published (not built here): filled from the paper where its numbers could be read.
-PER_PCS: dict = {}
+PER_PCS = dict(sharers=50, rank=8, top_k=3)  # llama/model.py, history_anchor.py --k, README --topk
 
 
 def _size(tree) -> int:
@@ -102,10 +104,17 @@ def footprint() -> dict:
         "OPPU (LoRA r=8 on q, v)": {"per_user": lora_params(cfg, 8, ("q_proj", "v_proj")),
                                     "shared": 0},
     }
+    qkvo = ("q_proj", "k_proj", "v_proj", "o_proj")
+    gates = cfg.num_hidden_layers * (2 * d + 2 * cfg.num_attention_heads * cfg.head_dim)
+    rows["PER-PCS (from its code)"] = {
+        "per_user": cfg.num_hidden_layers * len(qkvo) * PER_PCS["top_k"] * 2,
+        "shared": PER_PCS["sharers"] * (lora_params(cfg, PER_PCS["rank"], qkvo) + gates)}
     for r in rows.values():
       r["total"] = {str(u): r["shared"] + u * r["per_user"] for u in USERS}
     out[name] = {"rows": rows, "oppu_over_tapper_per_user":
-                 rows["OPPU (LoRA r=8 on q, v)"]["per_user"] / t_user}
+                 rows["OPPU (LoRA r=8 on q, v)"]["per_user"] / t_user,
+                 "tapper_over_perpcs_total_1k": rows["TAP-PER"]["total"]["1000"]
+                 / rows["PER-PCS (from its code)"]["total"]["1000"]}
   return out
 
 
@@ -128,7 +137,8 @@ def report(res: dict) -> str:
       lines.append(f"| {m} | {v['per_user']:,} | {v['shared']:,} | {_fmt(t['1'])} | "
                    f"{_fmt(t['1000'])} | {_fmt(t['1000000'])} | "
                    f"{t['1000000'] * 4 / 2**30:.1f} GiB | {t['1000000'] * 2 / 2**30:.1f} GiB |")
-    lines += ["", f"OPPU / TAP-PER per-user parameters: {r['oppu_over_tapper_per_user']:.1f}x", ""]
+    lines += ["", f"OPPU / TAP-PER per-user parameters: {r['oppu_over_tapper_per_user']:.1f}x; "
+              f"TAP-PER / PER-PCS total at 1,000 users: {r['tapper_over_perpcs_total_1k']:.1%}", ""]
   return "\n".join(lines)
 
 

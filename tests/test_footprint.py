@@ -36,6 +36,12 @@ def test_counts_equal_hand_formulas():
     assert rows["PPlug"] == {"per_user": 0, "shared": pplug,
                              "total": {str(u): pplug for u in F.USERS}}
     assert rows["TAP-PER"]["total"]["1000"] == bridge + attention + 1000 * F.PREFIX_LEN * d
+    per_sharer = n * 8 * ((d + q) + 2 * (d + kv) + (q + d)) + n * (2 * d + 2 * q)  # LoRA + gates
+    assert rows["PER-PCS (from its code)"]["shared"] == 50 * per_sharer
+    assert rows["PER-PCS (from its code)"]["per_user"] == n * 4 * 3 * 2
+  # The paper's two claims, at OPPU's and PER-PCS's own backbone (Llama-2-7B).
+  assert round(res["Llama-2-7B"]["oppu_over_tapper_per_user"]) == 128  # "130x"
+  assert abs(res["Llama-2-7B"]["tapper_over_perpcs_total_1k"] - 0.53) < 0.01  # "~53%"
 
 
 def test_smollm2_shape_is_the_shipped_models(model_cache):

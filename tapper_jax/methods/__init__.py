@@ -4,12 +4,13 @@ method declares its trainable modules, the per-example inputs they read, and the
 trains on. `get(config)` returns the configured method."""
 
 from tapper_jax.methods.base import Method
+from tapper_jax.methods.per_user_lora import PerUserLoraMethod
 from tapper_jax.methods.pplug import PPlugMethod
 from tapper_jax.methods.rag import RagMethod
 from tapper_jax.methods.tapper import TapperMethod
 
 METHODS: dict[str, type[Method]] = {"tapper": TapperMethod, "pplug": PPlugMethod,
-                                    "rag": RagMethod}
+                                    "rag": RagMethod, "per_user_lora": PerUserLoraMethod}
 
 
 def get(config) -> Method:

@@ -66,3 +66,84 @@ def merge_lora(model: LlamaForCausalLM) -> int:
       mod.lora_a, mod.lora_b, mod.lora_scale, mod.lora_dropout = None, None, 0.0, 0.0
       count += 1
   return count
+
+
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+
+
+def _lora_modules(model: LlamaForCausalLM) -> list[tuple[str, Linear]]:
+  """(HF module path with '{i}' for the layer, module) of every Linear carrying a LoRA."""
+  out = []
+  for path, mod in nnx.iter_graph(model):
+    if isinstance(mod, Linear) and mod.lora_a is not None:
+      parts = [str(p) for p in path]
+      stacked = parts[:2] == ["model", "layers"]
+      out.append((".".join(parts[:2] + (["{i}"] if stacked else []) + parts[2:]), mod))
+  return out
+
+
+def save_peft_adapter(model: LlamaForCausalLM, folder: str, *, base_model: str = "") -> None:
+  """The attached LoRA as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)
+  that `peft.PeftModel.from_pretrained(hf_model, folder)` loads. Never overwrites `folder`."""
+  import json
+  import os
+
+  import numpy as np
+  from safetensors.numpy import save_file
+
+  from tapper_jax.fileio import atomic_folder
+  mods = _lora_modules(model)
+  if not mods:
+    raise ValueError("no LoRA attached: nothing to save")
+  tensors, targets = {}, []
+  for name, mod in mods:
+    a = np.asarray(jax.device_get(mod.lora_a.get_value()), np.float32)  # [L, in, R]
+    b = np.asarray(jax.device_get(mod.lora_b.get_value()), np.float32)  # [L, R, out]
+    targets.append(name.rsplit(".", 1)[-1])
+    for i in range(a.shape[0]):
+      key = "base_model.model." + name.format(i=i)
+      tensors[key + ".lora_A.weight"] = np.ascontiguousarray(a[i].T)  # peft: [R, in]
+      tensors[key + ".lora_B.weight"] = np.ascontiguousarray(b[i].T)  # peft: [out, R]
+  first = mods[0][1]
+  rank = int(first.lora_a.get_value().shape[-1])
+  config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank,
+            "lora_alpha": first.lora_scale * rank, "lora_dropout": first.lora_dropout,
+            "target_modules": sorted(set(targets)), "bias": "none", "fan_in_fan_out": False,
+            "base_model_name_or_path": base_model, "inference_mode": True}
+  with atomic_folder(folder) as tmp:
+    with open(os.path.join(tmp, PEFT_CONFIG), "w", encoding="utf-8") as f:
+      json.dump(config, f, indent=2)
+    save_file(tensors, os.path.join(tmp, PEFT_WEIGHTS), metadata={"format": "pt"})
+
+
+def load_peft_adapter(model: LlamaForCausalLM, folder: str) -> None:
+  """Attaches the LoRA of a PEFT adapter folder (ours or peft's) to `model`, in place."""
+  import json
+  import os
+
+  import numpy as np
+  from safetensors.numpy import load_file
+  path = os.path.join(folder, PEFT_CONFIG)
+  with open(path, encoding="utf-8") as f:
+    cfg = json.load(f)
+  if cfg.get("peft_type") != "LORA":
+    raise ValueError(f"{path}: field 'peft_type' is {cfg.get('peft_type')!r}, expected 'LORA'")
+  rank, targets = int(cfg["r"]), tuple(cfg["target_modules"])
+  attach_lora(model, rank=rank, alpha=float(cfg["lora_alpha"]), targets=targets,
+              key=jax.random.PRNGKey(0))
+  weights = load_file(os.path.join(folder, PEFT_WEIGHTS))
+  for name, mod in _lora_modules(model):
+    n = mod.lora_a.get_value().shape[0]
+    key = "base_model.model." + name
+    try:
+      a = np.stack([weights[key.format(i=i) + ".lora_A.weight"].T for i in range(n)])
+      b = np.stack([weights[key.format(i=i) + ".lora_B.weight"].T for i in range(n)])
+    except KeyError as e:
+      raise ValueError(f"{os.path.join(folder, PEFT_WEIGHTS)}: tensor {e.args[0]!r} missing")
+    if a.shape != mod.lora_a.get_value().shape or b.shape != mod.lora_b.get_value().shape:
+      raise ValueError(f"{os.path.join(folder, PEFT_WEIGHTS)}: {key} has LoRA shapes {a.shape}, "
+                       f"{b.shape}; the model expects {mod.lora_a.get_value().shape}, "
+                       f"{mod.lora_b.get_value().shape}")
+    mod.lora_a.set_value(jnp.asarray(a, mod.lora_a.get_value().dtype))
+    mod.lora_b.set_value(jnp.asarray(b, mod.lora_b.get_value().dtype))

@@ -45,6 +45,9 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.rag = ml_collections.ConfigDict()  # method "rag" only
   c.rag.retriever = "bm25"  # "bm25", "recency" or "dense" (the encoder above)
   c.rag.k = 4  # records written into each prompt
+  c.per_user = ml_collections.ConfigDict()  # method "per_user_lora" only
+  c.per_user.steps = 10  # optimizer steps of each user's LoRA
+  c.per_user.max_users = 0  # train and evaluate the first N evaluated users (sorted; 0 = all)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "lamp"  # "lamp" (official {split}_questions/outputs.json), "oppu", "synthetic"
@@ -106,6 +109,7 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.stage2.bridge_rank = 4  # bridge LoRA on q/k/v/o, shared by all users
   c.stage2.bridge_alpha = 8.0
   c.stage2.bridge_dropout = 0.05
+  c.stage2.bridge_targets = ("q_proj", "k_proj", "v_proj", "o_proj")  # projections it adapts
   c.stage2.epochs = 2.0
   c.stage2.steps = 0  # > 0 overrides epochs
   c.stage2.batch_size = 8
@@ -172,6 +176,11 @@ METHOD_DEFAULTS = {
     # RAG: no soft tokens; trained = the bridge LoRA on retrieval-augmented prompts of the pooled
     # stage-1 questions (set stage2.bridge_lora=False for zero-shot: nothing trains). The prompt
     # budget is the official LaMP max_length (256), so k records fit beside the input.
+    # OPPU-style: one LoRA (r=8 on q and v) per evaluated user, trained on that user's own
+    # records only, on the stage-1 backbone; `per_user.steps` steps each.
+    "per_user_lora": {"name": "per-user LoRA", "stage2.prefix": False,
+                      "stage2.examples": ("records",), "stage2.bridge_rank": 8,
+                      "stage2.bridge_alpha": 16.0, "stage2.bridge_targets": ("q_proj", "v_proj")},
     "rag": {"name": "RAG", "stage2.prefix": False, "stage2.examples": ("pooled",),
             "max_prompt_tokens": 256},
 }

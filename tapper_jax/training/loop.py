@@ -250,6 +250,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     fields = p.method.fields(examples, p, tok, llm, id_map, slots_from=[ev])
     ev_fields = p.method.fields(ev, p, tok, llm, id_map, slots_from=[examples])
     run, state = None, None
+    if getattr(p.method, "per_user", False):  # one LoRA per user: its own loop and evaluation
+      return _per_user(config, workdir, p, llm, examples, ev, prompts, mesh, summary, t0, t_start)
     if trains:
       run = StageRun(2, llm, config, mesh, num_rows, n_steps)
       ds = ex.train_dataset(examples, prompts, config, s2, seed=config.seed, history=fields)
@@ -326,10 +328,43 @@ def _control_fields(control: str, ev, fields: "ex.HistoryFields"):
                                  history_of=other[ev[i].user])
 
 
+def _per_user(config, workdir, p, llm, examples, ev, prompts, mesh, summary, t0, t_start):
+  """Stage 2 of a per-user method (OPPU-style LoRA): a LoRA per user, each user's questions
+  answered with their own; the non-personalized backbone on the same questions beside it."""
+  from tapper_jax.training import per_user
+  users = p.method.lora_users(examples)
+  run = StageRun(2, llm, config, mesh, num_rows=1, num_steps=config.per_user.steps)
+  base = config.stage2.backbone or os.path.join(workdir, "backbone")
+  preds, counts = per_user.train_and_predict(run, config, workdir, users, examples, ev, prompts,
+                                             base_model=base)
+  asked = [e for e in ev if e.user in counts]
+  summary["stages"]["2"] = {"examples": sum(counts.values()), "kinds": list(config.stage2.examples),
+                            "users": len(users), "steps_per_user": config.per_user.steps,
+                            "examples_per_user": counts, "evaluated_questions": len(asked),
+                            "seconds": round(time.time() - t0, 1)}
+  results, files = {}, {}
+  if config.evaluate and asked:
+    if config.eval_backbone:
+      _evaluate(results, files, "non-personalized", p.spec, asked, PersonalizedLM(llm, None),
+                prompts, config, None, workdir)
+    _record(results, files, config.name, p.spec, asked, [preds[e.id] for e in asked], config,
+            workdir)
+  summary["eval"] = {"split": config.data.eval_split, "questions": len(asked), **results}
+  summary["predictions"] = files
+  summary["minutes"] = round((time.time() - t_start) / 60, 2)
+  _write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
 def _evaluate(results, files, name, spec, examples, model, prompts, config, fields, workdir, *,
               file: str | None = None) -> None:
   """Scores row `name` into results[name] and writes its leaderboard file (path in files[name])."""
   preds = evaluation.predict(model, examples, prompts, config, fields)
+  _record(results, files, name, spec, examples, preds, config, workdir, file=file)
+
+
+def _record(results, files, name, spec, examples, preds, config, workdir, *,
+            file: str | None = None) -> None:
   results[name] = evaluation.score(spec, examples, preds)
   path = os.path.join(workdir, "predictions",
                       f"{config.data.eval_split}_{file or _slug(name)}.json")

@@ -125,7 +125,7 @@ def build_model(llm: LlamaForCausalLM, config, stage: int, num_rows: int, key) -
     attach_lora(llm, rank=s.lora_rank, alpha=s.lora_alpha, dropout=s.lora_dropout, key=k_lora)
   elif s.bridge_lora:
     attach_lora(llm, rank=s.bridge_rank, alpha=s.bridge_alpha, dropout=s.bridge_dropout,
-                key=k_lora)
+                targets=tuple(s.bridge_targets), key=k_lora)
   prefix = None
   if stage == 2:
     prefix = methods.get(config).prefix_module(llm.config.hidden_size, num_rows,
