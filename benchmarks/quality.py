@@ -17,6 +17,7 @@ switches (configs/offline.py + `stage2.*` fields):
   PPlug                           the persona plug (methods/pplug.py) on the same backbone
   RAG                             k retrieved records in the prompt (methods/rag.py): BM25,
                                   recency, dense; zero-shot on the backbone, or trained
+  per-user LoRA                   OPPU-style, one LoRA per user (a stated subset of users on CPU)
 TAP-PER is also evaluated with no personal input (P_u = 0, empty history) and with another
 evaluated user's row and history. Rows resume: a row whose summary.json exists is not rerun.
 Output: OUT/quality.md (table, best per column in bold), OUT/quality.json, OUT/quality.png.
@@ -78,6 +79,10 @@ def rag_row(retriever: str, k: int, zeroshot: bool) -> Row:
 RAG_ZERO_SHOT = tuple(rag_row(r, k, True) for r, k in
                       (("bm25", 1), ("bm25", 4), ("recency", 1), ("recency", 4), ("dense", 4)))
 RAG_TRAINED = (rag_row("bm25", 4, False),)
+# OPPU-style: a LoRA per user costs a training run per user, so the CPU budget takes the first
+# 20 evaluated users (sorted ids); its interval against TAP-PER is paired on their questions.
+PER_USER = Row("per-user LoRA (20 users)", (("per_user.max_users", 20), ("per_user.steps", 10)),
+               method="per_user_lora")
 ABLATIONS = (Row("TAP-PER without P_u", (("stage2.user_prefix", False),)),
              Row("TAP-PER without P_q", (("stage2.query_prefix", False),)),
              Row("TAP-PER without time decay", (("stage2.time_decay", False),)),
@@ -98,10 +103,11 @@ BUDGETS = {
     "cpu-ablate": (("huffpost_2N",), (TAPPER,) + ABLATIONS,
                    {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
     # The other methods beside TAP-PER, same data, steps and rates (issue 11).
-    "cpu-methods": (("huffpost_2N",), (TAPPER, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED,
+    "cpu-methods": (("huffpost_2N",), (TAPPER, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED + (PER_USER,),
                     {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
     "full": (("huffpost_2N", "huffpost_4", "movielens_3", "movielens_2M"),
-             (TAPPER, LONG, STEP_MATCHED, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED + ABLATIONS, {}),  # the paper's recipe: epochs
+             (TAPPER, LONG, STEP_MATCHED, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED
+    + (Row("per-user LoRA", method="per_user_lora"),) + ABLATIONS, {}),  # the paper's recipe: epochs
 }
 LOWER_IS_BETTER = ("mae", "rmse")
 
@@ -295,8 +301,11 @@ def main(argv):
         qs = qs[:12]
       golds = {q.id: q.gold for q in qs}
       preds = {k: _load_preds(p) for k, p in res["_preds"].items()}
-      intervals = {k: paired_bootstrap(spec.name, spec.labels or None, golds, preds["TAP-PER"],
-                                       v, _BOOT.value) for k, v in preds.items() if k != "TAP-PER"}
+      # Paired on the questions both rows answered (a per-user row may cover a subset).
+      intervals = {k: paired_bootstrap(spec.name, spec.labels or None,
+                                       {i: g for i, g in golds.items() if i in v},
+                                       preds["TAP-PER"], v, _BOOT.value)
+                   for k, v in preds.items() if k != "TAP-PER"}
       all_results[key] = {"scores": res, "intervals": intervals, "questions": len(qs),
                           "users": len({q.user_id for q in qs}), "minutes": res["_minutes"]}
       print(report({key: all_results[key]}, ""), flush=True)
