@@ -37,7 +37,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "configs"))
 
-_BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "cpu-methods", "full"],
+_BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "cpu-methods", "dev-rates",
+                                             "full"],
                             "Which budget.")
 _OFFLINE = flags.DEFINE_string("offline", os.path.join("data", "offline"),
                                "Offline suite root (built here from --raw if missing).")
@@ -83,6 +84,9 @@ RAG_TRAINED = (rag_row("bm25", 4, False),)
 # 20 evaluated users (sorted ids); its interval against TAP-PER is paired on their questions.
 PER_USER = Row("per-user LoRA (20 users)", (("per_user.max_users", 20), ("per_user.steps", 10)),
                method="per_user_lora")
+RATE_ROWS = (Row("TAP-PER, lambda lr 1e-2", (("stage2.lambda_learning_rate", 1e-2),)),
+             Row("TAP-PER, lambda lr 1e-1", (("stage2.lambda_learning_rate", 1e-1),)),
+             Row("TAP-PER, table lr 1e-3", (("stage2.table_learning_rate", 1e-3),)))
 ABLATIONS = (Row("TAP-PER without P_u", (("stage2.user_prefix", False),)),
              Row("TAP-PER without P_q", (("stage2.query_prefix", False),)),
              Row("TAP-PER without time decay", (("stage2.time_decay", False),)),
@@ -102,6 +106,9 @@ BUDGETS = {
             {t: {**SHORT_RATES, **r} for t, r in CPU_RECIPE.items()}),
     "cpu-ablate": (("huffpost_2N",), (TAPPER,) + ABLATIONS,
                    {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
+    # Learning rates of the lambdas and the table, chosen on dev (run with --split=dev).
+    "dev-rates": (("huffpost_2N",), (TAPPER,) + RATE_ROWS,
+                  {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
     # The other methods beside TAP-PER, same data, steps and rates (issue 11).
     "cpu-methods": (("huffpost_2N",), (TAPPER, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED + (PER_USER,),
                     {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
@@ -136,7 +143,9 @@ def run_task(kind, name, folder, rows, recipe, seed, out) -> dict:
   """Stage 1 once, then every row; returns {row: scores} and the per-row prediction files."""
   from tapper_jax.training.defaults import set_field, with_method
   from tapper_jax.training.loop import train_and_evaluate
-  base = os.path.join(out, "runs", f"{name}_seed{seed}")
+  # Runs of another split never resume from the test split's (or each other's) summaries.
+  split = "" if _SPLIT.value == "test" else f"_{_SPLIT.value}"
+  base = os.path.join(out, "runs", f"{name}{split}_seed{seed}")
   results, preds, minutes = {}, {}, {}
 
   def run(tag, c):
@@ -274,6 +283,8 @@ def main(argv):
   import jax
   from tapper_jax.data import build_offline, lamp
   tasks, rows, recipes = BUDGETS[_BUDGET.value]
+  if _BUDGET.value == "dev-rates" and _SPLIT.value != "dev":
+    raise app.UsageError("--budget=dev-rates chooses settings: run it with --split=dev")
   tasks = tuple(_TASKS.value) or tasks
   if _ROWS.value:
     rows = tuple(r for r in rows if r is TAPPER or any(k in r.name for k in _ROWS.value))

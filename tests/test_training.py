@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -262,3 +263,24 @@ def test_controls_and_ablations_train_only_what_they_keep(synth_folder, model_ca
   assert has("lora_a") == config.stage2.bridge_lora
   assert has("table") == (config.stage2.prefix and config.stage2.user_prefix)
   assert has("attention") == (config.stage2.prefix and config.stage2.query_prefix)
+
+
+def test_lambdas_take_their_own_learning_rate(synth_folder, model_cache):
+  """One AdamW update with unit gradients moves each leaf by its group's rate (first Adam step:
+  |update| = lr): the lambdas by lambda_learning_rate, the table by its own, the rest by lr."""
+  config = tiny_config()
+  config.stage2.update(learning_rate=1e-3, table_learning_rate=1e-2, lambda_learning_rate=0.25,
+                       warmup=0.0, weight_decay=0.0, grad_clip=1e9)
+  llm, tok = models.load("tiny-random")
+  run, _, _ = _stage2_run(config, synth_folder, (llm, tok))
+  state = run.fresh_state()
+  trainable = {"params": state["params"], "table": state["table"]}
+  ones = jax.tree.map(jnp.ones_like, trainable)
+  updates, _ = run.tx.update(ones, run.tx.init(trainable), trainable)
+  seen = set()
+  for path, u in jax.tree_util.tree_leaves_with_path(updates):
+    name = "/".join(map(str, path))
+    want = (0.25 if "lambda_" in name else 1e-2 if name.startswith("['table']") else 1e-3)
+    np.testing.assert_allclose(np.abs(np.asarray(u)), want, rtol=1e-4, err_msg=name)
+    seen.add(want)
+  assert seen == {0.25, 1e-2, 1e-3}

@@ -27,21 +27,30 @@ def schedule(peak: float, warmup: int, steps: int) -> optax.Schedule:
 
 
 def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with a global grad-norm clip over `steps`; the prefix table takes its own learning
-  rate and the same weight decay."""
+  """AdamW with a global grad-norm clip over `steps`; the prefix table and the decay lambdas
+  take their own learning rates (`table_learning_rate`, `lambda_learning_rate`; 0 = the shared
+  one) and the same weight decay."""
   warmup = int(round(stage_cfg.warmup * steps))
   lr = schedule(stage_cfg.learning_rate, warmup, steps)
   table_lr = schedule(stage_cfg.get("table_learning_rate", stage_cfg.learning_rate), warmup,
                       steps)
 
+  lambda_lr = schedule(stage_cfg.get("lambda_learning_rate", 0.0) or stage_cfg.learning_rate,
+                       warmup, steps)
+
+  def param_label(path, _):
+    names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
+    return "lambda" if names & {"lambda_t", "lambda_o"} else "rest"
+
   def labels(t):
-    return {"params": jax.tree.map(lambda _: "rest", t["params"]),
+    return {"params": jax.tree_util.tree_map_with_path(param_label, t["params"]),
             "table": jax.tree.map(lambda _: "table", t["table"])}
 
   wd = stage_cfg.weight_decay
   tx = optax.chain(
       optax.clip_by_global_norm(stage_cfg.grad_clip),
       optax.multi_transform({"rest": optax.adamw(lr, weight_decay=wd),
+                             "lambda": optax.adamw(lambda_lr, weight_decay=wd),
                              "table": optax.adamw(table_lr, weight_decay=wd)}, labels))
   return tx, lr
 
