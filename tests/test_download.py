@@ -118,3 +118,57 @@ def test_server_ignoring_range_restarts_and_bad_checksum_removes(server, tmp_pat
   assert not os.path.exists(tmp_path / "bad.json") and not os.path.exists(str(tmp_path / "bad.json") + ".part")
   with pytest.raises(download.DownloadError, match="HTTP 404"):
     download.fetch(server + "/nope.json", str(tmp_path / "n.json"))
+
+
+def test_readme_lamp_path_download_then_train(tmp_path, model_cache):
+  """`python -m tapper_jax.data.download --task LaMP_2 --setting time --out DIR` against a
+  local server gives the folder the trainer takes; a tiny run trains and evaluates on it."""
+  import subprocess
+  import sys
+  from lamp_fixtures import write_setting
+  src = write_setting(str(tmp_path / "official"), "LaMP_2M", "time")
+  files = {}
+  for split in ("train", "dev", "test"):
+    for kind in ("questions", "outputs"):
+      path = os.path.join(src, f"{split}_{kind}.json")
+      if os.path.isfile(path) and not (split == "test" and kind == "outputs"):
+        with open(path, "rb") as f:
+          files[f"/time/LaMP_2/new/{split}/{split}_{kind}.json"] = f.read()
+  _Handler.files, _Handler.break_first, _Handler.requests = files, set(), []
+  srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+  threading.Thread(target=srv.serve_forever, daemon=True).start()
+  out = str(tmp_path / "LaMP_2_time")
+  cmd = [sys.executable, "-m", "tapper_jax.data.download", "--task=LaMP_2", "--setting=time",
+         f"--out={out}", f"--cache={tmp_path / 'cache'}",
+         f"--base=http://127.0.0.1:{srv.server_address[1]}"]
+  try:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "configs/lamp2.py:time" in r.stdout
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(k) for k in files)
+    # Run again: the complete folder is reused, nothing is fetched or rewritten.
+    n = len(_Handler.requests)
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert len(_Handler.requests) == n
+  finally:
+    srv.shutdown()
+  with open(os.path.join(out, "dev_questions.json"), "w") as f:
+    f.write("[]")  # a changed folder is never overwritten
+  with pytest.raises(FileExistsError, match="refusing"):
+    download.task_folder("LaMP_2", "time", out, cache=str(tmp_path / "cache"),
+                         base="http://127.0.0.1:1")  # cached: no server needed
+  os.remove(os.path.join(out, "dev_questions.json"))
+  import shutil
+  shutil.copyfile(os.path.join(str(tmp_path / "cache"), "time", "LaMP_2M", "dev",
+                               "dev_questions.json"), os.path.join(out, "dev_questions.json"))
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs"))
+  import lamp2
+  from tapper_jax.training.loop import train_and_evaluate
+  c = lamp2.get_config("time")
+  c.data.folder, c.model.name, c.progress = out, "tiny-random", False
+  c.stage1.steps = c.stage2.steps = 1
+  c.stage1.batch_size = c.stage2.batch_size = c.eval_batch_size = 2
+  c.max_new_tokens = 2
+  summary = train_and_evaluate(c, str(tmp_path / "run"))
+  assert summary["eval"]["questions"] > 0 and "TAP-PER" in summary["eval"]
+  assert os.path.isfile(summary["predictions"]["TAP-PER"])

@@ -130,3 +130,58 @@ def download(task: str, split: str, setting: str = "user", *, cache: str,
     json.dump(manifest, f, indent=2, sort_keys=True)
   os.replace(tmp, manifest_path)
   return folder
+
+
+def task_folder(task: str, setting: str, out: str, *, cache: str, base: str = DEFAULT_BASE,
+                splits=SPLITS, retries: int = 3) -> str:
+  """The folder the trainer takes (`--config.data.folder`): every split's files of one task and
+  setting side by side (train_questions.json, train_outputs.json, dev_..., test_questions.json).
+
+  Splits are fetched into the cache first; `out` is then assembled in a temporary folder and
+  renamed, so it is complete or absent. An existing `out` holding the same files is reused; one
+  that differs is never overwritten.
+  """
+  from tapper_jax.fileio import atomic_folder
+  sources = {}
+  for split in splits:
+    folder = download(task, split, setting, cache=cache, base=base, retries=retries)
+    for name in file_urls(task, split, setting, base):
+      sources[name] = os.path.join(folder, name)
+  if os.path.isdir(out):
+    same = all(os.path.isfile(os.path.join(out, n)) and _sha256(os.path.join(out, n)) == _sha256(p)
+               for n, p in sources.items())
+    if not same:
+      raise FileExistsError(f"{out}: exists and differs from {task} ({setting}); refusing to "
+                            "overwrite it (choose another --out)")
+    return out
+  with atomic_folder(out) as tmp:
+    import shutil
+    for name, path in sources.items():  # copies: editing the folder never touches the cache
+      shutil.copyfile(path, os.path.join(tmp, name))
+  return out
+
+
+def main(argv) -> None:
+  """python -m tapper_jax.data.download --task=LaMP_2 --setting=time --out=DIR"""
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  folder = task_folder(f.task, f.setting, f.out, cache=f.cache, base=f.base,
+                       splits=tuple(f.splits))
+  print(f"{folder}: " + ", ".join(sorted(os.listdir(folder))))
+  config = canonical_task(f.task).lower().replace("_", "").replace("2m", "2")  # lamp2n, lamp2, ...
+  print(f"train with: python -m tapper_jax.train --config=configs/{config}.py:{f.setting} "
+        f"--workdir=WORKDIR --config.data.folder={folder}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("task", None, "LaMP task: LaMP_1, LaMP_2 (movies), LaMP_2N, LaMP_3 ... LaMP_7.")
+  flags.DEFINE_enum("setting", "time", list(SETTINGS), "Official setting: time- or user-based.")
+  flags.DEFINE_string("out", None, "The task folder to write (the trainer's data.folder).")
+  flags.DEFINE_string("cache", os.path.join(os.path.expanduser("~"), ".cache", "tapper_jax",
+                                            "lamp"), "Download cache (resumable, checksummed).")
+  flags.DEFINE_string("base", DEFAULT_BASE, "Base URL of the LaMP files.")
+  flags.DEFINE_list("splits", list(SPLITS), "Splits to fetch.")
+  flags.mark_flags_as_required(["task", "out"])
+  app.run(main)
