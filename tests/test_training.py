@@ -284,3 +284,30 @@ def test_lambdas_take_their_own_learning_rate(synth_folder, model_cache):
     np.testing.assert_allclose(np.abs(np.asarray(u)), want, rtol=1e-4, err_msg=name)
     seen.add(want)
   assert seen == {0.25, 1e-2, 1e-3}
+
+
+def test_log_lines_go_above_the_bar_and_metrics_land_in_jsonl(tmp_path, capsys, monkeypatch):
+  import json as _json
+  from absl import logging as absl_logging
+  from tapper_jax.training.logger import Logger, bars_and_logs
+  absl_logging.set_verbosity(absl_logging.INFO)
+  absl_logging.use_absl_handler()  # as app.run does (pytest may not have attached it)
+  handler = absl_logging.get_absl_handler().python_handler
+  monkeypatch.setattr(handler, "stream", sys.stderr)  # the test's captured stderr
+  path = str(tmp_path / "metrics.jsonl")
+  log = Logger(str(tmp_path / "tb"), total=3, initial=0, desc="stage 2", enabled=True, jsonl=path)
+  with bars_and_logs(True):
+    log.step(1, 10, {"loss": jnp.asarray(2.0)})
+    log.step(2, 10, {"loss": jnp.asarray(1.5)})
+    absl_logging.info("a message for the user")
+  log.close()
+  err = capsys.readouterr().err
+  # Each log line stands on a line of its own: the bar (drawn with \r) never shares it.
+  lines = [seg for line in err.split("\n") for seg in line.split("\r")]
+  assert any(seg.endswith("a message for the user") and "stage 2" not in seg for seg in lines)
+  assert any("step 2: loss=1.5" in seg and "stage 2:" not in seg.split("step 2")[0]
+             for seg in lines)
+  rows = [_json.loads(x) for x in open(path)]
+  assert [(r["stage"], r["step"], r["loss"]) for r in rows] == [("stage 2", 1, 2.0),
+                                                                ("stage 2", 2, 1.5)]
+  assert handler.stream is sys.stderr  # outside the context, absl's own stream again

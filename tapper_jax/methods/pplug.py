@@ -99,6 +99,11 @@ class PPlugMethod(Method):
       self._encoder = SentenceEncoder.from_pretrained(registry.encoder_folder(self.config.encoder))
     return self._encoder
 
+  def encode(self, texts) -> np.ndarray:
+    """[N, E] embeddings of `texts`, with a progress bar (rate, ETA) when config.progress."""
+    from tapper_jax.training.logger import encode_with_bar
+    return encode_with_bar(self.encoder().encode, texts, enabled=bool(self.config.progress))
+
   def encoder_dim(self) -> int:
     from tapper_jax.models import registry
     from tapper_jax.models.bert import BertConfig
@@ -113,7 +118,7 @@ class PPlugMethod(Method):
       return None
     from tapper_jax.training import examples as ex
     s2 = self.config.stage2
-    encode = self.encoder().encode
+    encode = self.encode
     if self._bank is None:
       self._bank = ex.build_bank(plan.spec, [plan.stage1_qs, plan.eval_qs], encode)
     slots = ex.history_slots([examples, *slots_from], s2.max_history, s2.attention_chunk)

@@ -62,9 +62,13 @@ class RagMethod(Method):
       from tapper_jax.models.bert import SentenceEncoder
       self._encoder = SentenceEncoder.from_pretrained(registry.encoder_folder(self.config.encoder))
       keys = list(self._lookup(plan))
-      z = self._encoder.encode([corpus_text(plan.spec, self._records[k][0]) for k in keys])
+      z = self._encode([corpus_text(plan.spec, self._records[k][0]) for k in keys])
       self._dense = dict(zip(keys, z))
     return self._dense
+
+  def _encode(self, texts):
+    from tapper_jax.training.logger import encode_with_bar
+    return encode_with_bar(self._encoder.encode, texts, enabled=bool(self.config.progress))
 
   def retrieve(self, example, plan, query_z=None) -> list[dict]:
     """The fields of the k records picked for `example`, in the retriever's order (dense:
@@ -93,7 +97,7 @@ class RagMethod(Method):
     qz = [None] * len(examples)
     if self.config.rag.retriever == "dense":
       self._dense_vectors(plan)
-      qz = self._encoder.encode([e.query for e in examples])
+      qz = self._encode([e.query for e in examples])
     out = []
     for e, z in zip(examples, qz):
       text, keep = rag_prompt(plan.spec, e.input, self.retrieve(e, plan, z), max_length,

@@ -41,7 +41,9 @@ def predict(model: PersonalizedLM, examples, prompts: PromptFormat, config,
   bsz, plen = config.eval_batch_size, prompts.max_prompt_tokens
   graphdef, state = nnx.split(model)
   out = []
-  for start in range(0, len(examples), bsz):
+  from tapper_jax.training.logger import progress
+  for start in progress(range(0, len(examples), bsz), desc="evaluate", unit="batch",
+                        enabled=bool(config.get("progress", False))):
     chunk = list(range(start, min(start + bsz, len(examples))))
     rows = chunk + [chunk[-1]] * (bsz - len(chunk))  # pad the last batch: one compiled shape
     ids, mask = prompts.tokenizer.pad(

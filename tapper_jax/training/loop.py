@@ -33,7 +33,7 @@ from tapper_jax.training import evaluation, setup, steps
 from tapper_jax.training import examples as ex
 from tapper_jax.training.defaults import resolve_steps
 from tapper_jax.training.checkpoint import Checkpoints
-from tapper_jax.training.logger import Logger
+from tapper_jax.training.logger import Logger, bars_and_logs
 
 HOST_ONLY = ("index", "loss_mask", "shortened", "target_cut")  # batch fields the step never sees
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -106,8 +106,8 @@ class StageRun:
     prefix_len = config.stage2.prefix_len if self.stage == 2 and config.stage2.prefix else 0
     log = Logger(os.path.join(workdir, "tensorboard", f"stage{self.stage}"),
                  total=self.steps, initial=start, desc=f"stage {self.stage}",
-                 enabled=config.progress)
-    with self.rules(), jax.set_mesh(self.mesh):
+                 enabled=config.progress, jsonl=os.path.join(workdir, "metrics.jsonl"))
+    with self.rules(), jax.set_mesh(self.mesh), bars_and_logs(config.progress):
       for step in range(start, end):
         host = next(it)
         batch = setup.put_batch({k: v for k, v in host.items() if k not in HOST_ONLY},
