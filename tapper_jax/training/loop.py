@@ -22,6 +22,7 @@ from absl import logging
 from flax import nnx
 
 from tapper_jax import methods, metrics, models
+from tapper_jax.fileio import write_json
 from tapper_jax.models import registry
 from tapper_jax.models.llama import LlamaForCausalLM
 from tapper_jax.models.lora import merge_lora
@@ -38,14 +39,6 @@ from tapper_jax.training.logger import Logger, bars_and_logs
 HOST_ONLY = ("index", "loss_mask", "shortened", "target_cut")  # batch fields the step never sees
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")
-
-
-def _write_json(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, ensure_ascii=False)
-  os.replace(tmp, path)
 
 
 class StageRun:
@@ -198,7 +191,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
   t_start = time.time()
   p = plan(config, workdir)
   spec, folder, stage1_qs, eval_qs = p.spec, p.folder, p.stage1_qs, p.eval_qs
-  summary = {"task": spec.name, "data": folder, "mesh": dict(zip(config.mesh.axes, mesh_shape)),
+  summary = {"task": spec.name, "labels": list(spec.labels), "data": folder, "mesh": dict(zip(config.mesh.axes, mesh_shape)),
              "devices": f"{jax.device_count()} x {jax.devices()[0].platform}", "stages": {},
              "config": config.to_dict()}
   stage = str(config.stage)
@@ -300,7 +293,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
   summary["eval"] = {"split": config.data.eval_split, "questions": len(eval_qs), **results}
   summary["predictions"] = files  # row name -> its leaderboard file
   summary["minutes"] = round((time.time() - t_start) / 60, 2)
-  _write_json(os.path.join(workdir, "summary.json"), summary)
+  write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 
@@ -352,7 +345,7 @@ def _per_user(config, workdir, p, llm, examples, ev, prompts, mesh, summary, t0,
   summary["eval"] = {"split": config.data.eval_split, "questions": len(asked), **results}
   summary["predictions"] = files
   summary["minutes"] = round((time.time() - t_start) / 60, 2)
-  _write_json(os.path.join(workdir, "summary.json"), summary)
+  write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 
@@ -368,7 +361,7 @@ def _record(results, files, name, spec, examples, preds, config, workdir, *,
   results[name] = evaluation.score(spec, examples, preds)
   path = os.path.join(workdir, "predictions",
                       f"{config.data.eval_split}_{file or _slug(name)}.json")
-  _write_json(path, metrics.leaderboard(spec.name, {e.id: p for e, p in zip(examples, preds)}))
+  write_json(path, metrics.leaderboard(spec.name, {e.id: p for e, p in zip(examples, preds)}))
   files[name] = path
 
 

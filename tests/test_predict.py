@@ -1,0 +1,74 @@
+"""python -m tapper_jax.predict: predictions for any questions file from a trained workdir."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, model_cache):
+  import synthetic
+  from tapper_jax.training.loop import train_and_evaluate
+  c = synthetic.get_config("tiny")
+  c.progress = False
+  wd = str(tmp_path_factory.mktemp("trained"))
+  summary = train_and_evaluate(c, wd)
+  return wd, summary
+
+
+def _golds(path):
+  with open(path) as f:
+    return {g["id"]: g["output"] for g in json.load(f)["golds"]}
+
+
+def test_predict_reproduces_the_runs_evaluation_and_mixes_users_freely(trained, tmp_path):
+  from tapper_jax.serving.predict import predict_file
+  wd, summary = trained
+  folder = os.path.join(wd, "data", "synthetic_drift")
+  questions = os.path.join(folder, "test_questions.json")
+  # The run evaluated the first eval_max_examples questions: predict those.
+  with open(questions) as f:
+    rows = json.load(f)[: summary["config"]["data"]["eval_max_examples"]]
+  assert len({r["user_id"] for r in rows}) > 1  # several users in one batch
+  sub = tmp_path / "sub"
+  sub.mkdir()
+  with open(sub / "test_questions.json", "w") as f:
+    json.dump(rows, f)
+  shutil.copy(os.path.join(folder, "test_outputs.json"), sub / "test_outputs.json")
+  res = predict_file(wd, str(sub / "test_questions.json"), str(tmp_path / "a.json"),
+                     progress=False)
+  assert res["cold_users"] == 0 and res["questions"] == len(rows)
+  assert _golds(tmp_path / "a.json") == _golds(summary["predictions"]["TAP-PER"])
+  assert res["scores"] == summary["eval"]["TAP-PER"]
+  # One question per batch (each user alone) gives the same tokens as mixed batches.
+  res1 = predict_file(wd, str(sub / "test_questions.json"), str(tmp_path / "b.json"),
+                      batch_size=1, progress=False)
+  assert _golds(tmp_path / "b.json") == _golds(tmp_path / "a.json") and res1["scores"]
+  with pytest.raises(FileExistsError):
+    predict_file(wd, str(sub / "test_questions.json"), str(tmp_path / "a.json"))
+
+
+def test_predict_without_golds_counts_cold_users_on_the_command_line(trained, tmp_path):
+  wd, summary = trained
+  folder = os.path.join(wd, "data", "synthetic_drift")
+  with open(os.path.join(folder, "test_questions.json")) as f:
+    rows = json.load(f)[:4]
+  rows[0]["user_id"] = "someone-new"  # never trained: runs cold
+  with open(tmp_path / "test_questions.json", "w") as f:
+    json.dump(rows, f)
+  out = tmp_path / "p.json"
+  r = subprocess.run([sys.executable, "-m", "tapper_jax.predict", f"--workdir={wd}",
+                      f"--questions={tmp_path / 'test_questions.json'}", f"--out={out}",
+                      "--quiet"], capture_output=True, text=True, timeout=600,
+                     env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert r.returncode == 0, r.stderr[-2000:]
+  res = json.loads(r.stdout[r.stdout.index("{"):])
+  assert res["cold_users"] == 1 and "scores" not in res
+  assert sorted(_golds(out)) == sorted(str(x["id"]) for x in rows)
