@@ -5,10 +5,12 @@
 `--config.stage=1|2|both`. Thin absl entry point; the logic is
 `tapper_jax.training.loop.train_and_evaluate`. Everything lands under DIR: backbone/,
 stage{1,2}/checkpoints/, tensorboard/, predictions/, summary.json. Re-running the same command
-resumes from the newest checkpoint.
+resumes from the newest checkpoint. SIGTERM (a preemption notice) saves a checkpoint after the
+current step and exits with status 75; the same command resumes.
 """
 
 import logging as pylogging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -29,8 +31,12 @@ def main(argv):
   del argv
   for h in pylogging.getLogger("absl").handlers + pylogging.getLogger().handlers:
     h.addFilter(_QuietOrbax())
-  from tapper_jax.training import loop
-  summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from tapper_jax.training import faults, loop
+  try:
+    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except faults.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(faults.PREEMPTED_EXIT)
   logging.info("summary written to %s/summary.json", _WORKDIR.value)
   print(f"\n{summary['task']} on {summary['devices']}, {summary['minutes']} min in all, "
         f"{summary['eval'].get('questions', 0)} {summary['eval'].get('split')} questions\n")

@@ -30,7 +30,7 @@ from tapper_jax.models.partitioning import use_rules
 from tapper_jax.tapper.model import PersonalizedLM
 from tapper_jax.data import lamp
 from tapper_jax.data.prompts import PromptFormat
-from tapper_jax.training import evaluation, setup, steps
+from tapper_jax.training import evaluation, faults, setup, steps
 from tapper_jax.training import examples as ex
 from tapper_jax.training.defaults import resolve_steps
 from tapper_jax.training.checkpoint import Checkpoints
@@ -78,8 +78,14 @@ class StageRun:
   def model(self, state) -> PersonalizedLM:
     return nnx.merge(self.graphdef, state["table"], state["params"], self.frozen)
 
-  def fit(self, dataset, workdir: str, id_map: dict[str, int], *, stop_after: int | None = None):
-    """Trains to `cfg.steps` (or `stop_after` steps, to simulate a preemption); returns state."""
+  def fit(self, dataset, workdir: str, id_map: dict[str, int], *, stop_after: int | None = None,
+          example_ids=None):
+    """Trains to `cfg.steps` (or `stop_after` steps, to simulate a preemption); returns state.
+
+    SIGTERM (a preemption notice) saves a checkpoint after the current step and raises
+    `Preempted`. A non-finite loss or gradient raises `NonFiniteError` naming the step and the
+    batch's example ids (`example_ids[i]` for batch index i), with a snapshot in
+    WORKDIR/debug/; the state never takes the bad update and no checkpoint holds it."""
     config = self.config
     ckpt = Checkpoints(os.path.join(workdir, f"stage{self.stage}", "checkpoints"),
                        keep=config.checkpoint_keep)
@@ -100,18 +106,30 @@ class StageRun:
     log = Logger(os.path.join(workdir, "tensorboard", f"stage{self.stage}"),
                  total=self.steps, initial=start, desc=f"stage {self.stage}",
                  enabled=config.progress, jsonl=os.path.join(workdir, "metrics.jsonl"))
-    with self.rules(), jax.set_mesh(self.mesh), bars_and_logs(config.progress):
+    with self.rules(), jax.set_mesh(self.mesh), bars_and_logs(config.progress), \
+        faults.sigterm_requests() as preemption:
       for step in range(start, end):
         host = next(it)
         batch = setup.put_batch({k: v for k, v in host.items() if k not in HOST_ONLY},
                                 self.mesh, config)
         state, step_metrics = self.step_fn(batch)(state, self.frozen, batch)
+        if not bool(jax.device_get(step_metrics.pop("finite"))):
+          ckpt.wait()
+          ckpt.close()
+          log.close()
+          faults.non_finite(step + 1, host, step_metrics, workdir, self.stage, example_ids)
         tokens = int(host["attention_mask"].sum()) + len(host["attention_mask"]) * prefix_len
         last = step + 1 == end
         log.step(step + 1, tokens, step_metrics if ((step + 1) % config.log_every == 0 or last)
                  else None)
-        if (step + 1) % config.checkpoint_every == 0 or last:
+        if (step + 1) % config.checkpoint_every == 0 or last or preemption.requested:
           ckpt.save(step + 1, state, id_map, it.get_state())
+        if preemption.requested and not last:
+          ckpt.wait()
+          ckpt.close()
+          log.close()
+          raise faults.Preempted(f"stage {self.stage}: SIGTERM; checkpoint saved at step "
+                                 f"{step + 1} in {workdir} (rerun the same command to resume)")
     ckpt.wait()
     ckpt.close()
     log.close()
@@ -209,7 +227,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       n_steps = resolve_steps(config.stage1, len(examples))
       run = StageRun(1, llm, config, mesh, num_rows=1, num_steps=n_steps)
       ds = ex.train_dataset(examples, prompts, config, config.stage1, seed=config.seed)
-      state = run.fit(ds, workdir, {}, stop_after=stop_after)
+      state = run.fit(ds, workdir, {}, stop_after=stop_after, example_ids=[e.id for e in examples])
       if int(jax.device_get(state["step"])) < n_steps:
         return {"stopped_after": stop_after, "stage": 1}
       model = run.model(jax.device_get(state))
@@ -248,7 +266,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     if trains:
       run = StageRun(2, llm, config, mesh, num_rows, n_steps)
       ds = ex.train_dataset(examples, prompts, config, s2, seed=config.seed, history=fields)
-      state = run.fit(ds, workdir, id_map, stop_after=stop_after)
+      state = run.fit(ds, workdir, id_map, stop_after=stop_after,
+                      example_ids=[e.id for e in examples])
       if int(jax.device_get(state["step"])) < n_steps:
         return {"stopped_after": stop_after, "stage": 2}
     else:

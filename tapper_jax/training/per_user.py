@@ -41,7 +41,7 @@ def train_and_predict(run, config, workdir: str, users, examples, evaluate, prom
     folder = os.path.join(workdir, "users", user_dir(user))
     run.key = jax.random.fold_in(base_key, i)
     ds = ex.train_dataset(mine, prompts, config, config.stage2, seed=config.seed + i)
-    state = run.fit(ds, folder, {})
+    state = run.fit(ds, folder, {}, example_ids=[e.id for e in mine])
     model = run.model(state)
     adapter = os.path.join(workdir, "adapters", user_dir(user))
     if not os.path.isdir(adapter):

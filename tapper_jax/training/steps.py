@@ -91,10 +91,16 @@ def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False):
     key = jax.random.fold_in(state["rng"], state["step"])
     trainable = {"params": state["params"], "table": state["table"]}
     (loss, tokens), grads = grad(trainable, frozen, batch, key)
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss or gradient leaves the state as it was (the host then stops the run):
+    # no NaN ever reaches the parameters, the optimizer moments or a checkpoint.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt = tx.update(grads, state["opt"], trainable)
-    trainable = optax.apply_updates(trainable, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "target_tokens": tokens,
-               "lr": lr_schedule(state["step"])}
-    return {**state, **trainable, "opt": opt, "step": state["step"] + 1}, metrics
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
+                       {**optax.apply_updates(trainable, updates), "opt": opt},
+                       {**trainable, "opt": state["opt"]})
+    metrics = {"loss": loss, "grad_norm": grad_norm, "target_tokens": tokens,
+               "lr": lr_schedule(state["step"]), "finite": finite}
+    return {**state, **new, "step": state["step"] + finite.astype(jnp.int32)}, metrics
 
   return step
