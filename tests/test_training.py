@@ -168,6 +168,9 @@ def test_train_entry_point_one_step_end_to_end(synth_folder, model_cache, tmp_pa
   assert len(preds["golds"]) == summary["eval"]["questions"] == 4
   assert (workdir / "backbone" / "model.safetensors").is_file()
   assert os.listdir(workdir / "tensorboard" / "stage2")
+  plots = sorted(os.listdir(workdir / "plots"))
+  assert {"training_curves.png", "results.png", "decay.png", "attention_1.png"} <= set(plots)
+  assert sorted(os.path.basename(p) for p in summary["plots"]) == plots
   # A locked config: a misspelt override is refused by name.
   p = subprocess.run(cmd[:4] + ["--config.stage2.prefix_lenn=4"], cwd=tmp_path, env=env,
                      capture_output=True, text=True, timeout=300)
@@ -311,3 +314,21 @@ def test_log_lines_go_above_the_bar_and_metrics_land_in_jsonl(tmp_path, capsys, 
   assert [(r["stage"], r["step"], r["loss"]) for r in rows] == [("stage 2", 1, 2.0),
                                                                 ("stage 2", 2, 1.5)]
   assert handler.stream is sys.stderr  # outside the context, absl's own stream again
+
+
+def test_history_weights_are_the_attention_over_the_real_records():
+  from flax import nnx as _nnx
+  from tapper_jax.tapper.model import PersonalizedLM, Tapper
+  from tapper_jax.training.plots import history_weights
+  tapper = Tapper(4, 2, 1, rngs=_nnx.Rngs(0))
+  model = PersonalizedLM(None, tapper)
+  rng = np.random.RandomState(0)
+  f = {"query_z": rng.randn(4).astype(np.float32), "hist_z": rng.randn(8, 4).astype(np.float32),
+       "hist_age": np.arange(8, dtype=np.float32)[::-1].copy(),
+       "hist_valid": np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)}
+  ages, w = history_weights(model, f)
+  assert ages.tolist() == [7.0, 6.0, 5.0] and w.shape == (3,)
+  np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-6)
+  full = np.asarray(tapper.attention.weights(*(jnp.asarray(f[k])[None] for k in
+                                               ("query_z", "hist_z", "hist_age", "hist_valid"))))
+  np.testing.assert_allclose(w, full[0, :3], rtol=1e-6)

@@ -137,7 +137,8 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.eval_controls = ()
   c.evaluate = True  # generate and score at the end (the eval split still picks stage 2's users)
   c.eval_backbone = True  # also evaluate the stage-1 backbone alone ("non-personalized")
-  c.progress = True  # tqdm progress bar
+  c.progress = True  # tqdm progress bars (False: quiet, for CI and logs)
+  c.plots = True  # WORKDIR/plots/: curves, results, decay, attention timelines
   return c
 
 

@@ -241,6 +241,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
           "seconds": round(time.time() - t0, 1), "log": run.logged}
 
   results, files = {}, {}
+  run = state = ev = ev_fields = None
   if stage in ("2", "both"):
     t0 = time.time()
     llm, tok, _ = _backbone(config, workdir)
@@ -312,6 +313,12 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
   summary["eval"] = {"split": config.data.eval_split, "questions": len(eval_qs), **results}
   summary["predictions"] = files  # row name -> its leaderboard file
   summary["minutes"] = round((time.time() - t_start) / 60, 2)
+  if config.plots:
+    from tapper_jax.training import plots
+    plot_args = {}
+    if stage in ("2", "both") and run is not None and ev_fields is not None:
+      plot_args = dict(model=run.model(state), examples=ev, fields=ev_fields)
+    summary["plots"] = plots.write_run_plots(workdir, summary, **plot_args)
   write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
