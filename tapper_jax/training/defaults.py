@@ -9,8 +9,10 @@ N(0, 0.02), attention over the whole visible history. Deviations, each with its 
 - The table's own learning rate (10x the rest): a row sees only its user's few examples per
   epoch (on huffpost_2N at 150 steps of 8, about 14 per user). Chosen for that reason, not yet
   measured against the shared rate (a `cpu-ablate`-style run on dev would settle it).
-- The lambdas share the attention's learning rate. In the 150-step CPU benchmark they moved
-  from N(0, 0.02) to about -0.04 only, so the decays barely act at that budget.
+- The lambdas share the attention's learning rate by default (`stage2.lambda_learning_rate`
+  = 0). In the 150-step CPU benchmark (lr 1e-3) they stayed at their N(0, 0.02) draw (-0.041,
+  -0.044; moved by 3e-4 and 3e-3), and the time/order ablations tied with the full model. A
+  rate of their own is to be chosen on dev (benchmarks/quality.py --budget=dev-rates).
 """
 
 from __future__ import annotations
