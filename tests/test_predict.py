@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,3 +73,27 @@ def test_predict_without_golds_counts_cold_users_on_the_command_line(trained, tm
   res = json.loads(r.stdout[r.stdout.index("{"):])
   assert res["cold_users"] == 1 and "scores" not in res
   assert sorted(_golds(out)) == sorted(str(x["id"]) for x in rows)
+
+
+def test_inspect_a_user_weights_norm_neighbours_and_plot(trained, tmp_path):
+  from tapper_jax.serving.inspect_user import format_report, inspect_user
+  from tapper_jax.serving import trained as trained_lib
+  wd, summary = trained
+  t = trained_lib.load(wd, progress=False)
+  user = sorted(t.id_map)[0]
+  r = inspect_user(wd, user)
+  assert r["trained_row"] and r["records"]
+  w = np.array([x["weight"] for x in r["records"]])
+  np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-5)
+  assert [x["date"] for x in r["records"]] == sorted(x["date"] for x in r["records"])
+  row = np.asarray(t.model.tapper.users.table[...])[t.id_map[user]]
+  np.testing.assert_allclose(r["p_u_norm"], np.linalg.norm(row), rtol=1e-5)
+  cos = [n["cosine"] for n in r["nearest"]]
+  assert cos == sorted(cos, reverse=True) and user not in [n["user"] for n in r["nearest"]]
+  assert os.path.isfile(r["plot"])
+  other = inspect_user(wd, user, query="Which tag? description: a space opera about robots")
+  assert other["query"].startswith("a space opera") and other["records"]
+  assert [x["weight"] for x in other["records"]] != [x["weight"] for x in r["records"]]
+  assert user in format_report(r)
+  with pytest.raises(ValueError, match="asks no question"):
+    inspect_user(wd, "nobody")
