@@ -40,7 +40,8 @@ def _reference_weights(attn, zq, hz, age, valid):
       continue
     q, z = np.asarray(zq[i], np.float64), np.asarray(hz[i, :n], np.float64)
     feats = np.concatenate([np.broadcast_to(q, z.shape), z, q - z, q * z], axis=-1)
-    s = (np.asarray(jax.nn.gelu(jnp.asarray(feats @ w1 + b1, jnp.float32))) @ w2 + b2)[:, 0]
+    s = (np.asarray(jax.nn.gelu(jnp.asarray(feats @ w1 + b1, jnp.float32), approximate=False))
+         @ w2 + b2)[:, 0]
     s = s - lt * np.log1p(np.maximum(np.asarray(age[i, :n]), 0)) - lo * np.log1p(n - np.arange(n))
     e = np.exp(s - s.max())
     out[i, :n] = e / e.sum()

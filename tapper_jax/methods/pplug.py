@@ -77,7 +77,7 @@ class PersonaPlug(nnx.Module):
   def __call__(self, batch, llm) -> jax.Array:
     s = token_norm(llm)
     w = self.weights(batch["query_z"], batch["hist_z"], batch["hist_age"], batch["hist_valid"])
-    projected = self.mlp_out(jax.nn.gelu(self.mlp_in(batch["hist_z"])))  # [B,H,D]
+    projected = self.mlp_out(jax.nn.gelu(self.mlp_in(batch["hist_z"]), approximate=False))
     persona = _to_norm(jnp.einsum("bh,bhd->bd", w, projected), s)
     inst = jnp.broadcast_to(_to_norm(self.instruction[...], s), persona.shape)
     return jnp.stack([inst, persona], axis=1)

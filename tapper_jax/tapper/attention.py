@@ -69,7 +69,7 @@ class TemporalAttention(nnx.Module):
     """Unmasked scores s [B,H'] for the slots given (a chunk or the whole history)."""
     zq = jnp.broadcast_to(z_q[:, None, :], hist_z.shape)
     feats = jnp.concatenate([zq, hist_z, zq - hist_z, zq * hist_z], axis=-1)  # [B,H',4D]
-    s = self.score_out(jax.nn.gelu(self.score_in(feats)))[..., 0]
+    s = self.score_out(jax.nn.gelu(self.score_in(feats), approximate=False))[..., 0]  # torch nn.GELU
     if self.time_decay:
       s = s - self.lambda_t[...] * jnp.log1p(dt)
     if self.order_decay:
