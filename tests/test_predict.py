@@ -97,3 +97,45 @@ def test_inspect_a_user_weights_norm_neighbours_and_plot(trained, tmp_path):
   assert user in format_report(r)
   with pytest.raises(ValueError, match="asks no question"):
     inspect_user(wd, "nobody")
+
+
+def test_personalizer_online_update_fits_one_row_and_versions_the_table(trained, tmp_path):
+  import shutil as _shutil
+  from tapper_jax.data.lamp import Record
+  from tapper_jax.serving.personalizer import Personalizer
+  wd_src, _ = trained
+  wd = str(tmp_path / "wd")
+  _shutil.copytree(wd_src, wd)  # the module's workdir stays as it was
+  p = Personalizer.load(wd)
+  assert p.version == 0 and p.table.shape[0] == len(p.users)
+  before = p.table.copy()
+  user = p.users[1]
+  hist = p.histories[user]
+  day = hist[-1].day + 1
+  q = "Which tag does this movie relate to? description: a robot crosses the desert"
+  answer = p.generate(user, q, day=day)
+  assert isinstance(answer, str)
+  w = p.attention(user, q, day=day)
+  assert [r for r, _ in w] == [r.id for r in hist] and abs(sum(x for _, x in w) - 1) < 1e-5
+  tag = hist[0].fields["tag"]
+  new = [Record("fresh1", "", day, {"description": "a robot in the desert", "tag": tag}),
+         Record("fresh2", "", day + 1, {"description": "sand and robots", "tag": tag})]
+  r = p.update_user(user, new, steps=6, learning_rate=0.05)
+  assert r["row"] == 1 and r["final_loss"] < r["losses"][0]  # it fits the user's records
+  changed = np.any(p.table != before, axis=(1, 2))
+  assert changed.tolist() == [i == 1 for i in range(len(p.users))]  # only that row moved
+  v1 = p.save()
+  # A new user: cold (no row) until updated; then one row appended, older rows untouched.
+  p.add_user("newcomer", [Record("n0", "", day, {"description": "space opera", "tag": "space"})])
+  assert p._row("newcomer") == -1 and isinstance(p.generate("newcomer", q, day=day + 2), str)
+  grown = p.table.copy()
+  p.update_user("newcomer", [Record("n1", "", day + 1, {"description": "stars", "tag": "space"})],
+                steps=2)
+  assert p.table.shape[0] == grown.shape[0] + 1 and np.array_equal(p.table[:-1], grown)
+  v2 = p.save()
+  assert (v1, v2) == (1, 2)
+  old = Personalizer.load(wd, version=1)
+  assert "newcomer" not in old.users and np.array_equal(old.table, grown)
+  latest = Personalizer.load(wd)
+  assert latest.version == 2 and latest.users[-1] == "newcomer"
+  np.testing.assert_array_equal(latest.table, p.table)
