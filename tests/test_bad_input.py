@@ -106,3 +106,26 @@ def test_a_history_of_100k_records_reads_sorted(tmp_path):
   (q,) = lamp.read_questions(str(tmp_path / "dev_questions.json"), "LaMP_2M")
   assert len(q.profile) == n
   assert all(a.day <= b.day for a, b in zip(q.profile, q.profile[1:]))
+
+
+def test_a_50_mb_text_is_cut_before_tokenizing(model_cache):
+  import time
+  import numpy as np
+  from tapper_jax.data.prompts import PromptFormat
+  from tapper_jax.models import Tokenizer, registry
+  from tapper_jax.tapper.bank import embed_texts
+  try:
+    tok = Tokenizer.from_pretrained(registry.resolve("smollm2-135m-instruct"))
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
+  huge = "the long article goes on " * 2_000_000  # 50 MB
+  head = "Which category? article: "
+  prompts = PromptFormat(tok, 176, chat=True)
+  t0 = time.time()
+  ids, shortened = prompts.encode(head + huge, len(head))
+  small, _ = prompts.encode(head + huge[:20_000], len(head))
+  assert shortened and len(ids) <= 176 and ids == small  # the same prompt as a short prefix
+  emb = np.random.RandomState(0).randn(tok.vocab_size, 4).astype(np.float32)
+  z = embed_texts([huge, huge[:5_000]], tok, emb, max_tokens=128)
+  np.testing.assert_array_equal(z[0], z[1])  # the first 128 tokens are the same
+  assert time.time() - t0 < 30  # tokenizing 50 MB alone takes ~30 s on this CPU

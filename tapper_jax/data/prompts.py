@@ -21,6 +21,13 @@ from typing import Any
 PLAIN_SUFFIX = "\nAnswer:"  # ends a plain prompt; the target then starts with a space
 
 
+def char_cap(tokenizer, max_tokens: int) -> int | None:
+  """Characters of a text that surely hold its first `max_tokens` tokens (with a 4x margin for
+  merges near the cut), or None when the tokenizer cannot say."""
+  per = getattr(tokenizer, "max_token_chars", None)
+  return 4 * (max_tokens + 8) * per if per else None
+
+
 class PromptTooLong(ValueError):
   """The fixed part of a prompt (instruction, labels) alone exceeds the prompt budget."""
 
@@ -44,10 +51,14 @@ class PromptFormat:
   def encode(self, text: str, keep: int = 0) -> tuple[list[int], bool]:
     """(prompt ids, shortened?). Characters before `keep` are never cut; the variable text
     after it loses its end until the rendered prompt fits `max_prompt_tokens`."""
+    head, body = text[:keep], text[keep:]
+    cap = char_cap(self.tokenizer, self.max_prompt_tokens)
+    if cap and len(body) > cap:  # a huge input (MBs): never tokenize more than can be kept
+      ids, _ = self.encode(head + body[:cap], keep)
+      return ids, True
     ids = self.tokenizer.encode(self.render(text))
     if len(ids) <= self.max_prompt_tokens:
       return ids, False
-    head, body = text[:keep], text[keep:]
     body_ids = self.tokenizer.encode(body)
     over = len(ids) - self.max_prompt_tokens
     for _ in range(8):  # decoding a cut can re-merge tokens: re-check, cut a little more

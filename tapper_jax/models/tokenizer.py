@@ -55,6 +55,14 @@ class Tokenizer:
                pad_id=tok_id("pad_token"), chat_template=conf.get("chat_template"), source=path)
 
   @property
+  def max_token_chars(self) -> int:
+    """The most characters any single token decodes to: a text's first n tokens lie within its
+    first n * max_token_chars characters (so huge texts can be cut before tokenizing)."""
+    if getattr(self, "_max_token_chars", None) is None:
+      self._max_token_chars = max(len(self.tk.decode([i])) for i in range(self.vocab_size))
+    return self._max_token_chars
+
+  @property
   def vocab_size(self) -> int:
     return self.tk.get_vocab_size()
 

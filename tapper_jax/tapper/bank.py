@@ -24,8 +24,11 @@ def embed_texts(texts: Sequence[str], tokenizer, embedding: np.ndarray, *,
   """
   if max_tokens <= 0:
     raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+  from tapper_jax.data.prompts import char_cap
   emb = np.asarray(embedding, np.float32)
   out = np.zeros((len(texts), emb.shape[1]), np.float32)
+  cap = char_cap(tokenizer, max_tokens)  # a huge record is cut before tokenizing
+  texts = [t[:cap] if cap else t for t in texts]
   for i, ids in enumerate(tokenizer.encode_batch(list(texts))):
     ids = ids[:max_tokens]
     if ids:
