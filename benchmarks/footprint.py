@@ -29,7 +29,6 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-_OUT = flags.DEFINE_string("output", os.path.join("bench_out", "footprint"), "Output folder.")
 
 USERS = (1, 1_000, 1_000_000)
 PREFIX_LEN = 8
@@ -147,7 +146,7 @@ def main(argv):
   res = footprint()
   text = report(res)
   print(text)
-  out = os.path.abspath(_OUT.value)
+  out = os.path.abspath(flags.FLAGS.output)
   os.makedirs(out, exist_ok=True)
   stem = os.path.join(out, "footprint")
   for ext in (".md", ".json"):
@@ -160,5 +159,6 @@ def main(argv):
     json.dump(res, f, indent=2)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only here: tests import this module beside other benchmarks
+  flags.DEFINE_string("output", os.path.join("bench_out", "footprint"), "Output folder.")
   app.run(main)
