@@ -36,6 +36,10 @@ from absl import app, flags, logging
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "configs"))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+from recipes import CPU_RECIPE, SHORT_RATES  # noqa: E402
+from tapper_jax.fileio import keep_previous  # noqa: E402  (tests reach it here too)
+from tapper_jax.metrics import paired_bootstrap  # noqa: E402
 
 _BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "cpu-methods", "dev-rates",
                                              "full"],
@@ -94,13 +98,6 @@ ABLATIONS = (Row("TAP-PER without P_u", (("stage2.user_prefix", False),)),
              Row("TAP-PER without bridge LoRA", (("stage2.bridge_lora", False),)))
 
 # budget -> (tasks, rows, per-task {field: value} of the budget's recipe)
-CPU_RECIPE = {  # sized for 2 CPU cores: ~5-6 s a step at batch 8 with SmolLM2-135M
-    "huffpost_2N": {"stage1.steps": 150, "stage2.steps": 150},
-    "movielens_2M": {"stage1.steps": 60, "stage2.steps": 60},
-}
-SHORT_RATES = {  # few steps: the demo's rates (peft-initialised LoRA), chosen before any test run
-    "stage1.learning_rate": 1e-3, "stage2.learning_rate": 1e-3,
-    "stage2.table_learning_rate": 1e-2}
 BUDGETS = {
     "cpu": (("huffpost_2N", "movielens_2M"), (TAPPER, LONG, STEP_MATCHED),
             {t: {**SHORT_RATES, **r} for t, r in CPU_RECIPE.items()}),
@@ -187,41 +184,6 @@ def run_task(kind, name, folder, rows, recipe, seed, out) -> dict:
   return results
 
 
-def paired_bootstrap(task, labels, golds, a, b, n, seed=0):
-  """95% interval of metric(a) - metric(b) over resampled questions, for each metric."""
-  import numpy as np
-  from tapper_jax import metrics
-  ids = sorted(golds)
-  g = [golds[i] for i in ids]
-  pa, pb = [a[i] for i in ids], [b[i] for i in ids]
-  rng = np.random.default_rng(seed)
-  t = metrics.canonical_task(task)
-  if t in metrics.GENERATION:  # per-question ROUGE once, then resample means
-    from rouge_score import rouge_scorer
-    sc = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
-
-    def per(p):
-      s = [sc.score(str(y).strip(), str(x).strip()) for x, y in zip(p, g)]
-      return {"rouge-1": np.array([x["rouge1"].fmeasure for x in s]),
-              "rouge-L": np.array([x["rougeL"].fmeasure for x in s])}
-    sa, sb = per(pa), per(pb)
-    diffs = {k: [] for k in sa}
-    for _ in range(n):
-      idx = rng.integers(0, len(ids), len(ids))
-      for k in sa:
-        diffs[k].append(sa[k][idx].mean() - sb[k][idx].mean())
-  else:
-    diffs = {}
-    for _ in range(n):
-      idx = rng.integers(0, len(ids), len(ids))
-      ma = metrics.score(task, [pa[i] for i in idx], [g[i] for i in idx], labels=labels)
-      mb = metrics.score(task, [pb[i] for i in idx], [g[i] for i in idx], labels=labels)
-      for k in ma:
-        diffs.setdefault(k, []).append(ma[k] - mb[k])
-  return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
-          for k, v in diffs.items() if not k.endswith("_mean")}
-
-
 def _load_preds(path):
   from tapper_jax.data.lamp import read_outputs
   return read_outputs(path)[1]
@@ -267,14 +229,6 @@ def plot(all_results: dict, path: str):
     ax.set_title(f"{task} ({_SPLIT.value}, {res['questions']} questions)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-
-
-def keep_previous(stem: str) -> None:
-  """An earlier run's table, JSON and plot are renamed (suffixed with their time), not overwritten."""
-  for ext in (".md", ".json", ".png"):
-    if os.path.exists(stem + ext):
-      stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(stem + ext)))
-      os.replace(stem + ext, f"{stem}.{stamp}{ext}")
 
 
 def main(argv):

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 
 @contextlib.contextmanager
@@ -34,3 +35,12 @@ def write_json(path: str, obj) -> None:
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=2, ensure_ascii=False)
   os.replace(tmp, path)
+
+
+def keep_previous(stem: str, exts=(".md", ".json", ".png")) -> None:
+  """Renames an earlier run's `stem + ext` files with their modification time (never
+  overwritten), so the new ones can take the plain names."""
+  for ext in exts:
+    if os.path.exists(stem + ext):
+      stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(stem + ext)))
+      os.replace(stem + ext, f"{stem}.{stamp}{ext}")

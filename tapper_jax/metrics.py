@@ -133,3 +133,38 @@ def evaluate_files(golds_path: str, preds_path: str, task: str) -> dict[str, flo
 def leaderboard(task: str, outputs: dict[str, str]) -> dict:
   """{"task", "golds": [{"id", "output"}]}: the official file format, for golds or predictions."""
   return {"task": task, "golds": [{"id": k, "output": v} for k, v in outputs.items()]}
+
+
+def paired_bootstrap(task, labels, golds, a, b, n, seed=0):
+  """95% interval of metric(a) - metric(b) over questions resampled with replacement, for each
+  metric. golds, a, b: {question id: text}; the questions are golds' ids."""
+  import numpy as np
+  ids = sorted(golds)
+  g = [golds[i] for i in ids]
+  pa, pb = [a[i] for i in ids], [b[i] for i in ids]
+  rng = np.random.default_rng(seed)
+  t = canonical_task(task)
+  if t in GENERATION:  # per-question ROUGE once, then resample means
+    from rouge_score import rouge_scorer
+    sc = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+
+    def per(p):
+      s = [sc.score(str(y).strip(), str(x).strip()) for x, y in zip(p, g)]
+      return {"rouge-1": np.array([x["rouge1"].fmeasure for x in s]),
+              "rouge-L": np.array([x["rougeL"].fmeasure for x in s])}
+    sa, sb = per(pa), per(pb)
+    diffs = {k: [] for k in sa}
+    for _ in range(n):
+      idx = rng.integers(0, len(ids), len(ids))
+      for k in sa:
+        diffs[k].append(sa[k][idx].mean() - sb[k][idx].mean())
+  else:
+    diffs = {}
+    for _ in range(n):
+      idx = rng.integers(0, len(ids), len(ids))
+      ma = score(task, [pa[i] for i in idx], [g[i] for i in idx], labels=labels)
+      mb = score(task, [pb[i] for i in idx], [g[i] for i in idx], labels=labels)
+      for k in ma:
+        diffs.setdefault(k, []).append(ma[k] - mb[k])
+  return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+          for k, v in diffs.items() if not k.endswith("_mean")}

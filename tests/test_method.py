@@ -198,3 +198,14 @@ def test_a_careless_union_of_profiles_would_leak_and_the_earliest_profile_does_n
   assert union & eval_ids  # a careless trainer would train on these
   assert not {e.id.rpartition("/")[2] for e in p.stage2} & eval_ids
   assert exm.earliest_profiles(p.eval_qs)["u0"][-1].id == "u0-3"
+
+
+def test_held_out_users_get_no_examples_and_no_row(tmp_path):
+  c = _config_module(os.path.join(REPO, "configs", "lamp2.py")).get_config("time")
+  c.data.folder = write_setting(str(tmp_path / "data"), c.task, "time")
+  c.stage2.holdout_users = 1
+  p = plan(c, str(tmp_path))
+  held = max({q.user_id for q in p.eval_qs})
+  assert held not in p.users and all(e.user != held for e in p.stage2)
+  assert {q.user_id for q in p.eval_qs} - {held} <= set(p.users)
+  assert p.skips.counts["held_out_users"] == 1

@@ -96,6 +96,9 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   # evaluated users, where the setting has them: time-based), "pooled" (all stage-1 questions).
   c.stage2.examples = ("records",)
   c.stage2.backbone = ""  # the merged stage-1 backbone folder ("" = WORKDIR/backbone)
+  # Evaluated users (the last N by id) left out of stage 2: cold at evaluation, for the
+  # online-update experiment (benchmarks/online_update.py). 0 = none.
+  c.stage2.holdout_users = 0
   c.stage2.prefix_len = 8  # L soft tokens
   c.stage2.record_tokens = 128  # tokens of a record's / query's template averaged into z
   c.stage2.max_history = 0  # newest records attended per example (0 = the whole visible history)

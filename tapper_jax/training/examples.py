@@ -119,6 +119,12 @@ def stage2_examples(spec: TaskSpec, kinds: Sequence[str], eval_qs: Sequence[lamp
   return out
 
 
+def held_out_users(eval_qs: Sequence[lamp.Question], n: int) -> set[str]:
+  """The last `n` evaluated users by sorted id: left out of stage-2 training when
+  `stage2.holdout_users` = n (they are cold at evaluation; an online update fits them later)."""
+  return set(sorted({q.user_id for q in eval_qs})[-n:]) if n > 0 else set()
+
+
 def build_bank(spec: TaskSpec, question_sets: Sequence[Sequence[lamp.Question]],
                embed) -> RecordBank:
   """All users' records (union over the given question sets' profiles), embedded once by

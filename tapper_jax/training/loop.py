@@ -195,6 +195,10 @@ def plan(config, workdir: str) -> Plan:
   method = methods.get(config)
   skips = lamp.Report("stage-2 examples")
   stage2 = method.examples(spec, eval_qs, stage1_qs, skips)
+  held = ex.held_out_users(eval_qs, config.stage2.get("holdout_users", 0))
+  if held:  # left out of stage 2 entirely: cold at evaluation (the online-update experiment)
+    stage2 = [e for e in stage2 if e.user not in held]
+    skips.note("held_out_users", len(held))
   users = method.users(stage2)
   return Plan(spec, folder, stage1_qs, eval_qs, ex.question_examples(spec, stage1_qs), stage2,
               ex.question_examples(spec, eval_qs), users, skips, method)
