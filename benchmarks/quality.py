@@ -179,9 +179,48 @@ def run_task(kind, name, folder, rows, recipe, seed, out) -> dict:
         k: s["stages"]["2"].get(k) for k in ("examples", "users", "steps", "lambda_t",
                                              "lambda_o", "history_slots")}
     results["_info"]["cold_start_eval_users"] = s.get("cold_start_eval_users")
+  results.update(history_label_rows(task_config(kind, name, folder, recipe, seed), base, preds))
   results["_minutes"] = minutes
   results["_preds"] = preds
   return results
+
+
+def history_label_rows(c, base: str, preds: dict) -> dict:
+  """No-model controls for label tasks: answer with the user's most frequent label in the
+  visible history (ties: the newest), or with the newest record's label. If these match a
+  method, the method has learned a per-user label prior and nothing more."""
+  import collections
+  from tapper_jax import metrics
+  from tapper_jax.fileio import write_json
+  from tapper_jax.training.loop import plan
+  p = plan(c, base)
+  field = p.spec.target_field
+  if p.spec.kind == "generation" or not field:
+    return {}
+  records = {(q.user_id, r.id): r for q in p.eval_qs + p.stage1_qs for r in q.profile}
+  rows = {"no model: user's majority label": [], "no model: newest record's label": []}
+  for e in p.evaluate:
+    hist = [records[(e.user, h)] for h in e.history if (e.user, h) in records]
+    labels = [str(r.fields.get(field, "")) for r in hist]
+    counts = collections.Counter(labels)
+    best = max(counts.values(), default=0)
+    newest_first = labels[::-1]
+    rows["no model: user's majority label"].append(
+        next((x for x in newest_first if counts[x] == best), ""))
+    rows["no model: newest record's label"].append(newest_first[0] if newest_first else "")
+  out = {}
+  for name, answers in rows.items():
+    path = os.path.join(base, "no_model", f"{c.data.eval_split}_{_slug(name)}.json")
+    write_json(path, metrics.leaderboard(p.spec.name, {e.id: a for e, a in
+                                                       zip(p.evaluate, answers)}))
+    preds[name] = path
+    out[name] = metrics.score(p.spec.name, answers, [e.target for e in p.evaluate],
+                              labels=p.spec.labels or None)
+  return out
+
+
+def _slug(name: str) -> str:
+  return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
 
 
 def _load_preds(path):

@@ -77,3 +77,20 @@ def test_every_budget_row_is_a_valid_config():
           defaults.set_field(c, k, v)
         c.stage = "2"
         setup.validate(c, 1)
+
+
+def test_no_model_label_rows_answer_from_the_users_own_visible_labels(tmp_path):
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  import lamp2
+  from lamp_fixtures import write_setting
+  from tapper_jax.data import lamp as lamp_io
+  c = lamp2.get_config("time")
+  c.data.folder = write_setting(str(tmp_path / "data"), c.task, "time")
+  preds = {}
+  scores = Q.history_label_rows(c, str(tmp_path / "runs"), preds)
+  assert set(scores) == {"no model: user's majority label", "no model: newest record's label"}
+  qs, _ = lamp_io.load_split(c.data.folder, "LaMP_2M", "dev")
+  newest = lamp_io.read_outputs(preds["no model: newest record's label"])[1]
+  for q in qs:  # the newest visible record's tag, from the question's own (date-sorted) profile
+    assert newest[q.id] == q.profile[-1].fields["tag"]
