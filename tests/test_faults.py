@@ -107,3 +107,22 @@ def test_kill_9_at_three_moments_then_resume_is_bit_identical(synth_folder, mode
   assert subprocess.run(cmd(killed), env=env, capture_output=True, timeout=600).returncode == 0
   a, b = _final_params(straight, 60), _final_params(killed, 60)
   jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_an_unwritable_or_full_workdir_fails_before_any_training(tmp_path, monkeypatch):
+  import shutil
+  from test_training import tiny_config as _tiny
+  from tapper_jax.training.loop import train_and_evaluate
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  ro.chmod(0o500)
+  if os.access(ro, os.W_OK):  # running as root: permissions do not bind
+    ro = tmp_path / "file_not_dir"
+    ro.write_text("x")
+  with pytest.raises(faults.WorkdirError, match="not writable"):
+    train_and_evaluate(_tiny(), str(ro / "run"))
+  real = shutil.disk_usage
+  monkeypatch.setattr(shutil, "disk_usage",
+                      lambda p: real(p)._replace(free=100 << 20))  # 100 MB left
+  with pytest.raises(faults.WorkdirError, match=r"0\.10 GiB free"):
+    train_and_evaluate(_tiny(), str(tmp_path / "run"))

@@ -18,6 +18,31 @@ import threading
 import numpy as np
 
 PREEMPTED_EXIT = 75
+# A run writes a merged backbone (SmolLM2: ~0.5 GB in fp32), checkpoints and predictions:
+# below this much free space it would fail mid-way, so it is refused before any training.
+MIN_FREE_BYTES = 2 << 30
+
+
+class WorkdirError(OSError):
+  """The workdir cannot hold a run (not writable, or too little free space)."""
+
+
+def check_workdir(workdir: str, min_free: int) -> None:
+  """Creates `workdir` and proves it writable with room to spare, before any model loads."""
+  import shutil
+  import tempfile
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-") as f:
+      f.write(b"x")
+      f.flush()
+  except OSError as e:
+    raise WorkdirError(f"{workdir}: not writable ({e.strerror or e}); choose another --workdir")
+  free = shutil.disk_usage(workdir).free
+  if free < min_free:
+    raise WorkdirError(f"{workdir}: {free / 2**30:.2f} GiB free, a run needs at least "
+                       f"{min_free / 2**30:.1f} GiB (backbone, checkpoints); free space or "
+                       "choose another --workdir")
 
 
 class Preempted(Exception):

@@ -209,7 +209,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
   mesh_shape = setup.validate(config)
   mesh = setup.make_mesh(config)
   workdir = os.path.abspath(workdir)  # Orbax refuses relative checkpoint paths
-  os.makedirs(workdir, exist_ok=True)
+  faults.check_workdir(workdir, faults.MIN_FREE_BYTES)
   t_start = time.time()
   p = plan(config, workdir)
   spec, folder, stage1_qs, eval_qs = p.spec, p.folder, p.stage1_qs, p.eval_qs
