@@ -125,3 +125,37 @@ def test_bf16_compute_runs_close_to_fp32(pair):
   assert b.dtype == jnp.bfloat16
   # bf16 has 8 mantissa bits; logits here are O(1): agree to a few hundredths.
   assert np.abs(np.asarray(b, np.float32) - a)[mask > 0].max() < 0.1
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_beam_search_matches_hf_generate(pair, num_beams):
+  from tapper_jax.models.generate import beam_search
+  hf, ours, _ = pair
+  for seed in (4, 5):
+    ids, mask = batch(seed=seed, side="left")
+    n = 12
+    with torch.no_grad():
+      ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                        max_new_tokens=n, do_sample=False, num_beams=num_beams,
+                        pad_token_id=0, eos_token_id=2).numpy()[:, ids.shape[1]:]
+    got = beam_search(ours, ids, mask, num_beams=num_beams, max_new_tokens=n, eos_ids=(2,),
+                      pad_id=0)
+    assert got.shape == (ids.shape[0], n)
+    np.testing.assert_array_equal(got[:, :ref.shape[1]], ref)
+    assert (got[:, ref.shape[1]:] == 0).all()
+    # An EOS the model actually produces (row 0's third token): beams finish early, and the
+    # length-penalised comparison of finished against running beams decides.
+    first = ref
+    for eos in dict.fromkeys(int(x) for x in first[:, 1:].T.reshape(-1)):
+      with torch.no_grad():
+        ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                          max_new_tokens=n, do_sample=False, num_beams=num_beams,
+                          pad_token_id=0, eos_token_id=eos).numpy()[:, ids.shape[1]:]
+      if (ref == eos).any():  # some returned beam ended at this EOS (in most configs one does)
+        break
+    got = beam_search(ours, ids, mask, num_beams=num_beams, max_new_tokens=n, eos_ids=(eos,),
+                      pad_id=0)
+    for r, g in zip(ref, got):  # HF fills after EOS with EOS when pad_token_id is 0 ("0 or eos")
+      end = int(np.argmax(r == eos)) + 1 if (r == eos).any() else len(r)
+      np.testing.assert_array_equal(g[:end], r[:end])
+      assert (g[end:] == 0).all()
