@@ -18,6 +18,7 @@ _QUESTIONS = flags.DEFINE_string("questions", None, "A LaMP {split}_questions.js
 _OUT = flags.DEFINE_string("out", None, "Output file (default WORKDIR/predictions/"
                            "predict_<questions file name>); never overwritten.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Questions per generation batch (0: the run's).")
+_BEAMS = flags.DEFINE_integer("num_beams", 0, "Beam search width (0: the run's; 1: greedy).")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
 
 
@@ -27,7 +28,7 @@ def main(argv):
   out = _OUT.value or os.path.join(_WORKDIR.value, "predictions",
                                    "predict_" + os.path.basename(_QUESTIONS.value))
   result = predict_file(_WORKDIR.value, _QUESTIONS.value, out, batch_size=_BATCH.value,
-                        progress=not _QUIET.value)
+                        num_beams=_BEAMS.value, progress=not _QUIET.value)
   print(json.dumps(result, indent=2))
 
 

@@ -54,6 +54,14 @@ def test_predict_reproduces_the_runs_evaluation_and_mixes_users_freely(trained, 
   assert _golds(tmp_path / "b.json") == _golds(tmp_path / "a.json") and res1["scores"]
   with pytest.raises(FileExistsError):
     predict_file(wd, str(sub / "test_questions.json"), str(tmp_path / "a.json"))
+  # Beam search with one beam is greedy; three beams run through the same prefix path.
+  predict_file(wd, str(sub / "test_questions.json"), str(tmp_path / "k1.json"), num_beams=1,
+               progress=False)
+  assert _golds(tmp_path / "k1.json") == _golds(tmp_path / "a.json")
+  res3 = predict_file(wd, str(sub / "test_questions.json"), str(tmp_path / "k3.json"),
+                      num_beams=3, progress=False)
+  assert res3["questions"] == len(rows) and sorted(_golds(tmp_path / "k3.json")) == sorted(
+      _golds(tmp_path / "a.json"))
 
 
 def test_predict_without_golds_counts_cold_users_on_the_command_line(trained, tmp_path):

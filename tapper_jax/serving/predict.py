@@ -18,7 +18,7 @@ from tapper_jax import metrics
 
 
 def predict_file(workdir: str, questions: str, out: str, *, batch_size: int = 0,
-                 progress: bool = True) -> dict:
+                 num_beams: int = 0, progress: bool = True) -> dict:
   """Writes `out` (leaderboard format) for every question in `questions`; returns a summary:
   questions, users, cold users, the output path and, where golds exist, the scores."""
   from tapper_jax.data import lamp
@@ -33,6 +33,8 @@ def predict_file(workdir: str, questions: str, out: str, *, batch_size: int = 0,
   config, spec = t.config, t.spec
   if batch_size:
     config.eval_batch_size = batch_size
+  if num_beams:
+    config.num_beams = num_beams
   report = lamp.Report(questions)
   qs = lamp.read_questions(questions, spec, report=report)
   golds_path = questions.replace("_questions.json", "_outputs.json")

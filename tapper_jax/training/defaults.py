@@ -75,6 +75,7 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.max_prompt_tokens = 176
   c.max_target_tokens = 16  # target + EOS tokens with loss; a longer target is counted as cut
   c.max_new_tokens = 16  # generated tokens at evaluation
+  c.num_beams = 1  # 1: greedy; > 1: beam search (Hugging Face's semantics, length penalty 1)
   c.chat_template = "auto"  # wrap prompts in the model's chat template: "auto" (if it has one),
   #   "on", "off"
 

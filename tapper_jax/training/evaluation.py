@@ -16,7 +16,7 @@ from flax import nnx
 
 from tapper_jax import metrics
 from tapper_jax.data.prompts import PromptFormat
-from tapper_jax.models.generate import greedy_generate
+from tapper_jax.models.generate import beam_search, greedy_generate
 from tapper_jax.tapper.model import PersonalizedLM
 
 
@@ -33,7 +33,8 @@ def clean(text: str) -> str:
 
 def predict(model: PersonalizedLM, examples, prompts: PromptFormat, config,
             fields=None) -> list[str]:
-  """Greedy answers for `examples` (training.examples.Example), in order.
+  """Answers for `examples` (training.examples.Example), in order: greedy, or beam search with
+  `config.num_beams` > 1.
 
   fields: i -> example i's personal batch fields (the method's, e.g. `HistoryFields.fields`:
   user_row, query_z, hist_*); None runs without a prefix. Prompts get the training budget.
@@ -54,9 +55,14 @@ def predict(model: PersonalizedLM, examples, prompts: PromptFormat, config,
       f = [fields(i) for i in rows]
       batch.update({k: np.stack([x[k] for x in f]) for k in f[0]})
     emb, full_mask = _inputs(graphdef, state, jax.tree.map(jnp.asarray, batch))
-    gen = np.asarray(greedy_generate(model.llm, inputs_embeds=emb, attention_mask=full_mask,
-                                     max_new_tokens=config.max_new_tokens,
-                                     pad_id=prompts.tokenizer.pad_id))
+    beams = int(config.get("num_beams", 1))
+    if beams > 1:
+      gen = beam_search(model.llm, inputs_embeds=emb, attention_mask=full_mask, num_beams=beams,
+                        max_new_tokens=config.max_new_tokens, pad_id=prompts.tokenizer.pad_id)
+    else:
+      gen = np.asarray(greedy_generate(model.llm, inputs_embeds=emb, attention_mask=full_mask,
+                                       max_new_tokens=config.max_new_tokens,
+                                       pad_id=prompts.tokenizer.pad_id))
     out.extend(clean(prompts.tokenizer.decode(g)) for g in gen[: len(chunk)])
   return out
 
