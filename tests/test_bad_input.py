@@ -129,3 +129,32 @@ def test_a_50_mb_text_is_cut_before_tokenizing(model_cache):
   z = embed_texts([huge, huge[:5_000]], tok, emb, max_tokens=128)
   np.testing.assert_array_equal(z[0], z[1])  # the first 128 tokens are the same
   assert time.time() - t0 < 30  # tokenizing 50 MB alone takes ~30 s on this CPU
+
+
+source_value = st.one_of(st.none(), st.text(max_size=10), st.integers(-3, 7),
+                         st.floats(allow_nan=False, allow_infinity=False, width=32))
+source_row = st.one_of(
+    st.fixed_dictionaries({}, optional={"user": source_value, "ts": st.one_of(date, source_value),
+                                        "body": source_value, "stars": source_value,
+                                        "rid": source_value}),
+    json_values)  # any JSON line at all, not only objects
+
+
+@SETTINGS
+@given(rows=st.lists(source_row, max_size=12), garbage=st.booleans())
+def test_the_converter_keeps_or_counts_every_source_row(tmp_path, rows, garbage):
+  from tapper_jax.data.convert import SourceSpec, collect_items
+  path = tmp_path / "src.jsonl"
+  lines = [json.dumps(r) for r in rows] + (["{not json"] if garbage else [])
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  spec = SourceSpec("t", "LaMP_3", "src.jsonl", "jsonl", user_field="user", date_field="ts",
+                    fields={"text": "{body}", "score": "{stars}"}, id_field="rid",
+                    target_transform="stars")
+  report = lamp.Report("src")
+  try:
+    users = collect_items(str(tmp_path), spec, report)
+  except lamp.LampFormatError as e:  # a row that lacks a mapped field: named by line and field
+    assert "src.jsonl:" in str(e) and "field" in str(e)
+    return
+  kept = sum(len(v) for v in users.values())
+  assert kept + sum(report.counts.values()) == len(lines)  # every row kept or counted

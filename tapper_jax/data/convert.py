@@ -68,9 +68,14 @@ def _rows(root: str, spec: SourceSpec, report: Report):
         if not line.strip():
           continue
         try:
-          yield i, json.loads(line)
+          row = json.loads(line)
         except json.JSONDecodeError as e:
           report.skip("source_row_not_json", f"{spec.path}:{i + 1} ({e.msg})")
+          continue
+        if not isinstance(row, dict):
+          report.skip("source_row_not_object", f"{spec.path}:{i + 1}")
+          continue
+        yield i, row
     elif spec.format == "csv":
       yield from enumerate(csv.DictReader(f))
     else:
@@ -117,9 +122,16 @@ def collect_items(root: str, spec: SourceSpec, report: Report) -> dict[str, list
     except KeyError as e:
       raise LampFormatError(f"{where}: field {e.args[0]!r} missing (spec {spec.name})") from e
     if task.target_field:
-      fields[task.target_field] = _target(fields[task.target_field], spec.target_transform)
+      try:
+        fields[task.target_field] = _target(fields[task.target_field], spec.target_transform)
+      except (ValueError, OverflowError):  # "abc", "inf" as stars
+        report.skip("row_bad_target", where)
+        continue
     if any(not fields[f] for f in task.profile_fields):
       report.skip("row_empty_field", where)
+      continue
+    if spec.id_field and row.get(spec.id_field) in (None, ""):
+      report.skip("row_without_id", where)
       continue
     rid = str(row[spec.id_field]) if spec.id_field else str(i)
     users[user].append({"id": f"{spec.name}-{rid}", "date": str(row[spec.date_field]),
