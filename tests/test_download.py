@@ -172,3 +172,10 @@ def test_readme_lamp_path_download_then_train(tmp_path, model_cache):
   summary = train_and_evaluate(c, str(tmp_path / "run"))
   assert summary["eval"]["questions"] > 0 and "TAP-PER" in summary["eval"]
   assert os.path.isfile(summary["predictions"]["TAP-PER"])
+  # ... then predict the official test split, which has no golds.
+  from tapper_jax.serving.predict import predict_file
+  res = predict_file(str(tmp_path / "run"), os.path.join(out, "test_questions.json"),
+                     str(tmp_path / "test_preds.json"), progress=False)
+  assert res["questions"] > 0 and "scores" not in res
+  with open(tmp_path / "test_preds.json") as f:
+    assert len(json.load(f)["golds"]) == res["questions"]
