@@ -129,3 +129,39 @@ def test_an_unwritable_or_full_workdir_fails_before_any_training(tmp_path, monke
                       lambda p: real(p)._replace(free=100 << 20))  # 100 MB left
   with pytest.raises(faults.WorkdirError, match=r"0\.10 GiB free"):
     train_and_evaluate(_tiny(), str(tmp_path / "run"))
+
+
+_SLOW_TABLE_WRITER = """
+import os, sys, time
+import numpy as np
+from tapper_jax.fileio import atomic_folder
+root = sys.argv[1]
+with atomic_folder(os.path.join(root, "v2")) as tmp:
+  with open(os.path.join(tmp, "table.safetensors"), "wb") as f:
+    for _ in range(10_000):  # a slow, large write: killed in the middle
+      f.write(np.zeros(1 << 16, np.float32).tobytes())
+      f.flush()
+      time.sleep(0.01)
+"""
+
+
+def test_kill_9_during_a_table_write_leaves_the_previous_version(tmp_path):
+  """A table version is written to a temporary folder and renamed: killed mid-write, the new
+  version never appears and the previous one is still the newest, intact."""
+  from tapper_jax.serving.personalizer import _versions
+  root = tmp_path / "tables"
+  (root / "v1").mkdir(parents=True)
+  (root / "v1" / "table.safetensors").write_bytes(b"previous")
+  proc = subprocess.Popen([sys.executable, "-c", _SLOW_TABLE_WRITER, str(root)],
+                          env={**os.environ, "PYTHONPATH": REPO})
+  deadline = time.time() + 120
+  while time.time() < deadline:  # wait until the write is under way
+    tmp = [d for d in os.listdir(root) if d.startswith(".tmp-")]
+    if tmp and os.listdir(root / tmp[0]) and os.path.getsize(root / tmp[0] / "table.safetensors"):
+      break
+    time.sleep(0.05)
+  proc.kill()
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert _versions(str(root)) == [1]  # no partial v2 is ever picked up
+  assert (root / "v1" / "table.safetensors").read_bytes() == b"previous"
