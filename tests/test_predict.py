@@ -147,3 +147,15 @@ def test_personalizer_online_update_fits_one_row_and_versions_the_table(trained,
   latest = Personalizer.load(wd)
   assert latest.version == 2 and latest.users[-1] == "newcomer"
   np.testing.assert_array_equal(latest.table, p.table)
+
+
+def test_a_workdir_saved_before_a_config_field_existed_still_loads(trained):
+  from tapper_jax.serving.trained import run_config
+  wd, summary = trained
+  saved = json.loads(json.dumps(summary["config"]))
+  del saved["method"], saved["stage2"]["lambda_learning_rate"]  # fields added later
+  c = run_config(saved)
+  assert c.method == "tapper" and c.stage2.lambda_learning_rate == 0.0
+  assert c.stage2.steps == summary["config"]["stage2"]["steps"]  # the run's own values win
+  assert c.mesh.rules == tuple(tuple(x if not isinstance(x, list) else tuple(x) for x in r)
+                               for r in summary["config"]["mesh"]["rules"])

@@ -53,6 +53,29 @@ def read_summary(workdir: str) -> dict:
   return summary
 
 
+def _tuples(x):
+  return tuple(_tuples(y) for y in x) if isinstance(x, (list, tuple)) else x
+
+
+def run_config(saved: dict) -> ml_collections.ConfigDict:
+  """A run's saved config on top of today's defaults: a workdir trained before a field existed
+  gets that field's default (the behaviour it was trained with), not a KeyError."""
+  from tapper_jax.training.defaults import base_config
+  c = base_config(saved.get("task", "LaMP_2M"))
+
+  def merge(node, values):
+    for k, v in values.items():
+      if k in node and isinstance(node[k], ml_collections.ConfigDict) and isinstance(v, dict):
+        merge(node[k], v)
+      elif k in node and isinstance(node[k], tuple) and isinstance(v, list):
+        node[k] = _tuples(v)  # JSON turned the config's tuples into lists
+      else:
+        with node.ignore_type():
+          node[k] = v
+  merge(c, saved)
+  return c
+
+
 def load(workdir: str, *, progress: bool = True) -> Trained:
   from flax import nnx  # noqa: F401  (models need it imported)
   import orbax.checkpoint as ocp
@@ -64,7 +87,7 @@ def load(workdir: str, *, progress: bool = True) -> Trained:
   from tapper_jax.training.loop import StageRun, _backbone, prompt_format
   workdir = os.path.abspath(workdir)
   summary = read_summary(workdir)
-  config = ml_collections.ConfigDict(summary["config"])
+  config = run_config(summary["config"])
   config.progress = progress
   method = methods.get(config)
   if getattr(method, "per_user", False):
