@@ -193,7 +193,7 @@ def history_label_rows(c, base: str, preds: dict) -> dict:
   method, the method has learned a per-user label prior and nothing more."""
   import collections
   from tapper_jax import metrics
-  from tapper_jax.fileio import write_json
+  from tapper_jax.fileio import slug, write_json
   from tapper_jax.training.loop import plan
   p = plan(c, base)
   field = p.spec.target_field
@@ -212,17 +212,13 @@ def history_label_rows(c, base: str, preds: dict) -> dict:
     rows["no model: newest record's label"].append(newest_first[0] if newest_first else "")
   out = {}
   for name, answers in rows.items():
-    path = os.path.join(base, "no_model", f"{c.data.eval_split}_{_slug(name)}.json")
+    path = os.path.join(base, "no_model", f"{c.data.eval_split}_{slug(name)}.json")
     write_json(path, metrics.leaderboard(p.spec.name, {e.id: a for e, a in
                                                        zip(p.evaluate, answers)}))
     preds[name] = path
     out[name] = metrics.score(p.spec.name, answers, [e.target for e in p.evaluate],
                               labels=p.spec.labels or None)
   return out
-
-
-def _slug(name: str) -> str:
-  return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
 
 
 def _load_preds(path):

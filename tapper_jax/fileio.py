@@ -44,3 +44,8 @@ def keep_previous(stem: str, exts=(".md", ".json", ".png")) -> None:
     if os.path.exists(stem + ext):
       stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(stem + ext)))
       os.replace(stem + ext, f"{stem}.{stamp}{ext}")
+
+
+def slug(name: str) -> str:
+  """A row or method name as a file-name part: lower case, runs of other characters as '_'."""
+  return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")

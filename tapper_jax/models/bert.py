@@ -220,22 +220,15 @@ def l2_normalize(x: jax.Array) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def hf_name(path: tuple[str, ...]) -> tuple[str, bool, bool]:
-  """Our variable path -> (HF tensor name with '{i}' for stacked layers, stacked, transposed)."""
-  parts = [str(p) for p in path]
-  leaf = parts[-1]
-  transposed = leaf == "kernel"
-  parts[-1] = {"kernel": "weight", "embedding": "weight"}.get(leaf, leaf)
-  stacked = parts[:2] == ["encoder", "layer"]
-  return ".".join(parts[:2] + (["{i}"] if stacked else []) + parts[2:]), stacked, transposed
-
-
 def load_bert(folder: str, *, dtype: str = "float32") -> BertModel:
   """Our BertModel from an HF folder (config.json + safetensors), torch-free."""
-  from tapper_jax.models.weights import fill_from_hf
+  import functools
+  from tapper_jax.models.weights import fill_from_hf, hf_name
   cfg = dataclasses.replace(BertConfig.from_pretrained(folder), dtype=dtype)
   abstract = nnx.eval_shape(lambda: BertModel(cfg, rngs=nnx.Rngs(0)))
-  return fill_from_hf(abstract, folder, hf_name, jnp.dtype(dtype))
+  # HF's encoder.layer.{i} is our stacked encoder.layer
+  return fill_from_hf(abstract, folder, functools.partial(hf_name, stack=("encoder", "layer")),
+                      jnp.dtype(dtype))
 
 
 def _bucket(n: int, smallest: int = 16) -> int:

@@ -52,6 +52,19 @@ def _generate(graphdef, state, inputs_embeds, attention_mask, eos_ids, *, max_ne
   return out
 
 
+def _inputs(model: LlamaForCausalLM, input_ids, attention_mask, inputs_embeds, eos_ids, pad_id):
+  """(inputs_embeds [B,P,D], attention_mask [B,P], eos ids, pad id) with the model's defaults."""
+  cfg = model.config
+  if inputs_embeds is None:
+    inputs_embeds = model.embed(jnp.asarray(input_ids))
+  if attention_mask is None:
+    attention_mask = jnp.ones(inputs_embeds.shape[:2], jnp.int32)
+  eos = tuple(eos_ids) if eos_ids is not None else cfg.eos_token_ids
+  if pad_id is None:
+    pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
+  return inputs_embeds, attention_mask, eos, pad_id
+
+
 def greedy_generate(model: LlamaForCausalLM, input_ids=None, attention_mask=None, *,
                     max_new_tokens: int, inputs_embeds=None, eos_ids=None, pad_id=None):
   """Greedy continuation, [B, max_new_tokens] int32; after a row's EOS the rest is `pad_id`.
@@ -61,14 +74,8 @@ def greedy_generate(model: LlamaForCausalLM, input_ids=None, attention_mask=None
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  cfg = model.config
-  if inputs_embeds is None:
-    inputs_embeds = model.embed(jnp.asarray(input_ids))
-  if attention_mask is None:
-    attention_mask = jnp.ones(inputs_embeds.shape[:2], jnp.int32)
-  eos = tuple(eos_ids) if eos_ids is not None else cfg.eos_token_ids
-  if pad_id is None:
-    pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
+  inputs_embeds, attention_mask, eos, pad_id = _inputs(model, input_ids, attention_mask,
+                                                       inputs_embeds, eos_ids, pad_id)
   graphdef, state = nnx.split(model)
   return _generate(graphdef, state, inputs_embeds, jnp.asarray(attention_mask),
                    jnp.asarray(eos if eos else (-1,), jnp.int32), max_new_tokens=max_new_tokens,
@@ -120,14 +127,8 @@ def beam_search(model: LlamaForCausalLM, input_ids=None, attention_mask=None, *,
   if num_beams < 1 or max_new_tokens < 1:
     raise ValueError(f"num_beams and max_new_tokens must be >= 1, got {num_beams}, "
                      f"{max_new_tokens}")
-  cfg = model.config
-  if inputs_embeds is None:
-    inputs_embeds = model.embed(jnp.asarray(input_ids))
-  if attention_mask is None:
-    attention_mask = jnp.ones(inputs_embeds.shape[:2], jnp.int32)
-  eos = tuple(eos_ids) if eos_ids is not None else cfg.eos_token_ids
-  if pad_id is None:
-    pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
+  inputs_embeds, attention_mask, eos, pad_id = _inputs(model, input_ids, attention_mask,
+                                                       inputs_embeds, eos_ids, pad_id)
   graphdef, state = nnx.split(model)
   b, p = inputs_embeds.shape[:2]
   k, n = num_beams, max_new_tokens

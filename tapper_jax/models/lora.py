@@ -74,13 +74,9 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 
 def _lora_modules(model: LlamaForCausalLM) -> list[tuple[str, Linear]]:
   """(HF module path with '{i}' for the layer, module) of every Linear carrying a LoRA."""
-  out = []
-  for path, mod in nnx.iter_graph(model):
-    if isinstance(mod, Linear) and mod.lora_a is not None:
-      parts = [str(p) for p in path]
-      stacked = parts[:2] == ["model", "layers"]
-      out.append((".".join(parts[:2] + (["{i}"] if stacked else []) + parts[2:]), mod))
-  return out
+  from tapper_jax.models.weights import hf_path
+  return [(hf_path(path)[0], mod) for path, mod in nnx.iter_graph(model)
+          if isinstance(mod, Linear) and mod.lora_a is not None]
 
 
 def save_peft_adapter(model: LlamaForCausalLM, folder: str, *, base_model: str = "") -> None:

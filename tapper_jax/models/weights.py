@@ -28,14 +28,24 @@ class WeightsError(ValueError):
   """A weight file that cannot be used; the message names the file and tensor."""
 
 
-def hf_name(path: tuple[str, ...]) -> tuple[str, bool, bool]:
+LLAMA_STACK = ("model", "layers")  # our stacked-layer prefix; HF's model.layers.{i}
+
+
+def hf_path(path, stack: tuple[str, str] = LLAMA_STACK) -> tuple[str, bool]:
+  """Our module/variable path -> (HF dotted path, '{i}' inserted after `stack`; stacked?)."""
+  parts = [str(p) for p in path]
+  stacked = tuple(parts[:2]) == stack
+  return ".".join(parts[:2] + (["{i}"] if stacked else []) + parts[2:]), stacked
+
+
+def hf_name(path: tuple[str, ...], stack: tuple[str, str] = LLAMA_STACK
+            ) -> tuple[str, bool, bool]:
   """Our variable path -> (HF name template with '{i}' for stacked layers, stacked, transposed)."""
   parts = [str(p) for p in path]
   leaf = parts[-1]
   transposed = leaf == "kernel"
   parts[-1] = {"kernel": "weight", "embedding": "weight"}.get(leaf, leaf)
-  stacked = parts[:2] == ["model", "layers"]
-  name = ".".join(parts[:2] + (["{i}"] if stacked else []) + parts[2:])
+  name, stacked = hf_path(parts, stack)
   return name, stacked, transposed
 
 

@@ -11,7 +11,6 @@ workdir/predictions and workdir/summary.json.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -22,7 +21,7 @@ from absl import logging
 from flax import nnx
 
 from tapper_jax import methods, metrics, models
-from tapper_jax.fileio import write_json
+from tapper_jax.fileio import slug, write_json
 from tapper_jax.models import registry
 from tapper_jax.models.llama import LlamaForCausalLM
 from tapper_jax.models.lora import merge_lora
@@ -309,7 +308,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       for control in (config.eval_controls if ev_fields is not None else ()):
         _evaluate(results, files, f"{config.name}, {CONTROLS[control]}", spec, ev, model,
                   prompts, config, _control_fields(control, ev, ev_fields), workdir,
-                  file=f"{_slug(config.name)}_{control}")
+                  file=f"{slug(config.name)}_{control}")
   elif eval_qs and config.evaluate:
     llm, tok, _ = _backbone(config, workdir)
     _evaluate(results, files, "non-personalized", spec, p.evaluate, PersonalizedLM(llm, None),
@@ -328,10 +327,6 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
 
 
 CONTROLS = {"no_personal": "no personal input", "other_user": "another user's input"}
-
-
-def _slug(name: str) -> str:
-  return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
 
 
 def _control_fields(control: str, ev, fields: "ex.HistoryFields"):
@@ -390,7 +385,7 @@ def _record(results, files, name, spec, examples, preds, config, workdir, *,
             file: str | None = None) -> None:
   results[name] = evaluation.score(spec, examples, preds)
   path = os.path.join(workdir, "predictions",
-                      f"{config.data.eval_split}_{file or _slug(name)}.json")
+                      f"{config.data.eval_split}_{file or slug(name)}.json")
   write_json(path, metrics.leaderboard(spec.name, {e.id: p for e, p in zip(examples, preds)}))
   files[name] = path
 
