@@ -159,3 +159,37 @@ def test_a_workdir_saved_before_a_config_field_existed_still_loads(trained):
   assert c.stage2.steps == summary["config"]["stage2"]["steps"]  # the run's own values win
   assert c.mesh.rules == tuple(tuple(x if not isinstance(x, list) else tuple(x) for x in r)
                                for r in summary["config"]["mesh"]["rules"])
+
+
+def test_serving_restores_params_and_table_alone_whatever_the_optimizer_layout(trained, monkeypatch):
+  """Serving reads a checkpoint's trained values, not its optimizer state: a checkpoint written
+  under another optimizer layout (an optimizer group added since) still loads, with the same
+  params and table as a full restore."""
+  import jax
+  import optax
+  from tapper_jax.models import load_pretrained
+  from tapper_jax.serving.trained import load, run_config
+  from tapper_jax.training import setup, steps
+  from tapper_jax.training.checkpoint import Checkpoints
+  from tapper_jax.training.loop import StageRun
+  wd, summary = trained
+  config = run_config(summary["config"])
+  llm = load_pretrained(os.path.join(wd, "backbone"))
+  mesh = setup.make_mesh(config)
+  ckpt = Checkpoints(os.path.join(wd, "stage2", "checkpoints"), keep=3)
+  step = ckpt.latest_step()
+  t = load(wd, progress=False)
+  rows = len(t.id_map)
+  run = StageRun(2, llm, config, mesh, setup.table_rows(rows, mesh, config), 1)
+  full, id_map, _ = ckpt.restore(step, run.abstract, run.state_sh)
+  monkeypatch.setattr(steps, "optimizer", lambda cfg, n: (optax.sgd(0.1), optax.constant_schedule(0.1)))
+  other = StageRun(2, llm, config, mesh, setup.table_rows(rows, mesh, config), 1)
+  with pytest.raises(Exception):
+    ckpt.restore(step, other.abstract, other.state_sh)  # the optimizer trees differ
+  params, table, id_map2 = ckpt.restore_params(step, other.abstract, other.state_sh)
+  ckpt.close()
+  assert id_map2 == id_map
+  np.testing.assert_array_equal(np.asarray(jax.tree.leaves(table)[0]),
+                                np.asarray(jax.tree.leaves(full["table"])[0]))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(full["params"]), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -107,8 +107,8 @@ def load(workdir: str, *, progress: bool = True) -> Trained:
     saved = dict(ckpt.manager.restore(step, args=ocp.args.Composite(
         users=ocp.args.JsonRestore()))["users"])
     run = StageRun(2, llm, config, mesh, setup.table_rows(len(saved), mesh, config), 1)
-    state, id_map, _ = ckpt.restore(step, run.abstract, run.state_sh)
+    params, table, id_map = ckpt.restore_params(step, run.abstract, run.state_sh)
     ckpt.close()
-    model = run.model(state)
+    model = run.model({"params": params, "table": table})
   return Trained(config, summary, spec, llm, tok, prompt_format(config, tok), method, model,
                  id_map, mesh)

@@ -16,8 +16,30 @@ from flax import nnx
 ITEMS = ("state", "prefix", "users", "data")
 
 
+def _target(abstract_state: dict, shardings: dict):
+  """The abstract state with each array leaf a ShapeDtypeStruct carrying its sharding."""
+  def one(a, s):
+    if isinstance(a, nnx.Variable):
+      v = a.get_value()
+      if not hasattr(v, "shape"):  # optax's MaskedNode: an empty placeholder
+        return a
+      return a.replace(value=jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s))
+    if not hasattr(a, "shape"):
+      return a
+    return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+
+  return jax.tree.map(one, abstract_state, shardings,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _restore_args(x):
+  return ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype) \
+      if isinstance(x, jax.ShapeDtypeStruct) else ocp.RestoreArgs()
+
+
 class Checkpoints:
   def __init__(self, directory: str, *, keep: int):
+    self.directory = directory
     self.manager = ocp.CheckpointManager(
         directory, item_names=ITEMS,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
@@ -35,18 +57,7 @@ class Checkpoints:
 
   def restore(self, step: int, abstract_state: dict, shardings: dict):
     """(state, id_map, data_state) of `step`, laid out by `shardings` (same tree as the state)."""
-    def one(a, s):
-      if isinstance(a, nnx.Variable):
-        v = a.get_value()
-        if not hasattr(v, "shape"):  # optax's MaskedNode: an empty placeholder
-          return a
-        return a.replace(value=jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s))
-      if not hasattr(a, "shape"):
-        return a
-      return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
-
-    target = jax.tree.map(one, abstract_state, shardings,
-                          is_leaf=lambda x: isinstance(x, nnx.Variable))
+    target = _target(abstract_state, shardings)
     rest = {k: v for k, v in target.items() if k != "table"}
     got = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(rest),
@@ -54,6 +65,24 @@ class Checkpoints:
         users=ocp.args.JsonRestore(), data=ocp.args.JsonRestore()))
     state = {**got["state"], "table": got["prefix"]["table"]}
     return state, dict(got["users"]), got["data"]
+
+  def restore_params(self, step: int, abstract_state: dict, shardings: dict):
+    """(params, table, id_map) of `step`: what serving needs, without the optimizer state, so a
+    checkpoint written under another optimizer layout (e.g. before an optimizer group was added)
+    still serves, and a large table's moments are never read."""
+    target = _target(abstract_state, shardings)
+    params = {"params": target["params"]}
+    # A manager of its own: one that restored "state" whole has that item's handler fixed.
+    reader = ocp.CheckpointManager(self.directory, item_names=ITEMS)
+    got = reader.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=params, partial_restore=True,
+            restore_args=jax.tree.map(_restore_args, params,
+                                      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))),
+        prefix=ocp.args.StandardRestore({"table": target["table"]}),
+        users=ocp.args.JsonRestore()))
+    reader.close()
+    return got["state"]["params"], got["prefix"]["table"], dict(got["users"])
 
   def wait(self):
     self.manager.wait_until_finished()
