@@ -1,7 +1,8 @@
 """One TAP-PER stage-2 train step: ours (JAX/Flax) against the same step in PyTorch (transformers +
 peft), timed in the same run, each side in its own subprocess (so peak memory is its own).
 
-Same model (our converted SmolLM2-135M-Instruct folder, fp32), same batch (B rows of T prompt +
+Same model (our converted SmolLM2-135M-Instruct folder, or random weights of a named shape),
+same dtype (`--dtype`), same device (the GPU where there is one), same batch (B rows of T prompt +
 target tokens, K of them targets, L prefix tokens, H history records), same optimizer (AdamW,
 clip 0.3), same trainables (bridge LoRA r4/alpha8/dropout .05 on q/k/v/o, the temporal attention,
 the projection, the user prefix table). The PyTorch step is the straightforward one: HF forward
@@ -21,7 +22,13 @@ import time
 
 from absl import app, flags
 
-_MODEL = flags.DEFINE_string("model", "smollm2-135m-instruct", "Registry name or HF folder.")
+from _common import resolve_model
+
+_MODEL = flags.DEFINE_string("model", "smollm2-135m-instruct",
+                             "Registry name, HF folder, or random:SHAPE (models.registry.SHAPES).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "Weights and compute, both sides (trainables too).")
+_REMAT = flags.DEFINE_bool("remat", False, "Ours: recompute each layer in the backward pass.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Rows per step.")
 _SEQ = flags.DEFINE_integer("seq", 128, "Prompt + target tokens per row (all real: no padding).")
 _TARGET = flags.DEFINE_integer("target", 8, "Target tokens per row (the loss positions).")
@@ -30,7 +37,7 @@ _HISTORY = flags.DEFINE_integer("history", 32, "History records per row.")
 _USERS = flags.DEFINE_integer("users", 1024, "Rows of the user prefix table.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported) after 2 warm-up steps.")
 _SIDE = flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Internal: one side per process.")
-_OUT = flags.DEFINE_string("out", "bench_out", "Folder for train_step.json.")
+_OUT = flags.DEFINE_string("out", "bench_out", "Folder for train_step_MODEL_DTYPE.json.")
 
 
 def _batch_np(vocab, d, seed=0):
@@ -70,8 +77,9 @@ def side_jax(folder):
   from tapper_jax.models import load_pretrained
   from tapper_jax.training import defaults, setup
   from tapper_jax.training.loop import StageRun
-  llm = load_pretrained(folder)
+  llm = load_pretrained(folder, param_dtype=_DTYPE.value, dtype=_DTYPE.value)
   c = defaults.base_config("LaMP_2M")
+  c.model.remat = _REMAT.value
   c.stage2.steps = 1000
   c.stage2.prefix_len = _PREFIX.value
   mesh = setup.make_mesh(c)
@@ -96,9 +104,23 @@ def side_jax(folder):
   # backbone is frozen), over the layer weights; logits at the target positions only.
   model_flops = 4 * cfg.num_hidden_layers * per_layer * tokens \
       + 6 * cfg.hidden_size * cfg.vocab_size * _BATCH.value * _TARGET.value
+  device = str(jax.devices()[0].device_kind)
+  stats = jax.devices()[0].memory_stats() or {}
   return {"seconds": t, "loss": holder["loss"], "peak_rss_mb": _peak_mb(),
+          "peak_device_mb": stats.get("peak_bytes_in_use", 0) / 2**20,
           "model_flops": model_flops, "achieved_tflops": model_flops / t / 1e12,
-          "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
+          "mfu": _mfu(model_flops / t, device), "backend": jax.default_backend(), "device": device}
+
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device-kind substring, for model-FLOPs utilisation.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "H800": 989e12, "A800": 312e12}
+
+
+def _mfu(flops_per_s, device):
+  if _DTYPE.value != "bfloat16":
+    return None
+  peak = next((v for k, v in PEAK_BF16.items() if k in device), None)
+  return None if peak is None else flops_per_s / peak
 
 
 def side_torch(folder):
@@ -106,7 +128,9 @@ def side_torch(folder):
   from peft import LoraConfig, get_peft_model
   from transformers import AutoModelForCausalLM
   torch.manual_seed(0)
-  model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[_DTYPE.value]
+  model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
   model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05,
                                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
   d, L = model.config.hidden_size, _PREFIX.value
@@ -132,11 +156,13 @@ def side_torch(folder):
       p_q = self.proj(torch.einsum("bh,bhd->bd", a, hz)).view(-1, L, d)
       return self.table[b["user_row"].long()] + p_q
 
-  tapper = Tapper()
-  nb = {k: torch.from_numpy(v) for k, v in _batch_np(model.config.vocab_size, d).items()}
-  labels = torch.full((_BATCH.value, L + _SEQ.value), -100, dtype=torch.long)
+  model = model.to(dev)
+  tapper = Tapper().to(dev)
+  nb = {k: torch.from_numpy(v).to(dev)
+        for k, v in _batch_np(model.config.vocab_size, d).items()}
+  labels = torch.full((_BATCH.value, L + _SEQ.value), -100, dtype=torch.long, device=dev)
   labels[:, L + _SEQ.value - _TARGET.value:] = nb["input_ids"][:, -_TARGET.value:].long()
-  mask = torch.ones((_BATCH.value, L + _SEQ.value), dtype=torch.long)
+  mask = torch.ones((_BATCH.value, L + _SEQ.value), dtype=torch.long, device=dev)
   params = [p for p in model.parameters() if p.requires_grad]
   opt = torch.optim.AdamW([{"params": params + [p for n, p in tapper.named_parameters()
                                                 if n != "table"], "lr": 1e-4},
@@ -146,7 +172,7 @@ def side_torch(folder):
 
   def step():
     opt.zero_grad(set_to_none=True)
-    x = torch.cat([tapper(nb), embed(nb["input_ids"].long())], 1)
+    x = torch.cat([tapper(nb).to(dtype), embed(nb["input_ids"].long())], 1)
     loss = model(inputs_embeds=x, attention_mask=mask, labels=labels).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params + list(tapper.parameters()), 0.3)
@@ -156,17 +182,20 @@ def side_torch(folder):
   model.train()
   t = _time(step, _STEPS.value)
   return {"seconds": t, "loss": out["loss"], "peak_rss_mb": _peak_mb(),
-          "threads": torch.get_num_threads()}
+          "peak_device_mb": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else 0,
+          "threads": torch.get_num_threads(),
+          "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}
 
 
 def main(argv):
   del argv
-  from tapper_jax.models import registry
-  folder = registry.resolve(_MODEL.value)
   if _SIDE.value != "both":
+    from tapper_jax.models import registry
+    folder = registry.resolve(_MODEL.value)  # the parent wrote it
     res = side_jax(folder) if _SIDE.value == "jax" else side_torch(folder)
     print("RESULT " + json.dumps(res))
     return
+  resolve_model(_MODEL.value)  # off the accelerator, before either side starts
   results = {}
   for side in ("jax", "torch"):
     args = [sys.executable, os.path.abspath(__file__), f"--side={side}"] + [
@@ -181,18 +210,29 @@ def main(argv):
   ratio = results["torch"]["seconds"] / results["jax"]["seconds"]
   rows = [("jax (ours)", results["jax"]), ("torch + peft", results["torch"])]
   print(f"\nTAP-PER stage-2 train step, {_BATCH.value} x ({_SEQ.value} + {_PREFIX.value}) tokens, "
-        f"{_HISTORY.value} history, fp32, {platform.processor() or platform.machine()}, "
+        f"{_HISTORY.value} history, {_MODEL.value}, {_DTYPE.value}, "
+        f"{results['jax']['device']} / {results['torch']['device']}, "
+        f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores")
-  print("| side | s/step | tokens/s | peak RSS MB | loss |\n|---|---|---|---|---|")
+  print("| side | s/step | tokens/s | MFU | peak RSS MB | peak device MB | loss |\n"
+        "|---|---|---|---|---|---|---|")
   for name, r in rows:
-    print(f"| {name} | {r['seconds']:.3f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | "
-          f"{r['loss']:.4f} |")
-  print(f"| ratio (torch time / jax time) | **{ratio:.2f}x** | | | |")
+    mfu = r.get("mfu") if name.startswith("jax") else \
+        (_mfu(results["jax"]["model_flops"] / r["seconds"], r["device"]))
+    r["mfu"] = mfu
+    print(f"| {name} | {r['seconds']:.3f} | {r['tokens_per_s']:.0f} | "
+          f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {r['peak_rss_mb']:.0f} | "
+          f"{r.get('peak_device_mb', 0):.0f} | {r['loss']:.4f} |")
+  print(f"| ratio (torch time / jax time) | **{ratio:.2f}x** | | | | | |")
   os.makedirs(_OUT.value, exist_ok=True)
-  with open(os.path.join(_OUT.value, "train_step.json"), "w") as f:
+  from tapper_jax.fileio import keep_previous, slug
+  stem = os.path.join(_OUT.value, f"train_step_{slug(_MODEL.value)}_{_DTYPE.value}")
+  keep_previous(stem, (".json",))
+  with open(stem + ".json", "w") as f:
     json.dump({"batch": _BATCH.value, "seq": _SEQ.value, "target": _TARGET.value,
                "prefix": _PREFIX.value, "history": _HISTORY.value, "users": _USERS.value,
-               "dtype": "float32", "machine": platform.machine(), "cpus": os.cpu_count(),
+               "model": _MODEL.value, "remat": _REMAT.value,
+               "dtype": _DTYPE.value, "machine": platform.machine(), "cpus": os.cpu_count(),
                "results": results, "speedup_vs_torch": ratio}, f, indent=2)
 
 

@@ -51,6 +51,44 @@ def encoder_folder(name_or_path: str) -> str:
   raise FileNotFoundError(f"encoder {name_or_path!r} needs the package {package!r}: {hint}")
 
 
+# Architectures by name, for speed and memory benchmarks with random weights ("random:NAME"):
+# the published configs' shapes (Hugging Face config.json fields).
+SHAPES: dict[str, dict] = {
+    "tiny": dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 tie_word_embeddings=True),  # CPU tests of the benchmarks
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         head_dim=64, rope_theta=100000.0, tie_word_embeddings=True),
+    "llama-3.2-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                         num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                         head_dim=64, rope_theta=500000.0, tie_word_embeddings=True),
+    "llama-3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                         head_dim=128, rope_theta=500000.0, tie_word_embeddings=False),
+}
+
+
+def random_folder(shape: str, seed: int = 0) -> str:
+  """An HF folder (config.json + safetensors, no tokenizer) of the architecture `shape` with
+  random weights (our initializer), written once into the cache: the same model for every side
+  of a speed benchmark, without the real weights."""
+  from flax import nnx
+  from tapper_jax.models.config import LlamaConfig
+  from tapper_jax.models.llama import LlamaForCausalLM
+  from tapper_jax.models.weights import save_pretrained
+  if shape not in SHAPES:
+    raise ValueError(f"unknown shape {shape!r}; known: {sorted(SHAPES)}")
+  folder = os.path.join(cache_root(), "models", f"random-{shape}-seed{seed}")
+  if not os.path.isfile(os.path.join(folder, "config.json")):
+    cfg = LlamaConfig(**SHAPES[shape], bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    try:
+      save_pretrained(LlamaForCausalLM(cfg, rngs=nnx.Rngs(seed)), folder)
+    except FileExistsError:
+      pass  # another process wrote it first
+  return folder
+
+
 def cache_root() -> str:
   return os.environ.get("TAPPER_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
                                                             "tapper_jax")
@@ -69,7 +107,10 @@ def gguf_path(name: str) -> str:
 
 
 def resolve(name_or_path: str) -> str:
-  """A local HF folder path, converting a known model name into the cache on first use."""
+  """A local HF folder path, converting a known model name into the cache on first use;
+  "random:SHAPE" writes a random-weight folder of a known architecture (see SHAPES)."""
+  if name_or_path.startswith("random:"):
+    return random_folder(name_or_path.split(":", 1)[1])
   if os.path.isdir(name_or_path):
     if not os.path.isfile(os.path.join(name_or_path, "config.json")):
       raise FileNotFoundError(f"{name_or_path}: a model folder needs config.json")

@@ -79,7 +79,7 @@ class TorchTapper(nn.Module):
     """[B,L,D] = P_u + P_q (each where the export has it)."""
     b = query_z.shape[0]
     length, d = self.meta["prefix_len"], self.meta["hidden_size"]
-    p = torch.zeros(b, length, d)
+    p = torch.zeros(b, length, d, device=query_z.device)
     if self.meta["query_prefix"]:
       valid = hist_valid.bool()
       zq = query_z[:, None, :].expand_as(hist_z)

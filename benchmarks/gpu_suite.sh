@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The speed benchmarks on one GPU, in order of value, each under its own time limit, each
+# writing its JSON into OUT and its table into OUT/log.txt:
+#   serving (mixed-user greedy, ours vs transformers + peft), whole-history attention,
+#   the stage-2 train step at SmolLM2-135M and Llama-3.2-1B shapes (random weights, bf16, MFU).
+# Usage: bash benchmarks/gpu_suite.sh OUT [SECONDS_BUDGET]
+set -u
+OUT=${1:?usage: gpu_suite.sh OUT [SECONDS_BUDGET]}
+BUDGET=${2:-500}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TAPPER_JAX_CACHE=${TAPPER_JAX_CACHE:-/tmp/tapper_jax_cache}
+START=$(date +%s)
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+step() {  # step NAME LIMIT COMMAND...: runs COMMAND if LIMIT seconds are left
+  local name=$1 limit=$2; shift 2
+  if (( $(left) < limit )); then echo "## $name: skipped ($(left) s left, needs $limit)"; return; fi
+  echo "## $name ($(date +%T))"
+  timeout "$limit" "$@" 2>&1 | grep -v -E "^(WARNING|I[0-9]{4}|W[0-9]{4})" | tail -40
+  echo "## $name: exit ${PIPESTATUS[0]} after $(( $(date +%s) - START )) s"
+}
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import jax, flax, optax, torch, transformers, peft; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+  step serving 170 python3 benchmarks/serving.py --model=random:smollm2-135m --dtype=bfloat16 \
+    --batches=1,8,32 --prompt_len=128 --new_tokens=64 --repeats=3 --out="$OUT"
+  step history_attention 60 python3 benchmarks/history_attention.py --records=1000 \
+    --batches=1,32 --widths=576,2048 --chunks=64,256,1024 --out="$OUT"
+  step train_step_135m 120 python3 benchmarks/train_step.py --model=random:smollm2-135m \
+    --dtype=bfloat16 --batch=16 --seq=512 --target=8 --history=32 --steps=10 --out="$OUT"
+  step train_step_1b 200 python3 benchmarks/train_step.py --model=random:llama-3.2-1b \
+    --dtype=bfloat16 --batch=16 --seq=512 --target=8 --history=32 --steps=10 --out="$OUT"
+} 2>&1 | tee "$OUT/log.txt"
