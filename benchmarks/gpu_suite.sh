@@ -3,16 +3,18 @@
 # writing its JSON into OUT and its table into OUT/log.txt:
 #   serving (mixed-user greedy, ours vs transformers + peft), whole-history attention,
 #   the stage-2 train step at SmolLM2-135M and Llama-3.2-1B shapes (random weights, bf16, MFU).
-# Usage: bash benchmarks/gpu_suite.sh OUT [SECONDS_BUDGET]
+# Usage: bash benchmarks/gpu_suite.sh OUT [SECONDS_BUDGET] [STEP,STEP,...]  (default: all steps)
 set -u
-OUT=${1:?usage: gpu_suite.sh OUT [SECONDS_BUDGET]}
+OUT=${1:?usage: gpu_suite.sh OUT [SECONDS_BUDGET] [STEPS]}
 BUDGET=${2:-500}
+ONLY=${3:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TAPPER_JAX_CACHE=${TAPPER_JAX_CACHE:-/tmp/tapper_jax_cache}
 START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 step() {  # step NAME LIMIT COMMAND...: runs COMMAND if LIMIT seconds are left
   local name=$1 limit=$2; shift 2
+  if [[ -n $ONLY && ",$ONLY," != *",$name,"* ]]; then return; fi
   if (( $(left) < limit )); then echo "## $name: skipped ($(left) s left, needs $limit)"; return; fi
   echo "## $name ($(date +%T))"
   timeout "$limit" "$@" 2>&1 | grep -v -E "^(WARNING|I[0-9]{4}|W[0-9]{4})" | tail -40
@@ -27,6 +29,13 @@ step() {  # step NAME LIMIT COMMAND...: runs COMMAND if LIMIT seconds are left
     --batches=1,32 --widths=576,2048 --chunks=64,256,1024 --out="$OUT"
   step train_step_135m 120 python3 benchmarks/train_step.py --model=random:smollm2-135m \
     --dtype=bfloat16 --batch=16 --seq=512 --target=8 --history=32 --steps=10 --out="$OUT"
+  step gpu_tests 90 python3 -m pytest -q tests/test_gpu.py
+  step train_step_1b_cudnn 200 python3 benchmarks/train_step.py --model=random:llama-3.2-1b \
+    --dtype=bfloat16 --attention=cudnn --batch=16 --seq=512 --target=8 --history=32 --steps=10 \
+    --out="$OUT"
+  step train_step_135m_cudnn 100 python3 benchmarks/train_step.py --model=random:smollm2-135m \
+    --dtype=bfloat16 --attention=cudnn --batch=16 --seq=512 --target=8 --history=32 --steps=10 \
+    --out="$OUT"
   step train_step_1b 200 python3 benchmarks/train_step.py --model=random:llama-3.2-1b \
     --dtype=bfloat16 --batch=16 --seq=512 --target=8 --history=32 --steps=10 --out="$OUT"
 } 2>&1 | tee "$OUT/log.txt"

@@ -28,6 +28,8 @@ _MODEL = flags.DEFINE_string("model", "smollm2-135m-instruct",
                              "Registry name, HF folder, or random:SHAPE (models.registry.SHAPES).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Weights and compute, both sides (trainables too).")
+_ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla", "cudnn"],
+                               "Ours: attention implementation (LlamaConfig.attention).")
 _REMAT = flags.DEFINE_bool("remat", False, "Ours: recompute each layer in the backward pass.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Rows per step.")
 _SEQ = flags.DEFINE_integer("seq", 128, "Prompt + target tokens per row (all real: no padding).")
@@ -77,7 +79,8 @@ def side_jax(folder):
   from tapper_jax.models import load_pretrained
   from tapper_jax.training import defaults, setup
   from tapper_jax.training.loop import StageRun
-  llm = load_pretrained(folder, param_dtype=_DTYPE.value, dtype=_DTYPE.value)
+  llm = load_pretrained(folder, param_dtype=_DTYPE.value, dtype=_DTYPE.value,
+                        attention=_ATTENTION.value)
   c = defaults.base_config("LaMP_2M")
   c.model.remat = _REMAT.value
   c.stage2.steps = 1000
@@ -210,7 +213,7 @@ def main(argv):
   ratio = results["torch"]["seconds"] / results["jax"]["seconds"]
   rows = [("jax (ours)", results["jax"]), ("torch + peft", results["torch"])]
   print(f"\nTAP-PER stage-2 train step, {_BATCH.value} x ({_SEQ.value} + {_PREFIX.value}) tokens, "
-        f"{_HISTORY.value} history, {_MODEL.value}, {_DTYPE.value}, "
+        f"{_HISTORY.value} history, {_MODEL.value}, {_DTYPE.value}, attention {_ATTENTION.value}, "
         f"{results['jax']['device']} / {results['torch']['device']}, "
         f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores")
@@ -226,12 +229,13 @@ def main(argv):
   print(f"| ratio (torch time / jax time) | **{ratio:.2f}x** | | | | | |")
   os.makedirs(_OUT.value, exist_ok=True)
   from tapper_jax.fileio import keep_previous, slug
-  stem = os.path.join(_OUT.value, f"train_step_{slug(_MODEL.value)}_{_DTYPE.value}")
+  stem = os.path.join(_OUT.value, f"train_step_{slug(_MODEL.value)}_{_DTYPE.value}"
+                      + ("" if _ATTENTION.value == "einsum" else f"_{_ATTENTION.value}"))
   keep_previous(stem, (".json",))
   with open(stem + ".json", "w") as f:
     json.dump({"batch": _BATCH.value, "seq": _SEQ.value, "target": _TARGET.value,
                "prefix": _PREFIX.value, "history": _HISTORY.value, "users": _USERS.value,
-               "model": _MODEL.value, "remat": _REMAT.value,
+               "model": _MODEL.value, "remat": _REMAT.value, "attention": _ATTENTION.value,
                "dtype": _DTYPE.value, "machine": platform.machine(), "cpus": os.cpu_count(),
                "results": results, "speedup_vs_torch": ratio}, f, indent=2)
 

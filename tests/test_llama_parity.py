@@ -159,3 +159,28 @@ def test_beam_search_matches_hf_generate(pair, num_beams):
       end = int(np.argmax(r == eos)) + 1 if (r == eos).any() else len(r)
       np.testing.assert_array_equal(g[:end], r[:end])
       assert (g[end:] == 0).all()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_fused_attention_option_matches_hf(pair, side):
+  """attention="xla" (jax.nn.dot_product_attention, the path "cudnn" takes on a GPU) against HF,
+  real positions, both paddings; and its gradient against the einsum path's."""
+  hf, _, folder = pair
+  fused = load_pretrained(folder, attention="xla")
+  ids, mask = batch(side=side)
+  ref = _hf_logits(hf, ids, mask)
+  got = np.asarray(fused(jnp.asarray(ids), attention_mask=jnp.asarray(mask))[0])
+  assert np.abs(ref - got)[mask > 0].max() <= TOL
+
+  emb_grad = lambda m: jax.grad(lambda e: loss_from_embeds(m, e))(m.embed(jnp.asarray(ids)))
+
+  def loss_from_embeds(model, e):
+    logits = model(inputs_embeds=e, attention_mask=jnp.asarray(mask))[0]
+    return jnp.sum(jnp.where(jnp.asarray(mask)[..., None] > 0, logits, 0.0) ** 2) * 1e-3
+
+  g_fused, g_einsum = emb_grad(fused), emb_grad(load_pretrained(folder))
+  real = np.asarray(mask) > 0
+  np.testing.assert_allclose(np.asarray(g_fused)[real], np.asarray(g_einsum)[real],
+                             rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="attention must be"):
+    load_pretrained(folder, attention="flash")

@@ -13,7 +13,8 @@ TINY_RANDOM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 
 
-def load(name_or_path: str, *, param_dtype: str = "float32", dtype: str = "float32", seed: int = 0):
+def load(name_or_path: str, *, param_dtype: str = "float32", dtype: str = "float32", seed: int = 0,
+         attention: str = "einsum"):
   """(model, tokenizer) from a registry name (e.g. 'smollm2-135m-instruct'), 'tiny-random',
   or an HF folder."""
   from flax import nnx
@@ -21,7 +22,8 @@ def load(name_or_path: str, *, param_dtype: str = "float32", dtype: str = "float
   if name_or_path == "tiny-random":
     folder = registry.resolve(TINY_RANDOM_BASE)
     cfg = LlamaConfig.from_pretrained(folder).replace(param_dtype=param_dtype, dtype=dtype,
-                                                      **TINY_RANDOM)
+                                                      attention=attention, **TINY_RANDOM)
     return LlamaForCausalLM(cfg, rngs=nnx.Rngs(seed)), Tokenizer.from_pretrained(folder)
   folder = registry.resolve(name_or_path)
-  return load_pretrained(folder, param_dtype=param_dtype, dtype=dtype), Tokenizer.from_pretrained(folder)
+  return (load_pretrained(folder, param_dtype=param_dtype, dtype=dtype, attention=attention),
+          Tokenizer.from_pretrained(folder))

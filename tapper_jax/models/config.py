@@ -45,6 +45,10 @@ class LlamaConfig:
   # dtype is the matmul/activation dtype. Norms and softmax always run in float32.
   param_dtype: str = "float32"
   dtype: str = "float32"
+  # Attention without a KV cache (training, scoring): "einsum" (ours, any backend), "xla" or
+  # "cudnn" (jax.nn.dot_product_attention; cudnn = fused flash attention on NVIDIA GPUs, bf16).
+  # Decoding with a cache always takes the einsum path.
+  attention: str = "einsum"
 
   @property
   def rope_scaling_dict(self) -> dict[str, Any] | None:

@@ -141,6 +141,9 @@ class Attention(nnx.Module):
     self.v_proj = Linear(d, k * e, ("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
     self.o_proj = Linear(h * e, d, ("q_heads", "embed"), use_bias=cfg.o_bias, **kw)
     self.num_heads, self.num_kv_heads, self.head_dim = h, k, e
+    if cfg.attention not in ("einsum", "xla", "cudnn"):
+      raise ValueError(f"attention must be einsum, xla or cudnn; got {cfg.attention!r}")
+    self.attention = cfg.attention
 
   def __call__(self, x, cos, sin, kv_mask, cache, cache_index, dropout_keys, layer=0):
     """x [B,T,D]; kv_mask [B,S] (1 = a real key); cache {"k","v"}: [L,B,S,K,E] or None.
@@ -163,6 +166,16 @@ class Attention(nnx.Module):
       key = jax.lax.dynamic_index_in_dim(cache["k"], layer, 0, keepdims=False).astype(q.dtype)
       val = jax.lax.dynamic_index_in_dim(cache["v"], layer, 0, keepdims=False).astype(q.dtype)
     s = key.shape[1]
+    if cache is None and self.attention != "einsum":
+      # Fused attention: no [B,K,G,T,S] logits in memory. Same causal + key-padding mask, and
+      # each slot may see itself, so a padding slot's row is never fully masked (a fused kernel
+      # may return NaN there, which would reach real rows through 0 * NaN in the next layer).
+      eye = jnp.eye(t, s, dtype=bool)
+      allowed = (jnp.tril(jnp.ones((t, s), bool))[None] & (kv_mask[:, None, :] > 0)) | eye[None]
+      out = jax.nn.dot_product_attention(q, key, val, mask=allowed[:, None],
+                                         implementation=self.attention).reshape(b, t, h * e)
+      out = constrain(out, ("batch", "length", "q_heads"))
+      return self.o_proj(out, dk[3]), cache
     q = q.reshape(b, t, k, h // k, e)
     logits = jnp.einsum("btkge,bske->bkgts", q, key).astype(jnp.float32) / math.sqrt(e)
     # Causal over absolute slots (query slot = cache_index + t) and the key padding mask.

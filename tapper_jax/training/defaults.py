@@ -68,6 +68,9 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.model.name = "smollm2-135m-instruct"  # registry name, "tiny-random", or a local HF folder
   c.model.param_dtype = "float32"  # storage dtype of the frozen weights
   c.model.dtype = "float32"  # compute dtype
+  # Attention in training and scoring: "einsum" (any backend), "xla", or "cudnn" (fused flash
+  # attention; NVIDIA GPUs, bf16). See benchmarks/results/gpu_h200 for what it buys.
+  c.model.attention = "einsum"
   c.model.remat = False  # recompute each layer in the backward pass (memory for time)
 
   # One prompt budget in training and generation: a longer input is shortened inside its

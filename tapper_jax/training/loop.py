@@ -141,12 +141,13 @@ def _backbone(config, workdir: str):
   folder = config.stage2.backbone or os.path.join(workdir, "backbone")
   if os.path.isfile(os.path.join(folder, "config.json")):
     return (models.load_pretrained(folder, param_dtype=config.model.param_dtype,
-                                   dtype=config.model.dtype),
+                                   dtype=config.model.dtype, attention=config.model.attention),
             models.Tokenizer.from_pretrained(folder), folder)
   logging.warning("no stage-1 backbone in %s: stage 2 runs on %s without a task LoRA", folder,
                   config.model.name)
   llm, tok = models.load(config.model.name, param_dtype=config.model.param_dtype,
-                         dtype=config.model.dtype, seed=config.seed)
+                         dtype=config.model.dtype, seed=config.seed,
+                         attention=config.model.attention)
   return llm, tok, None
 
 
@@ -224,7 +225,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     else:
       t0 = time.time()
       llm, tok = models.load(config.model.name, param_dtype=config.model.param_dtype,
-                             dtype=config.model.dtype, seed=config.seed)
+                             dtype=config.model.dtype, seed=config.seed,
+                             attention=config.model.attention)
       prompts = prompt_format(config, tok)
       examples = p.stage1
       n_steps = resolve_steps(config.stage1, len(examples))
