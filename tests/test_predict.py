@@ -193,3 +193,37 @@ def test_serving_restores_params_and_table_alone_whatever_the_optimizer_layout(t
                                 np.asarray(jax.tree.leaves(full["table"])[0]))
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(full["params"]), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_length_buckets_give_the_same_answers_as_one_padded_shape(trained, monkeypatch):
+  """Bucketed evaluation (sorted by prompt length, each batch padded to the next power of two)
+  answers exactly as padding every prompt to the full budget, in mixed-user batches and alone,
+  and runs more than one bucket on these questions."""
+  import dataclasses
+  from tapper_jax.data import lamp
+  from tapper_jax.serving import trained as trained_lib
+  from tapper_jax.training import evaluation
+  from tapper_jax.training import examples as ex
+  from tapper_jax.models import tokenizer as tok_lib
+  wd, summary = trained
+  t = trained_lib.load(wd, progress=False)
+  folder = os.path.join(wd, "data", "synthetic_drift")
+  qs = lamp.read_questions(os.path.join(folder, "test_questions.json"), t.spec)[:24]
+  plan = trained_lib.Plan(t.spec, [], qs)
+  examples = t.method.prompts(ex.question_examples(t.spec, qs), plan, t.tokenizer, t.prompts)
+  # Prompts of many lengths: every third question keeps only its first words.
+  examples = [dataclasses.replace(e, input=" ".join(e.input.split()[: 4 + i % 20]), keep=0)
+              if i % 3 == 0 else e for i, e in enumerate(examples)]
+  fields = t.method.fields(examples, plan, t.tokenizer, t.llm, t.id_map).fields
+  lengths = []
+  real = tok_lib.bucket_length
+  monkeypatch.setattr(evaluation, "bucket_length",
+                      lambda n, **kw: lengths.append(real(n, **kw)) or real(n, **kw))
+  answers = {}
+  for buckets, bsz in ((False, 8), (True, 8), (True, 1)):
+    c = t.config.copy_and_resolve_references()
+    c.eval_buckets, c.eval_batch_size = buckets, bsz
+    with t.rules():
+      answers[(buckets, bsz)] = evaluation.predict(t.model, examples, t.prompts, c, fields)
+  assert answers[(True, 8)] == answers[(False, 8)] == answers[(True, 1)]
+  assert len(set(lengths)) > 1 and max(lengths) <= t.prompts.max_prompt_tokens, set(lengths)

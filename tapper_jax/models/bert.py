@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from tapper_jax.errors import ConfigError
+from tapper_jax.models.tokenizer import bucket_length
 
 _INIT_STD = 0.02
 
@@ -231,11 +232,6 @@ def load_bert(folder: str, *, dtype: str = "float32") -> BertModel:
                       jnp.dtype(dtype))
 
 
-def _bucket(n: int, smallest: int = 16) -> int:
-  """Padded length: the next power of two (few compiled shapes)."""
-  return max(smallest, 1 << (max(n, 1) - 1).bit_length())
-
-
 class SentenceEncoder:
   """Texts -> L2-normalised mean-pooled embeddings [N, D] (float32 numpy), as sentence-transformers.
 
@@ -286,7 +282,7 @@ class SentenceEncoder:
   def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Padded ids and mask [N, bucket] (truncated to max_seq_length, [CLS] ... [SEP])."""
     enc = self.tokenizer.encode_batch([str(t) for t in texts])
-    t = min(_bucket(max((len(e.ids) for e in enc), default=1)), self.max_seq_length)
+    t = bucket_length(max((len(e.ids) for e in enc), default=1), largest=self.max_seq_length)
     ids = np.zeros((len(enc), t), np.int32)
     mask = np.zeros((len(enc), t), np.int32)
     for i, e in enumerate(enc):

@@ -9,6 +9,13 @@ from typing import Sequence
 import numpy as np
 
 
+
+def bucket_length(n: int, *, smallest: int = 16, largest: int | None = None) -> int:
+  """A padded length for n tokens: the next power of two, at least `smallest`, at most
+  `largest` (few distinct shapes, so few compilations)."""
+  b = max(smallest, 1 << (max(n, 1) - 1).bit_length())
+  return b if largest is None else min(b, largest)
+
 class TokenizerError(ValueError):
   """A tokenizer that cannot be built; the message names the file and field."""
 

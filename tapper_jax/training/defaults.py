@@ -141,6 +141,9 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.checkpoint_keep = 2  # newest checkpoints kept per stage
   c.log_every = 10  # steps between logged metrics (TensorBoard and console)
   c.eval_batch_size = 8  # questions generated per batch at evaluation
+  # Sort questions by prompt length and pad each batch to the next power of two (<= the prompt
+  # budget) instead of the full budget: few compiled shapes, less padding; same answers.
+  c.eval_buckets = True
   # Extra evaluation rows that ask whether the personal input matters: "no_personal" (P_u = 0,
   # no history), "other_user" (another evaluated user's row and history).
   c.eval_controls = ()

@@ -1,6 +1,7 @@
 """Greedy predictions for LaMP questions (with or without the TAP-PER prefix) and their scores.
 
-Prompts are left-padded to one fixed length so generation compiles once. With a prefix the
+Prompts are left-padded to one fixed length (or, with `eval_buckets`, to a few power-of-two
+lengths) so generation compiles once per shape. With a prefix the
 sequence is [prefix, padding, prompt]: padding is masked and rotary positions count real slots
 only, so the prompt sees exactly the positions it had in training ([prefix, prompt, target]).
 """
@@ -17,6 +18,7 @@ from flax import nnx
 from tapper_jax import metrics
 from tapper_jax.data.prompts import PromptFormat
 from tapper_jax.models.generate import beam_search, greedy_generate
+from tapper_jax.models.tokenizer import bucket_length
 from tapper_jax.tapper.model import PersonalizedLM
 
 
@@ -38,18 +40,26 @@ def predict(model: PersonalizedLM, examples, prompts: PromptFormat, config,
 
   fields: i -> example i's personal batch fields (the method's, e.g. `HistoryFields.fields`:
   user_row, query_z, hist_*); None runs without a prefix. Prompts get the training budget.
+  With `config.eval_buckets` the questions run sorted by prompt length, each batch left-padded
+  to the next power of two (at most the budget): few compiled shapes, little padding. Users mix
+  freely within a batch: every row carries its own prefix inputs.
   """
   bsz, plen = config.eval_batch_size, prompts.max_prompt_tokens
   graphdef, state = nnx.split(model)
-  out = []
+  encoded = [prompts.encode(e.input, e.keep)[0] for e in examples]
+  order = list(range(len(examples)))
+  if config.get("eval_buckets", False):
+    order.sort(key=lambda i: len(encoded[i]))
+  out: list[str] = [""] * len(examples)
   from tapper_jax.training.logger import progress
   for start in progress(range(0, len(examples), bsz), desc="evaluate", unit="batch",
                         enabled=bool(config.get("progress", False))):
-    chunk = list(range(start, min(start + bsz, len(examples))))
+    chunk = order[start:start + bsz]
     rows = chunk + [chunk[-1]] * (bsz - len(chunk))  # pad the last batch: one compiled shape
-    ids, mask = prompts.tokenizer.pad(
-        [prompts.encode(examples[i].input, examples[i].keep)[0] for i in rows], side="left",
-        length=plen)
+    length = plen
+    if config.get("eval_buckets", False):
+      length = bucket_length(max(len(encoded[i]) for i in chunk), smallest=32, largest=plen)
+    ids, mask = prompts.tokenizer.pad([encoded[i] for i in rows], side="left", length=length)
     batch = {"input_ids": ids, "attention_mask": mask}
     if fields is not None:
       f = [fields(i) for i in rows]
@@ -63,7 +73,8 @@ def predict(model: PersonalizedLM, examples, prompts: PromptFormat, config,
       gen = np.asarray(greedy_generate(model.llm, inputs_embeds=emb, attention_mask=full_mask,
                                        max_new_tokens=config.max_new_tokens,
                                        pad_id=prompts.tokenizer.pad_id))
-    out.extend(clean(prompts.tokenizer.decode(g)) for g in gen[: len(chunk)])
+    for i, g in zip(chunk, gen):
+      out[i] = clean(prompts.tokenizer.decode(g))
   return out
 
 
