@@ -14,27 +14,33 @@ pytest.importorskip("peft")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
-TOL = 1e-4  # fp32 max abs logit difference, as the backbone parity; fixed, never loosened
+# fp32 max abs logit difference, as the backbone parity tests (tiny random, real SmolLM2);
+# fixed, never loosened.
+TOL = {"tiny": 1e-4, "smollm2": 5e-4}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, model_cache):
+@pytest.fixture(scope="module", params=["tiny", pytest.param("smollm2", marks=pytest.mark.slow)])
+def exported(request, tmp_path_factory, model_cache):
   import synthetic
   from tapper_jax.serving.export import export
   from tapper_jax.training.loop import train_and_evaluate
   c = synthetic.get_config("tiny")
   c.progress = False
   c.stage2.steps = 6  # enough that the bridge LoRA and the table leave their init
+  if request.param == "smollm2":  # the real model: 30 layers, its chat template, few steps
+    c.model.name = "smollm2-135m-instruct"
+    c.stage1.steps, c.stage2.steps = 2, 3
+    c.data.eval_max_examples = 4
   root = tmp_path_factory.mktemp("export")
   wd = str(root / "run")
   train_and_evaluate(c, wd)
   out = export(wd, str(root / "out"))
-  return wd, out
+  return wd, out, request.param
 
 
 def test_export_layout_and_no_overwrite(exported):
   from tapper_jax.serving.export import export
-  wd, out = exported
+  wd, out, _ = exported
   for f in ("backbone/config.json", "backbone/model.safetensors", "backbone/tokenizer.json",
             "bridge_lora/adapter_config.json", "bridge_lora/adapter_model.safetensors",
             "tapper/tapper.safetensors", "tapper/tapper.json"):
@@ -48,7 +54,7 @@ def test_pytorch_rebuild_matches_prefix_logits_and_greedy_answers(exported):
   from tapper_jax.serving.torch_tapper import TorchTapper
   from tapper_jax.training import evaluation
   from tapper_jax.training.loop import plan
-  wd, out = exported
+  wd, out, kind = exported
   t = trained_lib.load(wd, progress=False)
   p = plan(t.config, wd)
   ev = p.evaluate
@@ -75,7 +81,12 @@ def test_pytorch_rebuild_matches_prefix_logits_and_greedy_answers(exported):
       temb = torch.cat([torch.tensor(theirs_prefix),
                         tt.input_embeddings()(torch.tensor([ids]))], dim=1)
       theirs = tt.llm(inputs_embeds=temb).logits.numpy()
-    assert np.abs(theirs - ours).max() <= TOL
+    # Compared where logits are read (training's targets, generation's last slot): the prompt
+    # slots. On the real model a soft-prefix slot can be ill-conditioned in fp32: measured
+    # against a float64 run of the PyTorch rebuild, both fp32 sides were 1-2e-3 off at prefix
+    # slot 2 of one example, and 1-1.6e-4 off on its prompt slots.
+    used = slice(0 if kind == "tiny" else t.model.prefix_len, None)
+    assert np.abs(theirs - ours)[:, used].max() <= TOL[kind]
     # Greedy answers, from the user id, the prompt and the raw history alone.
     history = [(t.spec.record_text(r.fields), r.day) for r in q.profile]
     answer = tt.generate(e.user, e.input, history=history, query_day=e.day, query_text=e.query)
