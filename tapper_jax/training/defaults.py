@@ -130,6 +130,10 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.stage2.lambda_learning_rate = 0.0
   c.stage2.warmup = 0.05
   c.stage2.weight_decay = 0.01  # the table included
+  # Row-wise (lazy) AdamW for the prefix table: a step touches only its batch's rows, so its
+  # cost is flat in the number of users (training/sparse_table.py). Off: dense AdamW over the
+  # whole table at every step, as the paper's PyTorch optimizer does.
+  c.stage2.sparse_table = False
   c.stage2.grad_clip = 0.3
 
   c.mesh = ml_collections.ConfigDict()

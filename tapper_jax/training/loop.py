@@ -48,8 +48,10 @@ class StageRun:
     self.stage, self.config, self.mesh, self.steps = stage, config, mesh, num_steps
     self.cfg = config.stage1 if stage == 1 else config.stage2
     self.tx, self.lr = steps.optimizer(self.cfg, num_steps)
+    self.sparse = steps.sparse_table_fn(self.cfg, num_steps) if stage == 2 else None
     self.key = jax.random.PRNGKey(config.seed + 1000 * stage)
-    self.graphdef, self.init = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx)
+    self.graphdef, self.init = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx,
+                                                   self.sparse)
     self.abstract = jax.eval_shape(self.init, self.key)
     self.state_sh = setup.shardings(self.abstract, mesh, config)
     frozen = nnx.state(PersonalizedLM(llm, None))
@@ -69,7 +71,8 @@ class StageRun:
       batch_sh = {k: setup.batch_sharding(self.mesh, self.config, np.ndim(v))
                   for k, v in batch.items()}
       self._step = jax.jit(
-          steps.train_step_fn(self.graphdef, self.tx, self.lr, self.config.model.remat),
+          steps.train_step_fn(self.graphdef, self.tx, self.lr, self.config.model.remat,
+                              self.sparse),
           in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
           out_shardings=(self.state_sh, setup.replicated(self.mesh)), donate_argnums=0)
     return self._step

@@ -16,6 +16,7 @@ from flax import nnx
 from tapper_jax.models.llama import LlamaForCausalLM
 from tapper_jax.tapper.model import lm_loss
 from tapper_jax.training import setup
+from tapper_jax.training.sparse_table import SparseTableAdamW
 
 
 def schedule(peak: float, warmup: int, steps: int) -> optax.Schedule:
@@ -29,12 +30,10 @@ def schedule(peak: float, warmup: int, steps: int) -> optax.Schedule:
 def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with a global grad-norm clip over `steps`; the prefix table and the decay lambdas
   take their own learning rates (`table_learning_rate`, `lambda_learning_rate`; 0 = the shared
-  one) and the same weight decay."""
+  one) and the same weight decay. With `sparse_table` the table is left to `sparse_table_fn`
+  (row-wise AdamW): here it only counts in the clip's norm."""
   warmup = int(round(stage_cfg.warmup * steps))
   lr = schedule(stage_cfg.learning_rate, warmup, steps)
-  table_lr = schedule(stage_cfg.get("table_learning_rate", stage_cfg.learning_rate), warmup,
-                      steps)
-
   lambda_lr = schedule(stage_cfg.get("lambda_learning_rate", 0.0) or stage_cfg.learning_rate,
                        warmup, steps)
 
@@ -47,15 +46,31 @@ def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, opta
             "table": jax.tree.map(lambda _: "table", t["table"])}
 
   wd = stage_cfg.weight_decay
+  table_tx = optax.set_to_zero() if stage_cfg.get("sparse_table", False) else \
+      optax.adamw(table_schedule(stage_cfg, steps), weight_decay=wd)
   tx = optax.chain(
       optax.clip_by_global_norm(stage_cfg.grad_clip),
       optax.multi_transform({"rest": optax.adamw(lr, weight_decay=wd),
                              "lambda": optax.adamw(lambda_lr, weight_decay=wd),
-                             "table": optax.adamw(table_lr, weight_decay=wd)}, labels))
+                             "table": table_tx}, labels))
   return tx, lr
 
 
-def init_state_fn(cfg, config, stage: int, num_rows: int, tx):
+def table_schedule(stage_cfg, steps: int) -> optax.Schedule:
+  warmup = int(round(stage_cfg.warmup * steps))
+  return schedule(stage_cfg.get("table_learning_rate", stage_cfg.learning_rate), warmup, steps)
+
+
+def sparse_table_fn(stage_cfg, steps: int) -> SparseTableAdamW | None:
+  """The row-wise table optimizer where the stage asks for it (`sparse_table`), else None."""
+  if not stage_cfg.get("sparse_table", False):
+    return None
+  return SparseTableAdamW(table_schedule(stage_cfg, steps), stage_cfg.weight_decay,
+                          stage_cfg.grad_clip)
+
+
+def init_state_fn(cfg, config, stage: int, num_rows: int, tx,
+                  sparse: SparseTableAdamW | None = None):
   """(graphdef, key -> fresh train state). `init` is traced under jit, where the random backbone
   it builds is dead code; the graphdef comes from the same builder, traced abstractly."""
 
@@ -66,8 +81,11 @@ def init_state_fn(cfg, config, stage: int, num_rows: int, tx):
     k_model, k_rng = jax.random.split(key)
     _, table, params, _ = setup.split(model(k_model))
     trainable = {"params": params, "table": table}
-    return {**trainable, "opt": tx.init(trainable), "step": jnp.zeros((), jnp.int32),
-            "rng": k_rng}
+    state = {**trainable, "opt": tx.init(trainable), "step": jnp.zeros((), jnp.int32),
+             "rng": k_rng}
+    if sparse is not None and jax.tree.leaves(table):
+      state["sparse"] = sparse.init(table)
+    return state
 
   graphdef = setup.split(nnx.eval_shape(lambda: model(jax.random.PRNGKey(0))))[0]
   return graphdef, init
@@ -84,21 +102,35 @@ def grads_fn(graphdef, remat: bool = False):
       lambda t, f, b, k: loss_fn(graphdef, t, f, b, k, remat), has_aux=True)
 
 
-def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False):
+def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False,
+                  sparse: SparseTableAdamW | None = None):
+  """The pure step. With `sparse` (and a table in the state) the model runs on the batch's rows
+  of the table alone and the table takes a row-wise AdamW step (training/sparse_table.py)."""
   grad = grads_fn(graphdef, remat)
 
   def step(state, frozen, batch):
     key = jax.random.fold_in(state["rng"], state["step"])
-    trainable = {"params": state["params"], "table": state["table"]}
+    rowwise = sparse is not None and "sparse" in state
+    if rowwise:
+      mini, uniq, rows = sparse.gather(state["table"], batch["user_row"])
+      trainable = {"params": state["params"], "table": mini}
+      batch = {**batch, "user_row": rows}
+    else:
+      trainable = {"params": state["params"], "table": state["table"]}
     (loss, tokens), grads = grad(trainable, frozen, batch, key)
     grad_norm = optax.tree.norm(grads)
     # A non-finite loss or gradient leaves the state as it was (the host then stops the run):
     # no NaN ever reaches the parameters, the optimizer moments or a checkpoint.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt = tx.update(grads, state["opt"], trainable)
-    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
-                       {**optax.apply_updates(trainable, updates), "opt": opt},
-                       {**trainable, "opt": state["opt"]})
+    new = {**optax.apply_updates(trainable, updates), "opt": opt}
+    old = {**trainable, "opt": state["opt"]}
+    if rowwise:
+      table, rows_state = sparse.update(state["table"], state["sparse"], uniq,
+                                        sparse.clipped(grads["table"], grad_norm), state["step"])
+      new.update(table=table, sparse=rows_state)
+      old.update(table=state["table"], sparse=state["sparse"])
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     metrics = {"loss": loss, "grad_norm": grad_norm, "target_tokens": tokens,
                "lr": lr_schedule(state["step"]), "finite": finite}
     return {**state, **new, "step": state["step"] + finite.astype(jnp.int32)}, metrics
