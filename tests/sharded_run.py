@@ -1,4 +1,5 @@
-"""Helper for test_sharding: `python sharded_run.py DEVICES MESH WORKDIR` prints JSON losses.
+"""Helper for test_sharding: `python sharded_run.py DEVICES MESH WORKDIR [sparse]` prints JSON
+losses (`sparse`: the row-wise table optimizer).
 
 XLA_FLAGS must be set before jax is imported, hence a subprocess per device count.
 """
@@ -29,6 +30,7 @@ c.stage2.batch_size = 8
 c.eval_batch_size = 8
 c.stage2.bridge_dropout = 0.0
 c.mesh.shape = tuple(int(x) for x in mesh.split(","))
+c.stage2.sparse_table = sys.argv[4:] == ["sparse"]
 summary = train_and_evaluate(c, workdir)
 print("RESULT " + json.dumps({"losses": [r["loss"] for r in summary["stages"]["2"]["log"]],
                               "grad_norms": [r["grad_norm"] for r in summary["stages"]["2"]["log"]],

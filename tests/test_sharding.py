@@ -13,9 +13,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LOSS_RTOL = 1e-4
 
 
-def _run(devices, mesh, workdir, env):
+def _run(devices, mesh, workdir, env, *extra):
   p = subprocess.run([sys.executable, os.path.join(HERE, "sharded_run.py"), str(devices), mesh,
-                      str(workdir)], env=env, capture_output=True, text=True, timeout=600,
+                      str(workdir), *extra], env=env, capture_output=True, text=True, timeout=600,
                      cwd=os.path.dirname(HERE))
   assert p.returncode == 0, p.stderr[-3000:]
   line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1]
@@ -32,3 +32,12 @@ def test_2x4_mesh_matches_one_device(tmp_path, model_cache):
   np.testing.assert_allclose(eight["losses"], one["losses"], rtol=LOSS_RTOL)
   np.testing.assert_allclose(eight["grad_norms"], one["grad_norms"], rtol=LOSS_RTOL)
   print("losses 1 device", one["losses"], "| 2x4 mesh", eight["losses"])
+
+
+def test_sparse_table_on_a_sharded_table_matches_one_device(tmp_path, model_cache):
+  env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
+  one = _run(1, "1,1,1", tmp_path / "one", env, "sparse")
+  eight = _run(8, "2,4,1", tmp_path / "eight", env, "sparse")
+  assert eight["table_sharding"] == "P(('data', 'fsdp'), None, None)"
+  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=LOSS_RTOL)
+  np.testing.assert_allclose(eight["grad_norms"], one["grad_norms"], rtol=LOSS_RTOL)
