@@ -48,3 +48,13 @@ def test_history_attention_bench_runs_every_chunk(tmp_path):
     res = json.load(f)
   (row,) = res["rows"]
   assert set(row["ours_ms"]) == {"32", "128"} and row["torch_ms"] > 0
+
+
+def test_users_scale_bench_times_both_table_optimizers(tmp_path):
+  _run("users_scale.py", tmp_path, "--users=50,500", "--steps=1", "--seq=16", "--history=4")
+  with open(tmp_path / "users_scale.json") as f:
+    res = json.load(f)
+  assert [r["users"] for r in res["rows"]] == [50, 500]
+  r = res["rows"][1]
+  assert r["dense_s"] > 0 and r["sparse_s"] > 0 and r["table_mb"] > res["rows"][0]["table_mb"]
+  assert res["computed"]["Llama-3.1-8B"]["500"]["table_gb"] == 500 * 8 * 4096 * 4 / 1e9

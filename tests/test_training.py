@@ -371,3 +371,20 @@ def test_sparse_table_step_equals_dense_on_batch_rows_and_leaves_other_rows(synt
   run2, ds2, _ = _stage2_run(config, synth_folder, llm_tok)
   state = run2.fit(ds2, str(tmp_path), id_map)
   assert int(state["step"]) == 4 and int(np.asarray(state["sparse"]["last"][...]).max()) == 4
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_non_finite_step_leaves_the_whole_state_bit_identical(sparse, synth_folder, model_cache):
+  from tapper_jax.training.loop import HOST_ONLY
+  config = tiny_config(sparse_table=sparse, steps=4, warmup=0.0)
+  run, ds, _ = _stage2_run(config, synth_folder, models.load("tiny-random"))
+  poison = lambda p, x: jnp.full_like(x, jnp.nan) if "norm" in jax.tree_util.keystr(p) else x  # noqa: E731
+  run.frozen = jax.tree_util.tree_map_with_path(poison, run.frozen)
+  batch = setup.put_batch({k: v for k, v in next(iter(ds)).items() if k not in HOST_ONLY},
+                          run.mesh, config)
+  state = run.fresh_state()
+  before = jax.tree.map(np.array, state)
+  with run.rules(), jax.set_mesh(run.mesh):
+    new, m = run.step_fn(batch)(state, run.frozen, batch)
+  assert not bool(m["finite"]) and ("sparse" in before) == sparse
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, new), before)

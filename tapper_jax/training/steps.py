@@ -125,12 +125,13 @@ def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False,
     updates, opt = tx.update(grads, state["opt"], trainable)
     new = {**optax.apply_updates(trainable, updates), "opt": opt}
     old = {**trainable, "opt": state["opt"]}
-    if rowwise:
-      table, rows_state = sparse.update(state["table"], state["sparse"], uniq,
-                                        sparse.clipped(grads["table"], grad_norm), state["step"])
-      new.update(table=table, sparse=rows_state)
-      old.update(table=state["table"], sparse=state["sparse"])
+    if rowwise:  # the table is guarded row-wise: a whole-table select would cost O(users)
+      del new["table"], old["table"]
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    if rowwise:
+      new["table"], new["sparse"] = sparse.update(
+          state["table"], state["sparse"], jnp.where(finite, uniq, -1),
+          sparse.clipped(grads["table"], grad_norm), state["step"])
     metrics = {"loss": loss, "grad_norm": grad_norm, "target_tokens": tokens,
                "lr": lr_schedule(state["step"]), "finite": finite}
     return {**state, **new, "step": state["step"] + finite.astype(jnp.int32)}, metrics

@@ -1,0 +1,121 @@
+"""Stage-2 step time and memory against the number of users: dense AdamW on the whole prefix
+table against the row-wise table optimizer (`stage2.sparse_table`), same run.
+
+Our model at the tiny width (`--model=tiny-random` by default, so the table dominates), a
+synthetic batch of B rows drawn from U users, the real train step (StageRun: LoRA, attention,
+table, clip, AdamW). For each U in --users and each optimizer: compile, warm up, then the median
+of --steps timed steps. Memory is the train state's bytes (table + its optimizer state + the
+rest), as placed. Also the computed table bytes at SmolLM2-135M and Llama-3.1-8B widths.
+The goal (issue 13): a sparse step time flat in U, within 10% from 1k to 1M users.
+
+  python benchmarks/users_scale.py --users=1000,10000,100000,1000000
+"""
+
+import json
+import os
+import platform
+
+from absl import app, flags
+
+from _common import median_time
+
+_MODEL = flags.DEFINE_string("model", "tiny-random", "Registry name (its width sets the table's).")
+_USERS = flags.DEFINE_list("users", ["1000", "10000", "100000", "1000000"], "Table rows.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Rows per step.")
+_SEQ = flags.DEFINE_integer("seq", 64, "Tokens per row.")
+_HISTORY = flags.DEFINE_integer("history", 16, "History records per row.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median).")
+_OUT = flags.DEFINE_string("out", "bench_out", "Folder for users_scale.json.")
+
+PREFIX = 8
+WIDTHS = {"SmolLM2-135M": 576, "Llama-3.1-8B": 4096}
+
+
+def _batch(u, vocab, d, seed=0):
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  b, t, h = _BATCH.value, _SEQ.value, _HISTORY.value
+  return {"input_ids": rng.integers(100, vocab - 100, (b, t)).astype(np.int32),
+          "attention_mask": np.ones((b, t), np.int32),
+          "target_pos": np.tile(np.arange(t - 4, t, dtype=np.int32), (b, 1)),
+          "target_valid": np.ones((b, 4), np.int32),
+          "user_row": rng.integers(0, u, (b,)).astype(np.int32),
+          "query_z": rng.normal(0, 0.02, (b, d)).astype(np.float32),
+          "hist_z": rng.normal(0, 0.02, (b, h, d)).astype(np.float32),
+          "hist_age": np.tile(np.arange(h, 0, -1, dtype=np.float32), (b, 1)),
+          "hist_valid": np.ones((b, h), bool)}
+
+
+def one(llm, u: int, sparse: bool) -> dict:
+  import jax
+  from tapper_jax.training import defaults, setup
+  from tapper_jax.training.loop import StageRun
+  c = defaults.base_config("LaMP_2M")
+  c.stage2.steps, c.stage2.warmup, c.stage2.prefix_len = 1000, 0.0, PREFIX
+  c.stage2.sparse_table = sparse
+  mesh = setup.make_mesh(c)
+  run = StageRun(2, llm, c, mesh, u, c.stage2.steps)
+  holder = {"state": run.fresh_state()}
+  nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))  # noqa: E731
+  state_bytes = nbytes(holder["state"])
+  table_bytes = nbytes(holder["state"]["table"])
+  batch = setup.put_batch(_batch(u, llm.config.vocab_size, llm.config.hidden_size), mesh, c)
+  fn = run.step_fn(batch)
+
+  def step():
+    with run.rules(), jax.set_mesh(mesh):
+      holder["state"], m = fn(holder["state"], run.frozen, batch)
+    holder["loss"] = m["loss"]
+
+  sec = median_time(step, _STEPS.value, lambda: jax.block_until_ready(holder["loss"]), warmup=2)
+  del holder
+  return {"seconds": sec, "state_mb": state_bytes / 2**20, "table_mb": table_bytes / 2**20}
+
+
+def main(argv):
+  del argv
+  from tapper_jax import models
+  llm, _ = models.load(_MODEL.value)
+  d = llm.config.hidden_size
+  rows = []
+  for u in map(int, _USERS.value):
+    r = {"users": u}
+    for name, sparse in (("dense", False), ("sparse", True)):
+      res = one(llm, u, sparse)
+      r.update({f"{name}_s": res["seconds"], f"{name}_state_mb": res["state_mb"]})
+      r["table_mb"] = res["table_mb"]
+      print(f"U={u:>9,} {name:6} {res['seconds'] * 1e3:9.1f} ms/step  state "
+            f"{res['state_mb']:9.1f} MB", flush=True)
+    rows.append(r)
+  base = rows[0]
+  for r in rows:
+    r["dense_vs_1k"] = r["dense_s"] / base["dense_s"]
+    r["sparse_vs_1k"] = r["sparse_s"] / base["sparse_s"]
+  computed = {name: {str(u): {"table_gb": u * PREFIX * w * 4 / 1e9,
+                              "dense_adamw_state_gb": 3 * u * PREFIX * w * 4 / 1e9,
+                              "rowwise_state_gb": (3 * u * PREFIX * w * 4 + 4 * u) / 1e9}
+                     for u in map(int, _USERS.value)} for name, w in WIDTHS.items()}
+  print(f"\nStage-2 step vs users, {_MODEL.value} (D={d}, L={PREFIX}), batch {_BATCH.value} x "
+        f"{_SEQ.value}, {platform.machine()} {os.cpu_count()} cpus")
+  print("| users | table MB | dense ms/step | x 1k | row-wise ms/step | x 1k | dense / row-wise |")
+  print("|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['users']:,} | {r['table_mb']:.0f} | {r['dense_s'] * 1e3:.1f} | "
+          f"{r['dense_vs_1k']:.2f} | {r['sparse_s'] * 1e3:.1f} | {r['sparse_vs_1k']:.2f} | "
+          f"{r['dense_s'] / r['sparse_s']:.1f}x |")
+  top = str(max(map(int, _USERS.value)))
+  print(f"\nComputed (fp32, L={PREFIX}), {int(top):,} users: " + "; ".join(
+      f"{n} (D={w}): table {computed[n][top]['table_gb']:.1f} GB, with AdamW moments "
+      f"{computed[n][top]['dense_adamw_state_gb']:.1f} GB" for n, w in WIDTHS.items()))
+  os.makedirs(_OUT.value, exist_ok=True)
+  from tapper_jax.fileio import keep_previous
+  stem = os.path.join(_OUT.value, "users_scale")
+  keep_previous(stem, (".json",))
+  with open(stem + ".json", "w") as f:
+    json.dump({"model": _MODEL.value, "width": d, "prefix": PREFIX, "batch": _BATCH.value,
+               "seq": _SEQ.value, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+               "rows": rows, "computed": computed}, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
