@@ -91,16 +91,38 @@ class Checkpoints:
     self.manager.close()
 
 
-def load_prefix_table(directory: str, step: int | None = None):
-  """(table [rows, L, D] numpy, user id -> row) from a stage-2 checkpoint folder, without the
-  model or the optimizer state: what serving and export need. `step` defaults to the newest."""
-  import numpy as np
+def restore_on_host(directory: str, step: int | None = None,
+                    items: tuple[str, ...] = ("state", "prefix")) -> tuple[int, dict]:
+  """(step, item -> tree) of a checkpoint, every array on this process's first device, whatever
+  the device count or mesh it was saved from (8 devices -> 1, a pod -> a laptop)."""
+  import os
   manager = ocp.CheckpointManager(directory, item_names=ITEMS)
   step = manager.latest_step() if step is None else step
+  manager.close()
   if step is None:
     raise FileNotFoundError(f"{directory}: no checkpoint")
-  got = manager.restore(step, args=ocp.args.Composite(prefix=ocp.args.StandardRestore(),
-                                                      users=ocp.args.JsonRestore()))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  out = {}
+  for item in items:
+    path = os.path.join(directory, str(step), item)
+    reader = ocp.StandardCheckpointer()
+    meta = reader.metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    out[item] = reader.restore(path, target)
+    reader.close()
+  return step, out
+
+
+def load_prefix_table(directory: str, step: int | None = None):
+  """(table [rows, L, D] numpy, user id -> row) from a stage-2 checkpoint folder, without the
+  model or the optimizer state: what serving and export need. `step` defaults to the newest.
+  Any device count it was saved from restores here."""
+  import numpy as np
+  step, got = restore_on_host(directory, step, ("prefix",))
+  manager = ocp.CheckpointManager(directory, item_names=ITEMS)
+  users = manager.restore(step, args=ocp.args.Composite(users=ocp.args.JsonRestore()))["users"]
   manager.close()
   (table,) = jax.tree.leaves(got["prefix"])
-  return np.asarray(table), dict(got["users"])
+  return np.asarray(table), dict(users)

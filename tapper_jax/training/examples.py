@@ -23,6 +23,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
+from tapper_jax.training import distributed
 from tapper_jax.data import lamp, synthetic
 from tapper_jax.data.pipeline import make_dataset
 from tapper_jax.data.prompts import PromptFormat
@@ -48,8 +49,9 @@ def load_task(config, workdir: str) -> tuple[TaskSpec, str]:
   folder = config.data.folder
   if source == "synthetic":
     folder = folder or os.path.join(workdir, "data", "synthetic_drift")
-    if not os.path.isfile(os.path.join(folder, "meta.json")):
-      synthetic.generate(folder, **config.data.synthetic.to_dict())
+    with distributed.main_first("synthetic data"):
+      if not os.path.isfile(os.path.join(folder, "meta.json")):
+        synthetic.generate(folder, **config.data.synthetic.to_dict())
   elif not folder or not os.path.isdir(folder):
     raise FileNotFoundError(f"config.data.folder={folder!r}: not a folder of LaMP files")
   spec = lamp.task_of_folder(folder, config.task)

@@ -70,10 +70,12 @@ def encode_with_bar(encode, texts, *, enabled: bool = True):
 
 class Logger:
   def __init__(self, logdir: str, *, total: int, initial: int, desc: str, enabled: bool = True,
-               jsonl: str | None = None):
+               jsonl: str | None = None, writes: bool = True):
+    """writes=False (processes other than 0 of a multi-process run): counts, writes nothing."""
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
-    self.writer = SummaryWriter(logdir)
+    self.writer = SummaryWriter(logdir) if writes else None
+    jsonl = jsonl if writes else None
     self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled,
                     dynamic_ncols=True)
     self.tokens, self.t0, self.first = 0, time.perf_counter(), True
@@ -103,7 +105,8 @@ class Logger:
   def _write(self, step: int, m: dict) -> None:
     self.logged.append({"step": step, **m})
     for k, v in m.items():
-      self.writer.add_scalar(f"train/{k}", v, step)
+      if self.writer is not None:
+        self.writer.add_scalar(f"train/{k}", v, step)
     if self.jsonl:  # appended: a resumed run continues the same file
       with open(self.jsonl, "a", encoding="utf-8") as f:
         f.write(json.dumps({"stage": self.desc, "step": step, "time": time.time(), **m}) + "\n")
@@ -111,6 +114,7 @@ class Logger:
     logging.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())))
 
   def close(self) -> None:
-    self.writer.flush()
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.flush()
+      self.writer.close()
     self.bar.close()

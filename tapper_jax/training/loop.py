@@ -29,7 +29,7 @@ from tapper_jax.models.partitioning import use_rules
 from tapper_jax.tapper.model import PersonalizedLM
 from tapper_jax.data import lamp
 from tapper_jax.data.prompts import PromptFormat
-from tapper_jax.training import evaluation, faults, setup, steps
+from tapper_jax.training import distributed, evaluation, faults, setup, steps
 from tapper_jax.training import examples as ex
 from tapper_jax.training.defaults import resolve_steps
 from tapper_jax.training.checkpoint import Checkpoints
@@ -107,7 +107,8 @@ class StageRun:
     prefix_len = config.stage2.prefix_len if self.stage == 2 and config.stage2.prefix else 0
     log = Logger(os.path.join(workdir, "tensorboard", f"stage{self.stage}"),
                  total=self.steps, initial=start, desc=f"stage {self.stage}",
-                 enabled=config.progress, jsonl=os.path.join(workdir, "metrics.jsonl"))
+                 enabled=config.progress and distributed.is_main(),
+                 jsonl=os.path.join(workdir, "metrics.jsonl"), writes=distributed.is_main())
     with self.rules(), jax.set_mesh(self.mesh), bars_and_logs(config.progress), \
         faults.sigterm_requests() as preemption:
       for step in range(start, end):
@@ -210,6 +211,10 @@ def plan(config, workdir: str) -> Plan:
 def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
   """Runs the configured stages and the final evaluation; returns the summary (also written)."""
   mesh_shape = setup.validate(config)
+  if jax.process_count() > 1 and config.evaluate and config.data.eval_split:
+    raise setup.ConfigError(
+        f"{jax.process_count()} processes: a multi-process run trains (config.evaluate=False); "
+        "evaluate its workdir on one process with python -m tapper_jax.predict")
   mesh = setup.make_mesh(config)
   workdir = os.path.abspath(workdir)  # Orbax refuses relative checkpoint paths
   faults.check_workdir(workdir, faults.MIN_FREE_BYTES)
@@ -242,7 +247,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       merge_lora(model.llm)
       source = registry.resolve(models.TINY_RANDOM_BASE if config.model.name == "tiny-random"
                                 else config.model.name)
-      _save_backbone(model.llm, source, backbone_dir)
+      with distributed.main_first("backbone"):
+        if distributed.is_main():
+          _save_backbone(model.llm, source, backbone_dir)
       summary["stages"]["1"] = {
           "split": config.data.stage1_split, "examples": len(examples), "steps": n_steps,
           "budget": ex.budget_report(examples, prompts, config.max_target_tokens),
@@ -321,13 +328,14 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
   summary["eval"] = {"split": config.data.eval_split, "questions": len(eval_qs), **results}
   summary["predictions"] = files  # row name -> its leaderboard file
   summary["minutes"] = round((time.time() - t_start) / 60, 2)
-  if config.plots:
+  if config.plots and distributed.is_main():
     from tapper_jax.training import plots
     plot_args = {}
     if stage in ("2", "both") and run is not None and ev_fields is not None:
       plot_args = dict(model=run.model(state), examples=ev, fields=ev_fields)
     summary["plots"] = plots.write_run_plots(workdir, summary, **plot_args)
-  write_json(os.path.join(workdir, "summary.json"), summary)
+  if distributed.is_main():
+    write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

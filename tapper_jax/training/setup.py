@@ -145,8 +145,13 @@ def batch_sharding(mesh: Mesh, config, ndim: int) -> NamedSharding:
 
 
 def put_batch(batch: dict, mesh: Mesh, config) -> dict:
-  return {k: jax.device_put(np.asarray(v), batch_sharding(mesh, config, np.ndim(v)))
-          for k, v in batch.items()}
+  """The global batch (the same host arrays on every process) placed by its sharding: each
+  process transfers only the slices its own devices hold."""
+  def put(v):
+    v = np.asarray(v)
+    return jax.make_array_from_callback(v.shape, batch_sharding(mesh, config, v.ndim),
+                                        lambda idx: v[idx])
+  return {k: put(v) for k, v in batch.items()}
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

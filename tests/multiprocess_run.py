@@ -1,0 +1,43 @@
+"""Helper for test_multiprocess: one of N JAX processes on 127.0.0.1 (CPU, gloo collectives),
+each with its own fake devices, training the same stage-2 run as `sharded_run.py`.
+
+  python multiprocess_run.py NUM_PROCESSES PROCESS_ID PORT DEVICES_PER_PROCESS WORKDIR
+Process 0 prints RESULT + JSON (losses, grad norms, final trainable checksum).
+"""
+
+import json
+import os
+import sys
+
+n, pid, port, per, workdir = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                              int(sys.argv[4]), sys.argv[5])
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={per}"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "configs"))
+
+from tapper_jax.training import distributed  # noqa: E402
+
+distributed.initialize(coordinator=f"127.0.0.1:{port}", num_processes=n, process_id=pid)
+
+import jax  # noqa: E402
+
+import synthetic  # noqa: E402
+from tapper_jax.training.loop import train_and_evaluate  # noqa: E402
+
+assert jax.process_count() == n and jax.device_count() == n * per
+c = synthetic.get_config("tiny")
+c.stage = "2"
+c.data.synthetic.num_users = 8
+c.data.eval_max_examples = 0
+c.evaluate = False
+c.stage2.steps = 3
+c.stage2.batch_size = 8
+c.eval_batch_size = 8
+c.stage2.bridge_dropout = 0.0
+c.mesh.shape = (-1, 1, 1)
+summary = train_and_evaluate(c, workdir)
+if jax.process_index() == 0:
+  print("RESULT " + json.dumps({"losses": [r["loss"] for r in summary["stages"]["2"]["log"]],
+                                "grad_norms": [r["grad_norm"] for r in summary["stages"]["2"]["log"]],
+                                "processes": jax.process_count(), "devices": jax.device_count()}))

@@ -1,0 +1,67 @@
+"""Multi-process JAX on one machine: 2 processes x 2 fake CPU devices and 4 x 1, joined through
+jax.distributed on 127.0.0.1 (gloo), train the same stage-2 run as 1 process with 4 devices:
+the same losses, gradient norms and final trained values. Only process 0 writes the run's files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RTOL = 1e-6  # the same mesh over the same 4 devices: one SPMD program, so equal up to rounding
+
+
+def _trained(workdir):
+  """The final params and table, restored onto this process's one device."""
+  import jax
+  from tapper_jax.training.checkpoint import restore_on_host
+  _, got = restore_on_host(os.path.join(workdir, "stage2", "checkpoints"))
+  return [np.asarray(x) for x in jax.tree.leaves({"params": got["state"]["params"],
+                                                  "table": got["prefix"]})]
+
+
+def _multi(n, per, workdir, env):
+  import portpicker
+  port = portpicker.pick_unused_port()
+  procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multiprocess_run.py"), str(n),
+                             str(i), str(port), str(per), str(workdir)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(HERE)) for i in range(n)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  line = [l for l in outs[0][0].splitlines() if l.startswith("RESULT ")][-1]
+  assert not any("RESULT" in o for o, _ in outs[1:])  # process 0 reports
+  return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, model_cache):
+  wd = tmp_path_factory.mktemp("one")
+  env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
+  p = subprocess.run([sys.executable, os.path.join(HERE, "sharded_run.py"), "4", "4,1,1",
+                      str(wd)], env=env, capture_output=True, text=True, timeout=600,
+                     cwd=os.path.dirname(HERE))
+  assert p.returncode == 0, p.stderr[-3000:]
+  line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):]), _trained(str(wd))
+
+
+@pytest.mark.parametrize("n,per", [(2, 2), (4, 1)])
+def test_processes_train_like_one_process(n, per, one_process, tmp_path, model_cache):
+  ref, ref_params = one_process
+  env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
+  got = _multi(n, per, tmp_path / "run", env)
+  assert got["processes"] == n and got["devices"] == 4
+  np.testing.assert_allclose(got["losses"], ref["losses"], rtol=RTOL)
+  np.testing.assert_allclose(got["grad_norms"], ref["grad_norms"], rtol=RTOL)
+  params = _trained(str(tmp_path / "run"))
+  assert len(params) == len(ref_params)
+  for a, b in zip(params, ref_params):
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-7)
+  # Process 0 alone wrote the log and the summary: one line per logged step, not one per process.
+  with open(tmp_path / "run" / "metrics.jsonl") as f:
+    assert len(f.readlines()) == len(ref["losses"])
