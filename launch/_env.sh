@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by launch/*.sh: creates (once) and activates a virtualenv, installs tapper-jax.
 # $1: pip extras ("" for running, "dev" for tests). TAPPER_JAX_VENV overrides the folder.
 VENV="${TAPPER_JAX_VENV:-.venv}"
