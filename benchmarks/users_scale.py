@@ -1,7 +1,7 @@
 """Stage-2 step time and memory against the number of users: dense AdamW on the whole prefix
 table against the row-wise table optimizer (`stage2.sparse_table`), same run.
 
-Our model at the tiny width (`--model=tiny-random` by default, so the table dominates), a
+Our model at the tiny width (`--model=random:tiny` by default, so the table dominates), a
 synthetic batch of B rows drawn from U users, the real train step (StageRun: LoRA, attention,
 table, clip, AdamW). For each U in --users and each optimizer: compile, warm up, then the median
 of --steps timed steps. Memory is the train state's bytes (table + its optimizer state + the
@@ -19,7 +19,7 @@ from absl import app, flags
 
 from _common import median_time
 
-_MODEL = flags.DEFINE_string("model", "tiny-random", "Registry name (its width sets the table's).")
+_MODEL = flags.DEFINE_string("model", "random:tiny", "Registry name (its width sets the table's).")
 _USERS = flags.DEFINE_list("users", ["1000", "10000", "100000", "1000000"], "Table rows.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Rows per step.")
 _SEQ = flags.DEFINE_integer("seq", 64, "Tokens per row.")
@@ -74,8 +74,8 @@ def one(llm, u: int, sparse: bool) -> dict:
 
 def main(argv):
   del argv
-  from tapper_jax import models
-  llm, _ = models.load(_MODEL.value)
+  from tapper_jax.models import load_pretrained, registry
+  llm = load_pretrained(registry.resolve(_MODEL.value))
   d = llm.config.hidden_size
   rows = []
   for u in map(int, _USERS.value):
