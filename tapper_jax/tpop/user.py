@@ -1,0 +1,72 @@
+"""A simulated user with a hidden preference: a deterministic rule scores each response, the
+higher score wins, and an optional noise flips the verdict. The attribute never appears in the
+prompt, so nothing can be gamed from it.
+
+Attributes:
+  concise   fewer words
+  numbers   more digits
+  formal    fewer informal marks (contractions, '!', first person singular, slang)
+  positive  more positive than negative words (a small fixed lexicon)
+  topic:X   mentions X (case-insensitive), then fewer words
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+POSITIVE = frozenset("good great best love happy win wins won success successful hope bright "
+                     "beautiful amazing wonderful excellent joy celebrate celebrates better "
+                     "inspiring kind free peace perfect strong".split())
+NEGATIVE = frozenset("bad worst hate sad lose loses lost fail fails failure dark ugly terrible "
+                     "awful crisis war death dies dead kill killed attack fear angry worse "
+                     "weak".split())
+INFORMAL = re.compile(r"(\w+'(s|re|ll|ve|d|t|m)\b)|!|\b(i|me|my|lol|gonna|wanna|yeah|ok|okay)\b",
+                      re.IGNORECASE)
+ATTRIBUTES = ("concise", "numbers", "formal", "positive")
+
+
+def _words(text: str) -> list[str]:
+  return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def score(attribute: str, text: str) -> float:
+  """The hidden rule's score of one response (higher is preferred)."""
+  words = _words(text)
+  if attribute == "concise":
+    return -float(len(words))
+  if attribute == "numbers":
+    return float(sum(ch.isdigit() for ch in text))
+  if attribute == "formal":
+    return -float(len(INFORMAL.findall(text)))
+  if attribute == "positive":
+    return float(sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words))
+  if attribute.startswith("topic:"):
+    topic = attribute.split(":", 1)[1].lower()
+    return (1000.0 if topic in text.lower() else 0.0) - len(words)
+  raise ValueError(f"unknown attribute {attribute!r}; known: {ATTRIBUTES} and topic:WORD")
+
+
+@dataclasses.dataclass
+class SimulatedUser:
+  attribute: str
+  noise: float = 0.0  # probability of flipping a verdict
+  seed: int = 0
+
+  def __post_init__(self):
+    score(self.attribute, "")  # fails early on an unknown attribute
+    self.rng = np.random.default_rng(self.seed)
+
+  def prefers_first(self, a: str, b: str) -> bool:
+    """True if the user prefers response a to b. Ties go to b (a must be strictly better)."""
+    first = score(self.attribute, a) > score(self.attribute, b)
+    if self.noise and self.rng.random() < self.noise:
+      first = not first
+    return first
+
+  def wins(self, a: str, b: str) -> float:
+    """1 if a is strictly better, 0.5 on a tie, 0 if worse (noise-free: for evaluation)."""
+    sa, sb = score(self.attribute, a), score(self.attribute, b)
+    return 1.0 if sa > sb else 0.5 if sa == sb else 0.0

@@ -1,0 +1,131 @@
+"""T-POP: the reward model's sign and the bandit's covariance, the two-arm decoder against
+greedy decoding, batched scoring against one-by-one, and the simulated user."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tapper_jax.tpop import reward as rl
+from tapper_jax.tpop.user import SimulatedUser, score
+
+E = 8
+
+
+def _toy(n, seed=0):
+  """Pairs of embeddings and a hidden direction u: the user prefers the higher u . e."""
+  rng = np.random.default_rng(seed)
+  u = rng.normal(size=E)
+  a, b = rng.normal(size=(n, E)).astype(np.float32), rng.normal(size=(n, E)).astype(np.float32)
+  return u, a, b
+
+
+@pytest.mark.parametrize("official_sign", [False, True])
+def test_refit_ranks_the_preferred_side_higher_unless_the_sign_is_flipped(official_sign):
+  u, a, b = _toy(48)
+  m = rl.UserRewardModel(E, hidden=32, lr=1e-2, official_sign=official_sign)
+  for x, y in zip(a, b):
+    win, lose = (x, y) if x @ u > y @ u else (y, x)
+    m.add(win, lose)
+  m.refit()
+  _, ta, tb = _toy(200, seed=1)  # held-out pairs
+  truth = ta @ u > tb @ u
+  ranked = np.asarray(rl.reward(m.params, ta) > rl.reward(m.params, tb))
+  agree = (ranked == truth).mean()
+  if official_sign:
+    assert agree < 0.2, agree  # the flipped label learns the opposite preference
+  else:
+    assert agree > 0.8, agree
+
+
+@pytest.mark.parametrize("official_covariance", [False, True])
+def test_the_bonus_of_a_fixed_candidate_shrinks_as_preferences_arrive(official_covariance):
+  _, a, b = _toy(30)
+  m = rl.UserRewardModel(E, hidden=32, official_covariance=official_covariance)
+  cand, ref = jnp.asarray(a[:1]), jnp.asarray(b[0])
+  bonuses = [float(m.bonus(cand, ref)[0])]
+  for x, y in zip(a[1:], b[1:]):
+    m.add(x, y)
+    bonuses.append(float(m.bonus(cand, ref)[0]))
+  steps = np.diff(bonuses)
+  if official_covariance:
+    assert (steps >= 0).all() and bonuses[-1] > 2 * bonuses[0]  # exploration grows with data
+  else:
+    assert (steps <= 1e-7).all() and bonuses[-1] < 0.5 * bonuses[0]
+
+
+def test_state_round_trips():
+  _, a, b = _toy(5)
+  m = rl.UserRewardModel(E, hidden=16)
+  for x, y in zip(a, b):
+    m.add(x, y)
+  m.refit()
+  m2 = rl.UserRewardModel(E, hidden=16, seed=9)
+  m2.load_state(m.state())
+  np.testing.assert_array_equal(np.asarray(rl.reward(m2.params, a)), np.asarray(rl.reward(m.params, a)))
+  np.testing.assert_array_equal(m2.v_diag, m.v_diag)
+  assert len(m2.winners) == 5
+
+
+def test_simulated_user_rules_and_noise():
+  assert SimulatedUser("concise").prefers_first("Short one.", "A much longer answer here.")
+  assert SimulatedUser("numbers").prefers_first("In 2024, 3 wins.", "Many wins.")
+  assert SimulatedUser("formal").prefers_first("The results are final.", "I'm sure it's great!")
+  assert SimulatedUser("positive").prefers_first("A great win.", "A terrible loss.")
+  assert SimulatedUser("topic:space").prefers_first("A space mission", "A trip")
+  assert not SimulatedUser("concise").prefers_first("same", "same")  # ties: a must be better
+  noisy = SimulatedUser("concise", noise=0.3, seed=0)
+  flips = np.mean([not noisy.prefers_first("a", "a b c") for _ in range(2000)])
+  assert 0.26 < flips < 0.34
+  with pytest.raises(ValueError, match="unknown attribute"):
+    score("funny", "x")
+
+
+@pytest.fixture(scope="module")
+def decoder_parts(model_cache):
+  from tapper_jax import models
+  from tapper_jax.models import registry
+  from tapper_jax.models.bert import SentenceEncoder
+  llm, tok = models.load("tiny-random")
+  enc = SentenceEncoder.from_pretrained(registry.encoder_folder("all-minilm-l6-v2"), batch_size=32)
+  return llm, tok, enc
+
+
+def test_w0_nu0_exploit_arm_is_greedy_and_the_arms_differ(decoder_parts):
+  from tapper_jax.models import greedy_generate
+  from tapper_jax.tpop.decode import TwoArmDecoder
+  llm, tok, enc = decoder_parts
+  rm = rl.UserRewardModel(enc.dim, hidden=64)
+  dec = TwoArmDecoder(llm, tok, enc, top_k=5, w=0.0, nu=0.0, max_new_tokens=6)
+  for prompt in ("Write a headline for: a storm hits the coast", "Describe the movie Alien"):
+    ids = tok.encode(prompt)
+    r = dec.generate(ids, rm)
+    want = np.asarray(greedy_generate(llm, np.asarray([ids]), np.ones((1, len(ids)), np.int32),
+                                      max_new_tokens=6, eos_ids=(-1,), pad_id=0))[0].tolist()
+    assert r.exploit_ids == want[: len(r.exploit_ids)] and len(r.exploit_ids) == 6
+    assert r.explore_ids != r.exploit_ids
+  # With a reward, arm 2 still differs (nu > 0 and w > 0 exercise the other paths).
+  rm.add(np.ones(enc.dim, np.float32), np.zeros(enc.dim, np.float32))
+  rm.refit()
+  r = TwoArmDecoder(llm, tok, enc, top_k=5, w=2.0, nu=1.0, max_new_tokens=4).generate(ids, rm)
+  assert r.explore_ids != r.exploit_ids
+
+
+def test_batched_candidate_scoring_equals_one_by_one(decoder_parts):
+  from tapper_jax.tpop.decode import TwoArmDecoder, _scores
+  llm, tok, enc = decoder_parts
+  rm = rl.UserRewardModel(enc.dim, hidden=64)
+  dec = TwoArmDecoder(llm, tok, enc, top_k=5)
+  prefixes = [tok.encode("The storm"), tok.encode("A quiet day")]
+  cands = np.asarray([11, 500, 2048, 7777])
+  batched = dec.embed_candidates(prefixes, cands)
+  single = np.concatenate([dec.embed_candidates([p], np.asarray([c])) for p in prefixes
+                           for c in cands])
+  np.testing.assert_allclose(batched, single, atol=1e-5)
+  lp = jnp.asarray(np.random.default_rng(0).normal(size=4), jnp.float32)
+  v = jnp.asarray(rm.v_inverse())
+  ex, ep = _scores(rm.params, jnp.asarray(batched[:4]), v, jnp.asarray(batched[4]), lp, 1.0, 0.5)
+  for i in range(4):
+    e1, p1 = _scores(rm.params, jnp.asarray(batched[i:i + 1]), v, jnp.asarray(batched[4]),
+                     lp[i:i + 1], 1.0, 0.5)
+    np.testing.assert_allclose([ex[i], ep[i]], [e1[0], p1[0]], rtol=1e-5, atol=1e-6)
