@@ -18,6 +18,7 @@ a new row at the end: the rows before it are never rewritten.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Sequence
@@ -150,7 +151,6 @@ class Personalizer:
     P_u row for `steps` AdamW steps on their records (each with its earlier records as
     history). Every other row stays bit-identical; a user without a row gets one at the end of
     the table (N(0, 0.02), as in training). Returns the loss before and after."""
-    from tapper_jax.tapper.model import lm_loss
     from tapper_jax.training import examples as ex
     hist = sorted(list(self.histories.get(user_id, [])) + list(new_records), key=lambda r: r.day)
     self.histories[user_id] = hist
@@ -180,32 +180,42 @@ class Personalizer:
     graphdef, table_state, rest = nnx.split(self._model(self.table[row:row + 1]), PrefixTable,
                                             ...)
     lr = learning_rate or config.stage2.get("table_learning_rate", config.stage2.learning_rate)
-    tx = optax.adamw(lr, weight_decay=config.stage2.weight_decay)
     drop = ("index", "loss_mask", "shortened", "target_cut")
-
-    def loss(p, rest, batch):
-      model = nnx.merge(graphdef, jax.tree.map(lambda _: p, table_state), rest)
-      return lm_loss(model, batch)[0]
-
-    @jax.jit
-    def step(p, opt, rest, batch):
-      value, g = jax.value_and_grad(loss)(p, rest, batch)
-      updates, opt = tx.update(g, opt, p)
-      return optax.apply_updates(p, updates), opt, value
-
     p = jnp.asarray(self.table[row:row + 1])
-    opt = tx.init(p)
+    opt = _row_tx(lr, config.stage2.weight_decay).init(p)
     losses = []
     with self.t.rules():
       for _ in range(steps):
         batch = {k: jnp.asarray(v) for k, v in next(it).items() if k not in drop}
-        p, opt, value = step(p, opt, rest, batch)
+        p, opt, value = _row_step(graphdef, table_state, p, opt, rest, batch, lr,
+                                  config.stage2.weight_decay)
         losses.append(float(value))
-      final = float(jax.jit(loss)(p, rest, batch))
+      final = float(_row_loss(graphdef, table_state, p, rest, batch))
     self.table = self.table.copy()  # a new array: other rows keep their exact bits
     self.table[row] = np.asarray(p)[0]
     return {"user": user_id, "row": row, "examples": len(examples), "steps": steps,
             "losses": losses, "final_loss": final}
+
+
+def _row_tx(lr, weight_decay):
+  return optax.adamw(lr, weight_decay=weight_decay)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _row_loss(graphdef, table_state, p, rest, batch):
+  """The LM loss with the one-row table replaced by p [1,L,D]."""
+  from tapper_jax.tapper.model import lm_loss
+  model = nnx.merge(graphdef, jax.tree.map(lambda _: p, table_state), rest)
+  return lm_loss(model, batch)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _row_step(graphdef, table_state, p, opt, rest, batch, lr, weight_decay):
+  """One AdamW step on the row p alone. Module-level and jitted once per batch shape, so every
+  user's update after the first reuses the compiled step."""
+  value, g = jax.value_and_grad(lambda q: _row_loss(graphdef, table_state, q, rest, batch))(p)
+  updates, opt = _row_tx(lr, weight_decay).update(g, opt, p)
+  return optax.apply_updates(p, updates), opt, value
 
 
 def _with_batch(stage_cfg, batch_size: int):
