@@ -129,3 +129,40 @@ def test_batched_candidate_scoring_equals_one_by_one(decoder_parts):
     e1, p1 = _scores(rm.params, jnp.asarray(batched[i:i + 1]), v, jnp.asarray(batched[4]),
                      lp[i:i + 1], 1.0, 0.5)
     np.testing.assert_allclose([ex[i], ep[i]], [e1[0], p1[0]], rtol=1e-5, atol=1e-6)
+
+
+def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
+  """The CLI's run on the tiny variant: held-out queries never in the stream, a win-rate curve
+  per attribute, latency against greedy, and each user's state restorable to continue."""
+  import json as _json
+  import os
+  import sys
+  REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import tpop as tpop_config
+  from tapper_jax.tpop import run as tpop_run
+  from tapper_jax.tpop.reward import UserRewardModel
+  folder = tmp_path / "data"
+  folder.mkdir()
+  rows = [{"id": str(i), "input": f"Which category? categories: [a, b] article: News item {i} "
+           f"about topic {i % 3}.", "profile": []} for i in range(8)]
+  (folder / "test_questions.json").write_text(_json.dumps(rows))
+  c = tpop_config.get_config("tiny")
+  c.data_folder = str(folder)
+  train, held = tpop_run.queries(str(folder), "test", 4, 2)
+  assert not set(train) & set(held) and len(held) == 2
+  out = tpop_run.run(c, str(tmp_path / "wd"))
+  assert set(out["win_rate"]) == {"concise", "numbers"}
+  assert all(set(v) == {0, 2, 4} and all(0 <= x <= 1 for x in v.values())
+             for v in out["win_rate"].values())
+  assert out["latency_ratio"] > 0
+  for f in ("tpop.json", "tpop.md", "tpop.png"):
+    assert (tmp_path / "wd" / f).is_file()
+  rm = UserRewardModel(384, hidden=32)
+  tpop_run.load_user(str(tmp_path / "wd"), "sim-concise", rm)
+  assert len(rm.winners) == 4  # its 4 preferences: the user continues from here
+  bad = folder / "bad"
+  bad.mkdir()
+  (bad / "test_questions.json").write_text(_json.dumps([{"id": "x", "input": "no article"}]))
+  with pytest.raises(ValueError, match="record 0.*field 'input'"):
+    tpop_run.queries(str(bad), "test", 1, 1)

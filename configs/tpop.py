@@ -1,0 +1,40 @@
+"""T-POP against simulated users (python -m tapper_jax.tpop.run --config=configs/tpop.py).
+
+`--config=configs/tpop.py:tiny` is the CPU smoke variant (tiny random LLM, a few queries).
+`:official` switches on the public code's flipped label sign and growing V^-1, to measure them.
+"""
+
+import os
+
+import ml_collections
+
+
+def get_config(arg: str = ""):
+  c = ml_collections.ConfigDict()
+  c.model = "smollm2-135m-instruct"  # the frozen LLM (registry name or HF folder)
+  c.encoder = "all-minilm-l6-v2"  # the frozen sentence encoder
+  c.data_folder = os.path.join("data", "offline", "huffpost_2N")  # queries: its articles
+  c.split = "test"  # the questions file the articles come from
+  c.train_queries = 100  # the preference stream
+  c.eval_queries = 30  # held out: never in the stream
+  c.eval_after = (0, 10, 25, 50, 100)  # evaluate after this many preferences
+  c.attributes = ("concise", "numbers", "formal", "positive")  # one simulated user each
+  c.noise = 0.0  # probability that a simulated verdict is flipped
+  c.top_k = 40  # candidates: the union of both arms' top-k next tokens
+  c.w = 1.0  # weight of sigmoid(reward) against the LLM's log-probability
+  c.nu = 0.5  # weight of the exploration bonus (arm 2)
+  c.max_new_tokens = 24  # a headline
+  c.hidden = 1024  # reward MLP width (embed -> hidden -> 1)
+  c.lr = 1e-3  # refit: Adam learning rate (200 steps per refit)
+  c.lam = 1.0  # V = lam I + sum of preference gradient outer products (diagonal)
+  c.official_sign = False  # the public code's flipped preference label
+  c.official_covariance = False  # the public code's V^-1 that grows with data
+  c.seed = 0
+  if "official" in arg:
+    c.official_sign = c.official_covariance = True
+  if "tiny" in arg:
+    c.model = "tiny-random"
+    c.train_queries, c.eval_queries, c.eval_after = 4, 2, (0, 2, 4)
+    c.attributes = ("concise", "numbers")
+    c.top_k, c.max_new_tokens, c.hidden = 5, 3, 32
+  return c
