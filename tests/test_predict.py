@@ -142,6 +142,14 @@ def test_personalizer_online_update_fits_one_row_and_versions_the_table(trained,
   assert p.table.shape[0] == grown.shape[0] + 1 and np.array_equal(p.table[:-1], grown)
   v2 = p.save()
   assert (v1, v2) == (1, 2)
+  # Bad input: a user never added, and a record without a usable day, are named.
+  with pytest.raises(KeyError, match="unknown user 'ghost'.*add_user"):
+    p.update_user("ghost", [], steps=1)
+  with pytest.raises(ValueError, match=r"record 1 \(id 'b2'\), field 'day'"):
+    p.add_user("bad", [Record("b1", "", day, {"description": "x", "tag": "space"}),
+                       Record("b2", "", float("nan"), {"description": "y", "tag": "space"})])
+  with pytest.raises(ValueError, match=r"record 0 \(id 'b3'\), field 'day'"):
+    p.update_user(user, [Record("b3", "", None, {"description": "z", "tag": "space"})])
   old = Personalizer.load(wd, version=1)
   assert "newcomer" not in old.users and np.array_equal(old.table, grown)
   latest = Personalizer.load(wd)

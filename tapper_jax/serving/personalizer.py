@@ -96,7 +96,7 @@ class Personalizer:
     """A cold-start user: a history, no row (P_u = 0) until `update_user` fits one."""
     if user_id in self.histories or user_id in self.users:
       raise ValueError(f"user {user_id!r} exists; use update_user to add records")
-    self.histories[user_id] = sorted(records, key=lambda r: r.day)
+    self.histories[user_id] = sorted(_checked(records, user_id), key=lambda r: r.day)
 
   def _row(self, user_id: str) -> int:
     return self.users.index(user_id) if user_id in self.users else -1
@@ -152,7 +152,10 @@ class Personalizer:
     history). Every other row stays bit-identical; a user without a row gets one at the end of
     the table (N(0, 0.02), as in training). Returns the loss before and after."""
     from tapper_jax.training import examples as ex
-    hist = sorted(list(self.histories.get(user_id, [])) + list(new_records), key=lambda r: r.day)
+    if user_id not in self.histories and self._row(user_id) < 0:
+      raise KeyError(f"unknown user {user_id!r}: add them first with add_user(user_id, records)")
+    hist = sorted(list(self.histories.get(user_id, [])) + _checked(new_records, user_id),
+                  key=lambda r: r.day)
     self.histories[user_id] = hist
     spec, config = self.t.spec, self.t.config
     examples = []
@@ -195,6 +198,16 @@ class Personalizer:
     self.table[row] = np.asarray(p)[0]
     return {"user": user_id, "row": row, "examples": len(examples), "steps": steps,
             "losses": losses, "final_loss": final}
+
+
+def _checked(records: Sequence[Record], user_id: str) -> list[Record]:
+  """The records, each with a finite day (days since the epoch); else an error naming it."""
+  import math
+  for i, r in enumerate(records):
+    if not isinstance(r.day, (int, float)) or not math.isfinite(r.day):
+      raise ValueError(f"user {user_id!r}, record {i} (id {r.id!r}), field 'day': {r.day!r} "
+                       "is not a finite number of days (see data.lamp.parse_day for dates)")
+  return list(records)
 
 
 def _row_tx(lr, weight_decay):
