@@ -52,11 +52,8 @@ def _step(graphdef, state, tok, cache, kv_mask, positions, index):
 @jax.jit
 def _scores(params, emb, v_inv, ref, logp, w, nu):
   """Exploit and explore scores [C] of candidates (embeddings [C,E]) for one arm."""
-  r = reward_lib.reward(params, emb)
-  d = reward_lib.features(params, emb) - reward_lib.features(params, ref)[None]
-  bonus = jnp.sqrt(jnp.sum(d * d * v_inv, axis=-1))
-  exploit = logp + w * jax.nn.sigmoid(r)
-  return exploit, exploit + nu * bonus
+  exploit = logp + w * jax.nn.sigmoid(reward_lib.reward(params, emb))
+  return exploit, exploit + nu * reward_lib.bonus(params, emb, ref, v_inv)
 
 
 @dataclasses.dataclass

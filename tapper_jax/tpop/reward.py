@@ -47,6 +47,13 @@ def reward(params, e):
   return g[..., :-1] @ params["w2"] + params["b2"]
 
 
+def bonus(params, candidates, reference, v_inv):
+  """sqrt(d^T V^-1 d) [N], d = g(candidate) - g(reference); candidates [N,E], reference [E],
+  v_inv [H+1] (the diagonal of V^-1)."""
+  d = features(params, candidates) - features(params, reference)[None]
+  return jnp.sqrt(jnp.sum(d * d * v_inv, axis=-1))
+
+
 def bt_loss(params, winners, losers):
   """Mean -log sigmoid(r(winner) - r(loser)) over preferences ([P, E] each)."""
   return -jnp.mean(jax.nn.log_sigmoid(reward(params, winners) - reward(params, losers)))
@@ -118,8 +125,7 @@ class UserRewardModel:
 
   def bonus(self, candidates, reference) -> jax.Array:
     """nu-free exploration bonus sqrt(d^T V^-1 d) [N] for candidates [N, E] against reference [E]."""
-    d = features(self.params, candidates) - features(self.params, reference)[None]
-    return jnp.sqrt(jnp.sum(d * d * jnp.asarray(self.v_inverse()), axis=-1))
+    return bonus(self.params, candidates, reference, jnp.asarray(self.v_inverse()))
 
   def state(self) -> dict:
     """Everything needed to continue later (numpy)."""
