@@ -111,6 +111,38 @@ def test_w0_nu0_exploit_arm_is_greedy_and_the_arms_differ(decoder_parts):
   assert r.explore_ids != r.exploit_ids
 
 
+def test_exploit_arm_equals_a_brute_force_reference(decoder_parts):
+  """Arm 1 against a plain reference: at every step the full forward over prompt + text so far
+  (no cache, no padding), the top-k, every candidate embedded and scored, the argmax. Catches a
+  wrong cache slot or position, the left padding, and a pruning that is not exact."""
+  from tapper_jax.tpop.decode import TwoArmDecoder
+  llm, tok, enc = decoder_parts
+  rm = rl.UserRewardModel(enc.dim, hidden=64, seed=3)
+  rng = np.random.default_rng(0)
+  for _ in range(4):
+    rm.add(rng.normal(size=enc.dim).astype(np.float32), rng.normal(size=enc.dim).astype(np.float32))
+  rm.refit()
+  rm.params = {**rm.params, "w2": rm.params["w2"] * 1000}  # sigmoid(r) near 0 or 1
+  k, w = 12, 0.6  # top-1 leads by ~0.4: others win only where pruning keeps them
+  dec = TwoArmDecoder(llm, tok, enc, top_k=k, w=w, nu=0.5, max_new_tokens=5)
+  ids = tok.encode("Write a headline for: rain over the hills")
+  out, want_lp = [], []
+  for _ in range(5):
+    logits = llm(jnp.asarray([ids + out]))[0][0, -1]
+    lp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
+    want_lp.append(lp)
+    cands = np.sort(np.argsort(-lp)[:k])
+    emb = enc.encode([tok.decode(out + [int(c)]) for c in cands])
+    score = lp[cands] + w * np.asarray(jax.nn.sigmoid(rl.reward(rm.params, jnp.asarray(emb))))
+    out.append(int(cands[int(np.argmax(score))]))
+  trace = []
+  alone = dec.generate(ids, rm, explore=False, trace=trace)
+  assert alone.exploit_ids == out and alone.explore_ids == []
+  np.testing.assert_allclose(np.stack(trace), np.stack(want_lp), atol=1e-4)  # cache, positions
+  # Arm 1 does not depend on arm 2: the same response in a preference round.
+  assert dec.generate(ids, rm).exploit_ids == out
+
+
 def test_batched_candidate_scoring_equals_one_by_one(decoder_parts):
   from tapper_jax.tpop.decode import TwoArmDecoder, _scores
   llm, tok, enc = decoder_parts
@@ -155,7 +187,8 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   assert set(out["win_rate"]) == {"concise", "numbers"}
   assert all(set(v) == {0, 2, 4} and all(0 <= x <= 1 for x in v.values())
              for v in out["win_rate"].values())
-  assert out["latency_ratio"] > 0
+  assert set(out["latency_ratio"]) == {"tpop_exploit", "tpop_two_arm"}
+  assert all(v > 0 for v in out["latency_ratio"].values())
   for f in ("tpop.json", "tpop.md", "tpop.png"):
     assert (tmp_path / "wd" / f).is_file()
   rm = UserRewardModel(384, hidden=32)

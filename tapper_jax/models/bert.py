@@ -298,7 +298,8 @@ class SentenceEncoder:
     for s in range(0, len(order), self.batch_size):
       idx = order[s:s + self.batch_size]
       ids, mask = self.tokenize([texts[i] for i in idx])
-      pad = self.batch_size - len(idx) if len(order) > self.batch_size else 0
+      # Rows padded to a power of two (<= batch_size): few compiled shapes for varying N.
+      pad = bucket_length(len(idx), smallest=8, largest=max(self.batch_size, len(idx))) - len(idx)
       if pad:
         ids, mask = np.pad(ids, ((0, pad), (0, 0))), np.pad(mask, ((0, pad), (0, 0)))
       out[idx] = np.asarray(self._embed(ids, mask))[:len(idx)]

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from tapper_jax.models.llama import LlamaForCausalLM, init_cache
+from tapper_jax.models.tokenizer import bucket_length
 from tapper_jax.tpop import reward as reward_lib
 
 
@@ -56,17 +57,30 @@ def _scores(params, emb, v_inv, ref, logp, w, nu):
   return exploit, exploit + nu * reward_lib.bonus(params, emb, ref, v_inv)
 
 
+def _padded_scores(params, emb, v_inv, ref, logp, w, nu):
+  """`_scores` on C candidates padded to a power of two (log-prob -inf): few compiled shapes."""
+  c = len(logp)
+  size = bucket_length(c, smallest=8)
+  emb = np.concatenate([emb, np.zeros((size - c, emb.shape[1]), emb.dtype)])
+  logp = np.concatenate([np.asarray(logp, np.float32), np.full((size - c,), -np.inf, np.float32)])
+  ex, ep = _scores(params, jnp.asarray(emb), v_inv, jnp.asarray(ref), jnp.asarray(logp), w, nu)
+  return np.array(ex)[:c], np.array(ep)[:c]
+
+
 @dataclasses.dataclass
 class Responses:
   exploit: str
-  explore: str
+  explore: str  # "" when decoded without exploration
   exploit_ids: list
   explore_ids: list
   seconds: float
-  tokens: int  # tokens generated over both arms
+  tokens: int  # tokens generated over the arms decoded
 
 
 class TwoArmDecoder:
+  """Arm 1 needs only the candidates within `w` of its best log-probability (sigmoid(r) lies in
+  (0, 1), so no other can win): exact, and most steps then embed a few texts, not 2k."""
+
   def __init__(self, llm: LlamaForCausalLM, tokenizer, encoder, *, top_k: int = 40,
                w: float = 1.0, nu: float = 1.0, max_new_tokens: int = 32):
     self.llm, self.tokenizer, self.encoder = llm, tokenizer, encoder
@@ -76,45 +90,63 @@ class TwoArmDecoder:
 
   def embed_candidates(self, prefixes: list[list[int]], candidates: np.ndarray) -> np.ndarray:
     """[A*C, E]: every arm's text extended by every candidate token, embedded in one call."""
-    texts = [self.tokenizer.decode(p + [int(c)]) for p in prefixes for c in candidates]
-    return self.encoder.encode(texts)
+    return self._embed([(p, c) for p in prefixes for c in candidates])
 
-  def generate(self, prompt_ids: list[int], rm: reward_lib.UserRewardModel) -> Responses:
+  def _embed(self, pairs) -> np.ndarray:
+    """[N, E]: the texts prefix + candidate for (prefix, candidate) pairs, in one encoder call."""
+    return self.encoder.encode([self.tokenizer.decode(p + [int(c)]) for p, c in pairs])
+
+  def generate(self, prompt_ids: list[int], rm: reward_lib.UserRewardModel, *,
+               explore: bool = True, trace: list | None = None) -> Responses:
+    """Both arms (a preference round), or with `explore=False` arm 1 alone (serving).
+    `trace`, if given, receives arm 1's next-token log-probs [V] at every step (for tests)."""
     t0 = time.perf_counter()
-    n, p = self.max_new_tokens, len(prompt_ids)
-    ids = jnp.asarray([prompt_ids, prompt_ids], jnp.int32)
-    mask = jnp.ones((2, p), jnp.int32)
-    logp, cache = _prefill(self.graphdef, self.state, ids, mask, length=p + n)
-    kv = np.concatenate([np.ones((2, p), np.int32), np.zeros((2, n), np.int32)], axis=1)
-    out: list[list[int]] = [[], []]
-    done = [False, False]
+    arms = 2 if explore else 1
+    n, p = self.max_new_tokens, bucket_length(len(prompt_ids), smallest=32)
+    pad = p - len(prompt_ids)  # left padding: one compiled prefill per prompt bucket
+    ids = jnp.asarray([[0] * pad + list(prompt_ids)] * arms, jnp.int32)
+    mask = np.asarray([[0] * pad + [1] * len(prompt_ids)] * arms, np.int32)
+    logp, cache = _prefill(self.graphdef, self.state, ids, jnp.asarray(mask), length=p + n)
+    kv = np.concatenate([mask, np.zeros((arms, n), np.int32)], axis=1)
+    pos = np.full((arms,), len(prompt_ids), np.int32)
+    out: list[list[int]] = [[] for _ in range(arms)]
+    done = [False] * arms
     v_inv = jnp.asarray(rm.v_inverse())
     for i in range(n):
       lp = np.asarray(logp)
+      if trace is not None:
+        trace.append(lp[0])
       top = np.argpartition(-lp, self.top_k, axis=1)[:, : self.top_k]
-      cands = np.unique(top)  # [C]: the union of both arms' top-k
-      emb = self.embed_candidates(out, cands).reshape(2, len(cands), -1)
-      ex1, _ = _scores(rm.params, jnp.asarray(emb[0]), v_inv, jnp.asarray(emb[0, 0]),
-                       jnp.asarray(lp[0, cands]), self.w, self.nu)
-      c1 = int(cands[int(jnp.argmax(ex1))])
-      ref = emb[0, int(np.searchsorted(cands, c1))]
-      _, ex2 = _scores(rm.params, jnp.asarray(emb[1]), v_inv, jnp.asarray(ref),
-                       jnp.asarray(lp[1, cands]), self.w, self.nu)
-      ex2 = np.array(ex2)
-      if out[1] == out[0]:  # not yet apart: arm 2 must take another token
-        ex2[cands == c1] = -np.inf
-      c2 = int(cands[int(np.argmax(ex2))])
-      toks = []
-      for a, c in enumerate((c1, c2)):
+      cands = np.unique(top)  # [C]: the union of the arms' top-k
+      best = lp[0, cands].max()
+      near = cands[lp[0, cands] >= best - self.w] if self.w > 0 else cands[[lp[0, cands].argmax()]]
+      together = explore and out[1] == out[0]  # same text: arm 2 reuses arm 1's embeddings
+      first = cands if together else near
+      pairs = [(out[0], c) for c in first] + ([] if together or not explore
+                                              else [(out[1], c) for c in cands])
+      emb = self._embed(pairs)
+      e1 = emb[:len(first)]
+      sel = np.isin(first, near)
+      ex1, _ = _padded_scores(rm.params, e1[sel], v_inv, e1[0], lp[0, first[sel]], self.w,
+                              self.nu)
+      c1 = int(first[sel][int(np.argmax(ex1))])
+      toks = [c1]
+      if explore:
+        e2 = e1 if together else emb[len(first):]
+        ref = e1[int(np.flatnonzero(first == c1)[0])]
+        _, ex2 = _padded_scores(rm.params, e2, v_inv, ref, lp[1, cands], self.w, self.nu)
+        if together:  # not yet apart: arm 2 must take another token
+          ex2[cands == c1] = -np.inf
+        toks.append(int(cands[int(np.argmax(ex2))]))
+      for a, c in enumerate(toks):
         if not done[a]:
           out[a].append(c)
           done[a] = c in self.eos
-        toks.append(c)
       if all(done) or i == n - 1:
         break
       kv[:, p + i] = 1
       logp, cache = _step(self.graphdef, self.state, jnp.asarray(toks, jnp.int32), cache,
-                          jnp.asarray(kv), jnp.asarray([p + i, p + i], jnp.int32), p + i)
+                          jnp.asarray(kv), jnp.asarray(pos + i), p + i)
     text = [self.tokenizer.decode([t for t in o if t not in self.eos]) for o in out]
-    return Responses(text[0], text[1], out[0], out[1], time.perf_counter() - t0,
-                     len(out[0]) + len(out[1]))
+    return Responses(text[0], text[1] if explore else "", out[0], out[1] if explore else [],
+                     time.perf_counter() - t0, sum(len(o) for o in out))
