@@ -86,3 +86,50 @@ def test_a_long_input_is_shortened_inside_its_text_never_the_instruction_or_the_
   # A target over its budget loses its end and its EOS, and is flagged to be counted.
   assert batch["target_cut"].tolist() == [0, 1]
   assert batch["target_valid"][1].sum() == 12 and 1 not in batch["input_ids"][1]
+
+
+def _varied_source(n=48):
+  rng = np.random.default_rng(0)
+  return [{"input": "w" * int(rng.integers(5, 70)), "target": f"t{i}"} for i in range(n)]
+
+
+def test_length_groups_cover_each_epoch_once_and_cut_the_padding():
+  """`group`: every example still comes once per epoch; batches hold similar lengths, so the
+  `bucket` trim leaves less padding than random batches; `bucket` alone only trims."""
+  tok, src = CharTokenizer(), _varied_source()
+  fmt = PromptFormat(tok, 96)
+
+  def batches(**kw):
+    return list(make_dataset(src, fmt, max_target_tokens=8, batch_size=4, seed=3, num_epochs=2,
+                             **kw))
+
+  plain, trimmed, grouped = batches(), batches(bucket=8), batches(bucket=8, group=4)
+  assert all(b["input_ids"].shape[1] == 104 for b in plain)
+  for a, b in zip(plain, trimmed, strict=True):  # bucket alone: the same rows, cut
+    np.testing.assert_array_equal(a["index"], b["index"])
+    w = b["input_ids"].shape[1]
+    assert w % 8 == 0 and w >= b["attention_mask"].sum(1).max()
+    np.testing.assert_array_equal(a["input_ids"][:, :w], b["input_ids"])
+  for epoch in (grouped[:12], grouped[12:]):
+    assert sorted(np.concatenate([b["index"] for b in epoch]).tolist()) == list(range(48))
+  waste = lambda bs: sum(b["attention_mask"].size - b["attention_mask"].sum() for b in bs)  # noqa: E731
+  assert waste(grouped) < 0.5 * waste(trimmed) < 0.5 * waste(plain)
+  it = iter(make_dataset(src, fmt, max_target_tokens=8, batch_size=4, seed=3, bucket=8, group=4))
+  for _ in range(5):
+    next(it)
+  state, want = it.get_state(), [next(it)["index"].tolist() for _ in range(6)]
+  it2 = iter(make_dataset(src, fmt, max_target_tokens=8, batch_size=4, seed=3, bucket=8, group=4))
+  it2.set_state(state)
+  assert [next(it2)["index"].tolist() for _ in range(6)] == want  # resumes mid-window
+
+
+def test_each_process_loads_only_its_rows_of_the_global_batch():
+  tok, src = CharTokenizer(), _varied_source()
+  fmt = PromptFormat(tok, 96)
+  make = lambda rows: iter(make_dataset(src, fmt, max_target_tokens=8, batch_size=4, seed=1,  # noqa: E731
+                                        bucket=8, group=2, rows=rows))
+  whole, halves = make(None), [make((0, 2)), make((2, 4))]
+  for _ in range(5):
+    full, parts = next(whole), [next(h) for h in halves]
+    for k in full:  # the same trimmed width in every process: it comes from the global batch
+      np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), full[k])

@@ -388,3 +388,41 @@ def test_a_non_finite_step_leaves_the_whole_state_bit_identical(sparse, synth_fo
     new, m = run.step_fn(batch)(state, run.frozen, batch)
   assert not bool(m["finite"]) and ("sparse" in before) == sparse
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, new), before)
+
+
+def test_a_trimmed_batch_trains_exactly_as_the_full_budget(synth_folder, model_cache):
+  """`train_bucket` cuts each batch's token axis to its longest row (rounded up): the cut is
+  right padding only, so the same state gives the same loss and gradients as the batch padded
+  to the whole budget. (Gradients, not an Adam step: Adam's first step maps a gradient near its
+  eps to any update, so fp noise would show. LoRA dropout is off: its mask is drawn for the
+  batch's shape, so the two would draw different, equally likely masks.)"""
+  from tapper_jax.training.loop import HOST_ONLY
+  llm_tok = models.load("tiny-random")
+  results = {}
+  for bucket in (0, 16):
+    config = tiny_config(steps=4, warmup=0.0, bridge_dropout=0.0)
+    config.train_bucket = bucket
+    config.max_prompt_tokens = 160  # room to spare: the tiny prompts fill 88
+    run, ds, _ = _stage2_run(config, synth_folder, llm_tok)
+    host = next(iter(ds))
+    batch = setup.put_batch({k: v for k, v in host.items() if k not in HOST_ONLY}, run.mesh,
+                            config)
+    state = run.fresh_state()
+    trainable = {"params": state["params"], "table": state["table"]}
+    with run.rules(), jax.set_mesh(run.mesh):
+      (loss, _), grads = jax.jit(steps.grads_fn(run.graphdef))(trainable, run.frozen, batch,
+                                                                jax.random.key(0))
+    results[bucket] = (host, float(loss), jax.tree.map(np.asarray, grads))
+  (full, loss_full, g_full), (cut, loss_cut, g_cut) = results[0], results[16]
+  width = cut["input_ids"].shape[1]
+  assert width % 16 == 0 and width < full["input_ids"].shape[1]
+  assert cut["attention_mask"].sum(1).max() > width - 16  # no whole bucket of padding left
+  np.testing.assert_array_equal(cut["index"], full["index"])
+  np.testing.assert_array_equal(cut["input_ids"], full["input_ids"][:, :width])
+  assert not full["attention_mask"][:, width:].any() and not full["loss_mask"][:, width:].any()
+  assert abs(loss_cut - loss_full) <= 1e-5 * abs(loss_full)
+  # Relative to the whole gradient's scale: score_out's bias has a zero gradient (the softmax
+  # ignores a shift), so its two values are fp noise around 0.
+  scale = max(np.abs(g).max() for g in jax.tree.leaves(g_full))
+  for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_cut), strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale)

@@ -10,6 +10,8 @@ prompt budget, K the target budget):
   target_pos [K] int32, target_valid [K] int32: the positions in input_ids that carry loss
   shortened, target_cut []  int32: the input was shortened / the target lost its end (counted)
   index      []  int32  the example's position in the source (to find its user and history)
+Batches may trim T to their longest row (`bucket`), after grouping rows of similar length
+(`group`); in a multi-process run each process loads only its rows of each global batch.
 """
 
 from __future__ import annotations
@@ -53,22 +55,109 @@ class Tokenize(grain.transforms.Map):
             "index": np.int32(index)}
 
 
+def token_lengths(source: Sequence, prompts: PromptFormat, max_target_tokens: int) -> np.ndarray:
+  """[N]: the tokens each example fills (prompt + target + EOS), as `Tokenize` lays it out."""
+  return np.asarray([len(prompts.encode(_text(ex["input"]), int(ex.get("keep", 0)))[0])
+                     + len(prompts.encode_target(_text(ex["target"]), max_target_tokens)[0])
+                     for ex in source], np.int32)
+
+
+@dataclasses.dataclass
+class IndexBatches:
+  """Random access: global batch b -> the source indices of its B rows.
+
+  `stream` is the (shuffled, repeated) example order; batch b is its elements b*B .. b*B+B-1.
+  With `group` > 1, each window of `group` batches is sorted by token length before it is cut
+  into batches, and the window's batches are served in a seeded random order: rows of a batch
+  then have similar lengths, so trimming the batch to its longest row removes most padding.
+  """
+  stream: Any  # random-access example order (a grain MapDataset of indices)
+  batch_size: int
+  group: int = 0
+  lengths: np.ndarray | None = None  # [N] token lengths (needed when group > 1)
+  seed: int = 0
+
+  def __post_init__(self):
+    self._cache: dict[int, np.ndarray] = {}
+
+  def __len__(self):
+    return len(self.stream) // self.batch_size
+
+  def __getitem__(self, b: int) -> np.ndarray:
+    b = int(b)
+    bsz = self.batch_size
+    if self.group <= 1:
+      return np.asarray([self.stream[b * bsz + i] for i in range(bsz)], np.int64)
+    w, j = divmod(b, self.group)
+    if w not in self._cache:
+      start = w * self.group * bsz
+      n = min(self.group * bsz, (len(self.stream) - start) // bsz * bsz)
+      ids = np.asarray([self.stream[start + i] for i in range(n)], np.int64)
+      ids = ids[np.argsort(self.lengths[ids], kind="stable")].reshape(-1, bsz)
+      self._cache = {w: ids[np.random.default_rng([self.seed, w]).permutation(len(ids))]}
+    return self._cache[w][j]
+
+
+@dataclasses.dataclass
+class MakeBatch(grain.transforms.Map):
+  """Source indices of one global batch -> this process's rows, tokenized and stacked, the
+  token axis trimmed to the batch's longest row rounded up to a multiple of `bucket` (0: the
+  full budget). Trimming is exact: what it removes is right padding, with no loss and no
+  attention. The trimmed length comes from the whole global batch's `lengths`, so every
+  process of a multi-process run cuts the same shape."""
+  source: Sequence
+  tokenize: Tokenize
+  maps: Sequence = ()
+  rows: tuple[int, int] | None = None  # this process's [start, stop) rows of the global batch
+  bucket: int = 0
+  lengths: np.ndarray | None = None  # [N] token lengths (needed when bucket > 0)
+
+  def map(self, ids):
+    full = self.tokenize.prompts.max_prompt_tokens + self.tokenize.max_target_tokens
+    keep = full
+    if self.bucket:
+      keep = min(full, -(-int(self.lengths[ids].max()) // self.bucket) * self.bucket)
+    mine = ids if self.rows is None else ids[self.rows[0]:self.rows[1]]
+    rows = []
+    for i in mine:
+      ex = self.tokenize.map((int(i), self.source[int(i)]))
+      for m in self.maps:
+        ex = m.map(ex) if hasattr(m, "map") else m(ex)
+      rows.append(ex)
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    if keep < full:
+      if batch["attention_mask"][:, keep:].any():
+        raise ValueError(f"example {int(mine[0])}..: longer than its precomputed length")
+      for k in TOKEN_AXIS:
+        batch[k] = batch[k][:, :keep]
+    return batch
+
+
+TOKEN_AXIS = ("input_ids", "loss_mask", "attention_mask")  # the fields trimmed to a bucket
+
+
 def make_dataset(source: Sequence, prompts: PromptFormat, *, max_target_tokens: int,
                  batch_size: int, seed: int = 0, shuffle: bool = True,
                  num_epochs: int | None = None, drop_remainder: bool = True,
-                 maps: Sequence = ()) -> grain.IterDataset:
+                 maps: Sequence = (), bucket: int = 0, group: int = 0,
+                 rows: tuple[int, int] | None = None) -> grain.IterDataset:
   """A grain IterDataset of batches; `iter()` it, and use get_state()/set_state() to resume.
 
   `maps`: further per-example transforms run after tokenizing (e.g. the trainer's history
-  lookup), each given and returning the example dict.
+  lookup), each given and returning the example dict. `bucket`/`group`: trim each batch's
+  token axis to a multiple of `bucket`, sorting windows of `group` batches by length first
+  (`IndexBatches`, `MakeBatch`). `rows`: the rows of each global batch this process loads
+  (multi-process: each process tokenizes only its own rows; `None`: all).
   """
-  # (index, example): the index lets the trainer find the example's user and history.
-  ds = grain.MapDataset.range(len(source)).map(lambda i: (i, source[i]))
+  stream = grain.MapDataset.range(len(source))
   if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)
-  ds = ds.map(Tokenize(prompts, max_target_tokens))
-  for m in maps:
-    ds = ds.map(m)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    stream = stream.shuffle(seed=seed)
+  stream = stream.repeat(num_epochs)
+  lengths = (token_lengths(source, prompts, max_target_tokens) if bucket or group > 1
+             else None)
+  batches = IndexBatches(stream, batch_size, group, lengths, seed)
+  if not drop_remainder and len(stream) % batch_size:
+    raise ValueError("make_dataset: drop_remainder=False is not supported; pad the source")
+  ds = grain.MapDataset.source(batches).map(
+      MakeBatch(source, Tokenize(prompts, max_target_tokens), tuple(maps), rows, bucket, lengths))
   return ds.to_iter_dataset()

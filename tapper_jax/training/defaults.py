@@ -145,6 +145,14 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.checkpoint_keep = 2  # newest checkpoints kept per stage
   c.log_every = 10  # steps between logged metrics (TensorBoard and console)
   c.eval_batch_size = 8  # questions generated per batch at evaluation
+  # Training batches: the token axis trimmed to the batch's longest row, rounded up to a
+  # multiple of this (0: the full prompt + target budget). Exact (only right padding goes), and
+  # a few compiled shapes.
+  c.train_bucket = 16
+  # Sort each window of this many batches by length before cutting it into batches (0: off), so
+  # a batch's rows have similar lengths and the trim removes most padding. It changes which
+  # examples share a batch (not how often each is seen).
+  c.train_length_groups = 0
   # Sort questions by prompt length and pad each batch to the next power of two (<= the prompt
   # budget) instead of the full budget: few compiled shapes, less padding; same answers.
   c.eval_buckets = True

@@ -180,11 +180,16 @@ def embed_queries(examples: Sequence[Example], embed) -> np.ndarray:
 
 
 def train_dataset(examples: Sequence[Example], prompts: PromptFormat, config, stage_cfg, *,
-                  seed: int, history: HistoryFields | None = None):
+                  seed: int, history: HistoryFields | None = None,
+                  rows: tuple[int, int] | None = None):
+  """Shuffled, repeated training batches (`data.pipeline.make_dataset`); `rows`: the rows of
+  each global batch this process loads (`setup.process_rows`)."""
   source = [{"input": e.input, "target": e.target, "keep": e.keep} for e in examples]
   return make_dataset(source, prompts, max_target_tokens=config.max_target_tokens,
                       batch_size=stage_cfg.batch_size, seed=seed, shuffle=True, num_epochs=None,
-                      maps=[history] if history is not None else [])
+                      maps=[history] if history is not None else [],
+                      bucket=config.get("train_bucket", 0),
+                      group=config.get("train_length_groups", 0), rows=rows)
 
 
 def budget_report(examples: Sequence[Example], prompts: PromptFormat,

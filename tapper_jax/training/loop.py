@@ -112,16 +112,17 @@ class StageRun:
     with self.rules(), jax.set_mesh(self.mesh), bars_and_logs(config.progress), \
         faults.sigterm_requests() as preemption:
       for step in range(start, end):
-        host = next(it)
+        host = next(it)  # this process's rows of the global batch
         batch = setup.put_batch({k: v for k, v in host.items() if k not in HOST_ONLY},
-                                self.mesh, config)
+                                self.mesh, config, global_rows=self.cfg.batch_size)
         state, step_metrics = self.step_fn(batch)(state, self.frozen, batch)
         if not bool(jax.device_get(step_metrics.pop("finite"))):
           ckpt.wait()
           ckpt.close()
           log.close()
           faults.non_finite(step + 1, host, step_metrics, workdir, self.stage, example_ids)
-        tokens = int(host["attention_mask"].sum()) + len(host["attention_mask"]) * prefix_len
+        rows = len(host["attention_mask"])  # of cfg.batch_size: scaled to the global batch
+        tokens = (int(host["attention_mask"].sum()) + rows * prefix_len) * self.cfg.batch_size // rows
         last = step + 1 == end
         log.step(step + 1, tokens, step_metrics if ((step + 1) % config.log_every == 0 or last)
                  else None)
@@ -239,7 +240,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       examples = p.stage1
       n_steps = resolve_steps(config.stage1, len(examples))
       run = StageRun(1, llm, config, mesh, num_rows=1, num_steps=n_steps)
-      ds = ex.train_dataset(examples, prompts, config, config.stage1, seed=config.seed)
+      ds = ex.train_dataset(examples, prompts, config, config.stage1, seed=config.seed,
+                            rows=setup.process_rows(mesh, config, config.stage1.batch_size))
       state = run.fit(ds, workdir, {}, stop_after=stop_after, example_ids=[e.id for e in examples])
       if int(jax.device_get(state["step"])) < n_steps:
         return {"stopped_after": stop_after, "stage": 1}
@@ -281,7 +283,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       return _per_user(config, workdir, p, llm, examples, ev, prompts, mesh, summary, t0, t_start)
     if trains:
       run = StageRun(2, llm, config, mesh, num_rows, n_steps)
-      ds = ex.train_dataset(examples, prompts, config, s2, seed=config.seed, history=fields)
+      ds = ex.train_dataset(examples, prompts, config, s2, seed=config.seed, history=fields,
+                            rows=setup.process_rows(mesh, config, s2.batch_size))
       state = run.fit(ds, workdir, id_map, stop_after=stop_after,
                       example_ids=[e.id for e in examples])
       if int(jax.device_get(state["step"])) < n_steps:

@@ -144,13 +144,26 @@ def batch_sharding(mesh: Mesh, config, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, spec)
 
 
-def put_batch(batch: dict, mesh: Mesh, config) -> dict:
-  """The global batch (the same host arrays on every process) placed by its sharding: each
-  process transfers only the slices its own devices hold."""
+def process_rows(mesh: Mesh, config, batch_size: int) -> tuple[int, int]:
+  """[start, stop): the rows of a global batch that this process's devices hold (all of them in
+  a one-process run). Each process loads and tokenizes only these."""
+  idx = batch_sharding(mesh, config, 1).addressable_devices_indices_map((batch_size,))
+  spans = {(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop) for s in idx.values()}
+  lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+  if sum(b - a for a, b in spans) != hi - lo:
+    raise ValueError(f"process {jax.process_index()}: its devices hold rows {sorted(spans)} of "
+                     "the batch, not one contiguous block; order the mesh's devices by process")
+  return lo, hi
+
+
+def put_batch(batch: dict, mesh: Mesh, config, global_rows: int | None = None) -> dict:
+  """Places a batch by its sharding. `batch` holds the whole global batch, or, with
+  `global_rows`, only this process's rows of it (`process_rows`): each process then transfers
+  only the slices its own devices hold."""
   def put(v):
     v = np.asarray(v)
-    return jax.make_array_from_callback(v.shape, batch_sharding(mesh, config, v.ndim),
-                                        lambda idx: v[idx])
+    shape = v.shape if global_rows is None else (global_rows,) + v.shape[1:]
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, config, v.ndim), v, shape)
   return {k: put(v) for k, v in batch.items()}
 
 
