@@ -2,7 +2,8 @@
 # The speed benchmarks on one GPU, in order of value, each under its own time limit, each
 # writing its JSON into OUT and its table into OUT/log.txt:
 #   serving (mixed-user greedy, ours vs transformers + peft), whole-history attention,
-#   the stage-2 train step at SmolLM2-135M and Llama-3.2-1B shapes (random weights, bf16, MFU).
+#   the stage-2 train step at SmolLM2-135M and Llama-3.2-1B shapes (random weights, bf16, MFU),
+#   and what each lever gives the 1B step's MFU (mfu_sweep).
 # Usage: bash benchmarks/gpu_suite.sh OUT [SECONDS_BUDGET] [STEP,STEP,...]  (default: all steps)
 set -u
 OUT=${1:?usage: gpu_suite.sh OUT [SECONDS_BUDGET] [STEPS]}
@@ -41,6 +42,8 @@ step() {  # step NAME LIMIT COMMAND...: runs COMMAND if LIMIT seconds are left
   step train_step_1b_cudnn_b32 150 python3 benchmarks/train_step.py \
     --model=random:llama-3.2-1b --dtype=bfloat16 --attention=cudnn --batch=32 --seq=512 \
     --target=8 --history=32 --steps=5 --out="$OUT/b32"
+  step mfu_sweep 420 python3 benchmarks/mfu_sweep.py --model=random:llama-3.2-1b \
+    --batch=32 --seq=512 --steps=5 --variants=base,batch2x,no_triton_gemm,seq2x --out="$OUT"
   step train_step_1b 200 python3 benchmarks/train_step.py --model=random:llama-3.2-1b \
     --dtype=bfloat16 --batch=16 --seq=512 --target=8 --history=32 --steps=10 --out="$OUT"
 } 2>&1 | tee "$OUT/log.txt"

@@ -58,3 +58,13 @@ def test_users_scale_bench_times_both_table_optimizers(tmp_path):
   r = res["rows"][1]
   assert r["dense_s"] > 0 and r["sparse_s"] > 0 and r["table_mb"] > res["rows"][0]["table_mb"]
   assert res["computed"]["Llama-3.1-8B"]["500"]["table_gb"] == 500 * 8 * 4096 * 4 / 1e9
+
+
+def test_mfu_sweep_runs_each_variant_and_compares_with_the_reference(tmp_path):
+  _run("mfu_sweep.py", tmp_path, "--model=random:tiny", "--dtype=float32", "--attention=einsum",
+       "--batch=2", "--seq=16", "--steps=1", "--variants=base,batch2x")
+  with open(tmp_path / "mfu_sweep_random_tiny_float32.json") as f:
+    res = json.load(f)
+  assert res["reference"] == "base" and set(res["variants"]) == {"base", "batch2x"}
+  base, big = res["variants"]["base"], res["variants"]["batch2x"]
+  assert "--batch=4" in big["args"] and big["model_flops"] == 2 * base["model_flops"]
