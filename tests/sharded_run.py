@@ -1,5 +1,5 @@
-"""Helper for test_sharding: `python sharded_run.py DEVICES MESH WORKDIR [sparse]` prints JSON
-losses (`sparse`: the row-wise table optimizer).
+"""Helper for test_sharding: `python sharded_run.py DEVICES MESH WORKDIR [sparse|eval]` prints
+JSON losses (`sparse`: the row-wise table optimizer; `eval`: evaluate too, and the predictions).
 
 XLA_FLAGS must be set before jax is imported, hence a subprocess per device count.
 """
@@ -24,7 +24,7 @@ c = synthetic.get_config("tiny")
 c.stage = "2"
 c.data.synthetic.num_users = 8  # 8 table rows either way: the table's init does not depend on the mesh
 c.data.eval_max_examples = 0  # all 8 users are evaluated, hence trained
-c.evaluate = False
+c.evaluate = sys.argv[4:] == ["eval"]  # all 8 users' questions, as multiprocess_run.py
 c.stage2.steps = 3
 c.stage2.batch_size = 8
 c.eval_batch_size = 8
@@ -32,7 +32,18 @@ c.stage2.bridge_dropout = 0.0
 c.mesh.shape = tuple(int(x) for x in mesh.split(","))
 c.stage2.sparse_table = sys.argv[4:] == ["sparse"]
 summary = train_and_evaluate(c, workdir)
+
+
+def _predictions(summary):
+  out = {}
+  for name, path in summary.get("predictions", {}).items():
+    with open(path, encoding="utf-8") as f:
+      out[name] = json.load(f)
+  return out
+
+
 print("RESULT " + json.dumps({"losses": [r["loss"] for r in summary["stages"]["2"]["log"]],
                               "grad_norms": [r["grad_norm"] for r in summary["stages"]["2"]["log"]],
                               "mesh": summary["mesh"], "rows": summary["stages"]["2"]["table_rows"],
-                              "table_sharding": summary["stages"]["2"]["table_sharding"]}))
+                              "table_sharding": summary["stages"]["2"]["table_sharding"],
+                              "eval": summary.get("eval"), "predictions": _predictions(summary)}))

@@ -1,6 +1,7 @@
 """Multi-process JAX on one machine: 2 processes x 2 fake CPU devices and 4 x 1, joined through
 jax.distributed on 127.0.0.1 (gloo), train the same stage-2 run as 1 process with 4 devices:
-the same losses, gradient norms and final trained values. Only process 0 writes the run's files."""
+the same losses, gradient norms and final trained values, then evaluate it (each process its
+share of the questions): the same answers and scores. Only process 0 writes the run's files."""
 
 import json
 import os
@@ -43,7 +44,7 @@ def one_process(tmp_path_factory, model_cache):
   wd = tmp_path_factory.mktemp("one")
   env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
   p = subprocess.run([sys.executable, os.path.join(HERE, "sharded_run.py"), "4", "4,1,1",
-                      str(wd)], env=env, capture_output=True, text=True, timeout=600,
+                      str(wd), "eval"], env=env, capture_output=True, text=True, timeout=600,
                      cwd=os.path.dirname(HERE))
   assert p.returncode == 0, p.stderr[-3000:]
   line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1]
@@ -62,6 +63,10 @@ def test_processes_train_like_one_process(n, per, one_process, tmp_path, model_c
   assert len(params) == len(ref_params)
   for a, b in zip(params, ref_params):
     np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-7)
+  # Evaluation: each process answered its share; the answers, gathered, are the one process's.
+  assert got["eval"]["questions"] == ref["eval"]["questions"] == 8
+  assert got["predictions"] == ref["predictions"] and len(got["predictions"]) == 2
+  assert got["eval"] == ref["eval"]
   # Process 0 alone wrote the log and the summary: one line per logged step, not one per process.
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     assert len(f.readlines()) == len(ref["losses"])

@@ -78,6 +78,48 @@ def predict(model: PersonalizedLM, examples, prompts: PromptFormat, config,
   return out
 
 
+def host_local(model):
+  """`model` with every array whole on this process's default device: a model trained across
+  processes (its arrays span devices this process cannot address) gathered for local use."""
+  from jax.experimental import multihost_utils
+  graphdef, state = nnx.split(model)
+
+  def local(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return x
+  return nnx.merge(graphdef, jax.tree.map(local, state))
+
+
+def predict_everywhere(model, examples, prompts: PromptFormat, config, fields=None) -> list[str]:
+  """`predict` over all processes: process p answers questions p, p + P, p + 2P, ... on its own
+  devices (the model gathered whole: it fits one device), and every process gets every answer,
+  in order. One process: `predict`."""
+  procs, me = jax.process_count(), jax.process_index()
+  if procs == 1:
+    return predict(model, examples, prompts, config, fields)
+  from jax.experimental import multihost_utils
+  mine = list(range(me, len(examples), procs))
+  answers = predict(host_local(model), [examples[i] for i in mine], prompts, config,
+                    None if fields is None else (lambda j: fields(mine[j])))
+  raw = [a.encode("utf-8") for a in answers]
+  width = int(np.max(multihost_utils.process_allgather(
+      np.asarray(max((len(r) for r in raw), default=0), np.int32))))
+  rows = -(-len(examples) // procs)  # every process sends the same shape
+  buf = np.zeros((rows, max(width, 1)), np.uint8)  # UTF-8 bytes, zero-padded
+  lens = np.zeros((rows,), np.int32)
+  for j, r in enumerate(raw):
+    buf[j, :len(r)] = np.frombuffer(r, np.uint8)
+    lens[j] = len(r)
+  all_buf = np.asarray(multihost_utils.process_allgather(buf))  # [P, rows, width]
+  all_lens = np.asarray(multihost_utils.process_allgather(lens))  # [P, rows]
+  out = [""] * len(examples)
+  for i in range(len(examples)):
+    p, j = i % procs, i // procs
+    out[i] = bytes(all_buf[p, j, :all_lens[p, j]]).decode("utf-8")
+  return out
+
+
 def score(spec, examples, preds) -> dict[str, float]:
   return metrics.score(spec.name, preds, [e.target for e in examples],
                        labels=spec.labels or None)

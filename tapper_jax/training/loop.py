@@ -212,10 +212,6 @@ def plan(config, workdir: str) -> Plan:
 def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
   """Runs the configured stages and the final evaluation; returns the summary (also written)."""
   mesh_shape = setup.validate(config)
-  if jax.process_count() > 1 and config.evaluate and config.data.eval_split:
-    raise setup.ConfigError(
-        f"{jax.process_count()} processes: a multi-process run trains (config.evaluate=False); "
-        "evaluate its workdir on one process with python -m tapper_jax.predict")
   mesh = setup.make_mesh(config)
   workdir = os.path.abspath(workdir)  # Orbax refuses relative checkpoint paths
   faults.check_workdir(workdir, faults.MIN_FREE_BYTES)
@@ -331,11 +327,14 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
   summary["eval"] = {"split": config.data.eval_split, "questions": len(eval_qs), **results}
   summary["predictions"] = files  # row name -> its leaderboard file
   summary["minutes"] = round((time.time() - t_start) / 60, 2)
+  plot_args = {}
+  if config.plots and stage in ("2", "both") and run is not None and ev_fields is not None:
+    # Gathered whole by every process (a collective), so that process 0 alone can plot.
+    model = run.model(state)
+    plot_args = dict(model=evaluation.host_local(model) if jax.process_count() > 1 else model,
+                     examples=ev, fields=ev_fields)
   if config.plots and distributed.is_main():
     from tapper_jax.training import plots
-    plot_args = {}
-    if stage in ("2", "both") and run is not None and ev_fields is not None:
-      plot_args = dict(model=run.model(state), examples=ev, fields=ev_fields)
     summary["plots"] = plots.write_run_plots(workdir, summary, **plot_args)
   if distributed.is_main():
     write_json(os.path.join(workdir, "summary.json"), summary)
@@ -386,14 +385,15 @@ def _per_user(config, workdir, p, llm, examples, ev, prompts, mesh, summary, t0,
   summary["eval"] = {"split": config.data.eval_split, "questions": len(asked), **results}
   summary["predictions"] = files
   summary["minutes"] = round((time.time() - t_start) / 60, 2)
-  write_json(os.path.join(workdir, "summary.json"), summary)
+  if distributed.is_main():
+    write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 
 def _evaluate(results, files, name, spec, examples, model, prompts, config, fields, workdir, *,
               file: str | None = None) -> None:
   """Scores row `name` into results[name] and writes its leaderboard file (path in files[name])."""
-  preds = evaluation.predict(model, examples, prompts, config, fields)
+  preds = evaluation.predict_everywhere(model, examples, prompts, config, fields)
   _record(results, files, name, spec, examples, preds, config, workdir, file=file)
 
 
@@ -402,7 +402,8 @@ def _record(results, files, name, spec, examples, preds, config, workdir, *,
   results[name] = evaluation.score(spec, examples, preds)
   path = os.path.join(workdir, "predictions",
                       f"{config.data.eval_split}_{file or slug(name)}.json")
-  write_json(path, metrics.leaderboard(spec.name, {e.id: p for e, p in zip(examples, preds)}))
+  if distributed.is_main():
+    write_json(path, metrics.leaderboard(spec.name, {e.id: p for e, p in zip(examples, preds)}))
   files[name] = path
 
 

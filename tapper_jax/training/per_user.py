@@ -15,7 +15,7 @@ import jax
 from absl import logging
 
 from tapper_jax.models.lora import save_peft_adapter
-from tapper_jax.training import evaluation, setup
+from tapper_jax.training import distributed, evaluation, setup
 from tapper_jax.training import examples as ex
 
 
@@ -45,12 +45,13 @@ def train_and_predict(run, config, workdir: str, users, examples, evaluate, prom
     state = run.fit(ds, folder, {}, example_ids=[e.id for e in mine])
     model = run.model(state)
     adapter = os.path.join(workdir, "adapters", user_dir(user))
-    if not os.path.isdir(adapter):
-      save_peft_adapter(model.llm, adapter, base_model=base_model)
+    if not os.path.isdir(adapter) and distributed.is_main():
+      whole = evaluation.host_local(model) if jax.process_count() > 1 else model
+      save_peft_adapter(whole.llm, adapter, base_model=base_model)
       with open(os.path.join(adapter, "trained_on.json"), "w", encoding="utf-8") as f:
         json.dump({"user": user, "examples": [e.id for e in mine]}, f, indent=1)
     asked = [e for e in evaluate if e.user == user]
-    for e, p in zip(asked, evaluation.predict(model, asked, prompts, config)):
+    for e, p in zip(asked, evaluation.predict_everywhere(model, asked, prompts, config)):
       preds[e.id] = p
     counts[user] = len(mine)
     logging.info("per-user LoRA %d/%d: user %s, %d examples, %d questions", i + 1, len(users),
