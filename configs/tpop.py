@@ -21,7 +21,10 @@ def get_config(arg: str = ""):
   c.attributes = ("concise", "numbers", "formal", "positive")  # one simulated user each
   c.noise = 0.0  # probability that a simulated verdict is flipped
   c.top_k = 40  # candidates: the union of both arms' top-k next tokens
-  c.w = 1.0  # weight of sigmoid(reward) against the LLM's log-probability
+  c.w = 1.0  # weight of sigmoid(reward) against the LLM's term
+  # The LLM's term in a candidate's score: "logprob" (log p, the method as written) or "prob"
+  # (p, as the public code does: the reward then decides among the whole top-k).
+  c.lm_score = "logprob"
   c.nu = 0.5  # weight of the exploration bonus (arm 2)
   c.max_new_tokens = 24  # a headline
   c.hidden = 1024  # reward MLP width (embed -> hidden -> 1)

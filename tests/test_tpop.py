@@ -111,7 +111,8 @@ def test_w0_nu0_exploit_arm_is_greedy_and_the_arms_differ(decoder_parts):
   assert r.explore_ids != r.exploit_ids
 
 
-def test_exploit_arm_equals_a_brute_force_reference(decoder_parts):
+@pytest.mark.parametrize("lm_score", ["logprob", "prob"])
+def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score):
   """Arm 1 against a plain reference: at every step the full forward over prompt + text so far
   (no cache, no padding), the top-k, every candidate embedded and scored, the argmax. Catches a
   wrong cache slot or position, the left padding, and a pruning that is not exact."""
@@ -124,7 +125,9 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts):
   rm.refit()
   rm.params = {**rm.params, "w2": rm.params["w2"] * 1000}  # sigmoid(r) near 0 or 1
   k, w = 12, 0.6  # top-1 leads by ~0.4: others win only where pruning keeps them
-  dec = TwoArmDecoder(llm, tok, enc, top_k=k, w=w, nu=0.5, max_new_tokens=5)
+  if lm_score == "prob":  # p ~ 5e-5 here: a w of that size keeps the LLM in the decision
+    w = 2e-5
+  dec = TwoArmDecoder(llm, tok, enc, top_k=k, w=w, nu=0.5, max_new_tokens=5, lm_score=lm_score)
   ids = tok.encode("Write a headline for: rain over the hills")
   out, want_lp = [], []
   for _ in range(5):
@@ -133,7 +136,8 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts):
     want_lp.append(lp)
     cands = np.sort(np.argsort(-lp)[:k])
     emb = enc.encode([tok.decode(out + [int(c)]) for c in cands])
-    score = lp[cands] + w * np.asarray(jax.nn.sigmoid(rl.reward(rm.params, jnp.asarray(emb))))
+    lm = np.exp(lp[cands]) if lm_score == "prob" else lp[cands]
+    score = lm + w * np.asarray(jax.nn.sigmoid(rl.reward(rm.params, jnp.asarray(emb))))
     out.append(int(cands[int(np.argmax(score))]))
   trace = []
   alone = dec.generate(ids, rm, explore=False, trace=trace)

@@ -6,6 +6,8 @@ every (arm, candidate) continuation is embedded by the sentence encoder and scor
 user's reward model in one batched call. Then
   arm 1 (exploit):  argmax_c  log p(c | x1) + w sigmoid(r(x1 + c))
   arm 2 (explore):  argmax_c  log p(c | x2) + w sigmoid(r(x2 + c)) + nu bonus(x2 + c; x1 + c1)
+(`lm_score="prob"`: p in place of log p, as the public code does; then the reward can outweigh
+the LLM anywhere in the top-k, not only among candidates within w nats of the best.)
 with c1 arm 1's choice and bonus the dueling-bandit term (reward.UserRewardModel.bonus); while
 arm 2's text equals arm 1's, c1 is excluded from arm 2's candidates, so the two responses
 differ. With w = 0 and nu = 0, arm 1 is greedy decoding. No LLM weight changes.
@@ -82,7 +84,11 @@ class TwoArmDecoder:
   (0, 1), so no other can win): exact, and most steps then embed a few texts, not 2k."""
 
   def __init__(self, llm: LlamaForCausalLM, tokenizer, encoder, *, top_k: int = 40,
-               w: float = 1.0, nu: float = 1.0, max_new_tokens: int = 32):
+               w: float = 1.0, nu: float = 1.0, max_new_tokens: int = 32,
+               lm_score: str = "logprob"):
+    if lm_score not in ("logprob", "prob"):
+      raise ValueError(f"lm_score must be 'logprob' or 'prob', got {lm_score!r}")
+    self.lm_score = lm_score
     self.llm, self.tokenizer, self.encoder = llm, tokenizer, encoder
     self.top_k, self.w, self.nu, self.max_new_tokens = top_k, w, nu, max_new_tokens
     self.graphdef, self.state = nnx.split(llm)
@@ -116,6 +122,8 @@ class TwoArmDecoder:
       lp = np.asarray(logp)
       if trace is not None:
         trace.append(lp[0])
+      if self.lm_score == "prob":  # the public code's LLM term: p, not log p
+        lp = np.exp(lp)
       top = np.argpartition(-lp, self.top_k, axis=1)[:, : self.top_k]
       cands = np.unique(top)  # [C]: the union of the arms' top-k
       best = lp[0, cands].max()

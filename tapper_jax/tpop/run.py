@@ -101,7 +101,8 @@ def run(config, workdir: str) -> dict:
 
   base = [greedy(q)[0] for q in held_q]  # the reference answers (and every shape compiled)
   dec = TwoArmDecoder(llm, tok, enc, top_k=config.top_k, w=config.w, nu=config.nu,
-                      max_new_tokens=config.max_new_tokens)
+                      max_new_tokens=config.max_new_tokens,
+                      lm_score=config.get("lm_score", "logprob"))
   # Latency per generated token, timed at every evaluation after the first (compiled by then),
   # greedy and T-POP interleaved so that both see the same load on the machine.
   clock = {"greedy": [0.0, 0], "tpop_exploit": [0.0, 0], "tpop_two_arm": [0.0, 0]}
