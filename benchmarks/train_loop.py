@@ -42,14 +42,16 @@ class _Recorder:
   Logger.step call (one per loop iteration)."""
 
   def __init__(self, ds):
-    self.ds, self.batches, self.times = ds, [], []
+    self.ds, self.batches, self.input_s = ds, [], []
 
   def __iter__(self):
     rec, it = self, iter(self.ds)
 
     class It:
       def __next__(self):
+        t = time.perf_counter()
         b = next(it)
+        rec.input_s.append(time.perf_counter() - t)
         rec.batches.append(b)
         return b
 
@@ -87,12 +89,13 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   times = list(recorder_times)
   final_s = t0 + loop_s - times[-1]  # after the last iteration: the final checkpoint
   prefix = config.stage2.prefix_len
-  seen, kept_s, kept_real, kept_padded, widths = set(), 0.0, 0, 0, []
+  seen, kept_s, kept_real, kept_padded, widths, input_s = set(), 0.0, 0, 0, [], 0.0
   for i, b in enumerate(ds.batches[: len(times)]):
     w = b["input_ids"].shape[1]
     dt = times[i] - (times[i - 1] if i else t0)
     if w in seen:  # compiled already: a steady-state iteration
       kept_s += dt
+      input_s += ds.input_s[i]
       kept_real += int(b["attention_mask"].sum()) + len(b["input_ids"]) * prefix
       kept_padded += b["input_ids"].size + len(b["input_ids"]) * prefix
       widths.append(w)
@@ -124,6 +127,8 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
           "loop_s": loop_s, "steady_steps": len(widths), "widths": sorted(set(widths)),
           "real_token_share": kept_real / max(kept_padded, 1),
           "loop_s_per_step": kept_s / max(len(widths), 1),
+          "input_s_per_step": input_s / max(len(widths), 1),  # waiting on the input pipeline
+          "final_checkpoint_s": final_s,
           "loop_us_per_real_token": 1e6 * loop_per_real,
           "bare_us_per_token": 1e6 * bare_per_token,
           "ratio": loop_per_real / bare_per_token}
@@ -165,10 +170,11 @@ def main(argv):
       print(json.dumps(r), flush=True)
   print(f"\nStage-2 loop vs bare step, {_TASK.value}, {_MODEL.value}, batch {_BATCH.value}, "
         f"{_STEPS.value} steps, {platform.machine()}, {os.cpu_count()} cores")
-  print("| setting | real tokens | s/step (loop) | us/real token (loop) | us/token (bare) | "
-        "loop / bare |\n|---|---|---|---|---|---|")
+  print("| setting | real tokens | s/step (loop) | input s/step | us/real token (loop) | "
+        "us/token (bare) | loop / bare |\n|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['setting']} | {100 * r['real_token_share']:.0f}% | {r['loop_s_per_step']:.2f} | "
+          f"{r['input_s_per_step']:.3f} | "
           f"{r['loop_us_per_real_token']:.0f} | {r['bare_us_per_token']:.0f} | "
           f"**{r['ratio']:.2f}x** |")
   os.makedirs(_OUT.value, exist_ok=True)

@@ -68,3 +68,21 @@ def test_mfu_sweep_runs_each_variant_and_compares_with_the_reference(tmp_path):
   assert res["reference"] == "base" and set(res["variants"]) == {"base", "batch2x"}
   base, big = res["variants"]["base"], res["variants"]["batch2x"]
   assert "--batch=4" in big["args"] and big["model_flops"] == 2 * base["model_flops"]
+
+
+def test_train_loop_bench_times_the_real_loop_against_its_bare_step(tmp_path, shared_data):
+  """On a real offline task (tiny random model): each setting's loop time per real token against
+  its bare step, and grouping by length leaves a larger share of real tokens than no trim."""
+  from tapper_jax.data import build_offline
+  offline = tmp_path / "offline"
+  build_offline.build(shared_data, str(offline))
+  out = _run("train_loop.py", tmp_path, f"--offline={offline}", "--task=huffpost_2N",
+             "--model=tiny-random", "--steps=6", "--batch=4", "--repeats=1",
+             "--settings=full,trim16_grouped")
+  with open(tmp_path / "train_loop_huffpost_2n.json") as f:
+    res = json.load(f)
+  full, grouped = res["rows"]
+  assert (full["setting"], grouped["setting"]) == ("full", "trim16_grouped")
+  assert full["widths"] == [168] and all(w % 16 == 0 and w <= 168 for w in grouped["widths"])
+  assert grouped["real_token_share"] > full["real_token_share"]
+  assert all(r["ratio"] > 0 and r["steady_steps"] > 0 for r in res["rows"]) and "| full |" in out
