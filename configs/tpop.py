@@ -23,8 +23,10 @@ def get_config(arg: str = ""):
   c.top_k = 40  # candidates: the union of both arms' top-k next tokens
   c.w = 1.0  # weight of sigmoid(reward) against the LLM's term
   # The LLM's term in a candidate's score: "logprob" (log p, the method as written) or "prob"
-  # (p, as the public code does: the reward then decides among the whole top-k).
-  c.lm_score = "logprob"
+  # (p, as the public code does: the reward then decides among the whole top-k). Chosen on dev
+  # (huffpost_2N dev articles, 16 held-out, k=10, concise user after 25 preferences): win rate
+  # 0.53 with logprob (w=3), 0.72 with prob (w=1).
+  c.lm_score = "prob"
   c.nu = 0.5  # weight of the exploration bonus (arm 2)
   c.max_new_tokens = 24  # a headline
   c.hidden = 1024  # reward MLP width (embed -> hidden -> 1)

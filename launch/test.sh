@@ -3,4 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/_env.sh dev
-python -m pytest -q tests "$@"
+# The default suite leaves out tests marked slow (real-model parity, multi-process runs, the
+# real-data loop benchmark); `bash launch/test.sh -m slow` runs those, `-m ""` everything.
+if [[ " $* " == *" -m "* ]]; then
+  python -m pytest -q tests "$@"
+else
+  python -m pytest -q tests -m "not slow" "$@"
+fi

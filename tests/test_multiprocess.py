@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+pytestmark = pytest.mark.slow  # two multi-process runs and a reference: ~2 minutes
 RTOL = 1e-6  # the same mesh over the same 4 devices: one SPMD program, so equal up to rounding
 
 

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -70,6 +72,7 @@ def test_mfu_sweep_runs_each_variant_and_compares_with_the_reference(tmp_path):
   assert "--batch=4" in big["args"] and big["model_flops"] == 2 * base["model_flops"]
 
 
+@pytest.mark.slow
 def test_train_loop_bench_times_the_real_loop_against_its_bare_step(tmp_path, shared_data):
   """On a real offline task (tiny random model): each setting's loop time per real token against
   its bare step, and grouping by length leaves a larger share of real tokens than no trim."""
