@@ -53,6 +53,7 @@ def test_dry_runs_print_the_commands():
       f"--process_id={i} --config=c.py" for i in range(3)]
 
 
+@pytest.mark.slow
 def test_local_launcher_runs_two_processes_for_real(tmp_path, model_cache):
   wd = tmp_path / "run"
   _sh("launch/local_multiprocess.sh", "2", "2", str(wd), "--config=configs/synthetic.py:tiny",

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Sharded reductions (the batch mean, FSDP-gathered matmuls) sum in another order than one
@@ -41,6 +42,7 @@ def test_2x4_mesh_matches_one_device(tmp_path, model_cache):
   np.testing.assert_allclose(t8, t1, rtol=LOSS_RTOL, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_sparse_table_on_a_sharded_table_matches_one_device(tmp_path, model_cache):
   env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
   one = _run(1, "1,1,1", tmp_path / "one", env, "sparse")

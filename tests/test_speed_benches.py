@@ -52,6 +52,7 @@ def test_history_attention_bench_runs_every_chunk(tmp_path):
   assert set(row["ours_ms"]) == {"32", "128"} and row["torch_ms"] > 0
 
 
+@pytest.mark.slow
 def test_users_scale_bench_times_both_table_optimizers(tmp_path):
   _run("users_scale.py", tmp_path, "--users=50,500", "--steps=1", "--seq=16", "--history=4")
   with open(tmp_path / "users_scale.json") as f:
