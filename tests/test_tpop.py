@@ -74,6 +74,10 @@ def test_simulated_user_rules_and_noise():
   assert SimulatedUser("positive").prefers_first("A great win.", "A terrible loss.")
   assert SimulatedUser("topic:space").prefers_first("A space mission", "A trip")
   assert not SimulatedUser("concise").prefers_first("same", "same")  # ties: a must be better
+  # A tie states no preference (recording one would teach noise); a stated one has a side.
+  assert SimulatedUser("formal", noise=0.5).preference("Two words.", "Other two.") is None
+  assert SimulatedUser("concise").preference("Short.", "Much longer than that.") == 1
+  assert SimulatedUser("concise").preference("Much longer than that.", "Short.") == -1
   noisy = SimulatedUser("concise", noise=0.3, seed=0)
   flips = np.mean([not noisy.prefers_first("a", "a b c") for _ in range(2000)])
   assert 0.26 < flips < 0.34
@@ -197,7 +201,9 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
     assert (tmp_path / "wd" / f).is_file()
   rm = UserRewardModel(384, hidden=32)
   tpop_run.load_user(str(tmp_path / "wd"), "sim-concise", rm)
-  assert len(rm.winners) == 4  # its 4 preferences: the user continues from here
+  stated = out["preferences_stated"]["concise"]
+  assert stated[0] == 0 and stated[2] <= stated[4] <= 4  # ties state none
+  assert len(rm.winners) == stated[4]  # its preferences: the user continues from here
   bad = folder / "bad"
   bad.mkdir()
   (bad / "test_questions.json").write_text(_json.dumps([{"id": "x", "input": "no article"}]))

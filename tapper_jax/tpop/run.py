@@ -6,8 +6,8 @@ Queries are real instruction prompts built from an offline LaMP-format folder: "
 headline for this article: <article>" (the article text of each question). The first
 `train_queries` feed the preference stream; the next `eval_queries` are held out (disjoint by
 construction, and checked). For each hidden attribute a simulated user (tpop/user.py) sees the
-two arms' responses to each training query and states a preference; the reward model is refit
-on all of them. After 0, 10, 25, ... preferences the exploit arm answers every held-out query
+two arms' responses to each training query and states a preference (none on a tie); the reward
+model is refit on all of them. After 0, 10, 25, ... rounds the exploit arm answers every held-out query
 and the user judges it against the base model's greedy answer (win 1, tie 0.5, loss 0).
 Outputs in DIR: tpop.{json,md,png}, and users/<user id>/ (reward model + preferences +
 covariance: `UserRewardModel.state`), from which a user continues later.
@@ -106,7 +106,7 @@ def run(config, workdir: str) -> dict:
   # Latency per generated token, timed at every evaluation after the first (compiled by then),
   # greedy and T-POP interleaved so that both see the same load on the machine.
   clock = {"greedy": [0.0, 0], "tpop_exploit": [0.0, 0], "tpop_two_arm": [0.0, 0]}
-  results = {}
+  results, stated = {}, {}  # win rate, and preferences stated, after r rounds
   rounds = max(config.eval_after)
   for attribute in config.attributes:
     user = SimulatedUser(attribute, noise=config.noise, seed=config.seed)
@@ -128,7 +128,9 @@ def run(config, workdir: str) -> dict:
             clock["tpop_exploit"][0] += resp.seconds
             clock["tpop_exploit"][1] += resp.tokens
         curve[r] = float(np.mean(wins))
-        logging.info("%s: %d preferences, win rate %.3f", attribute, r, curve[r])
+        stated.setdefault(attribute, {})[r] = len(rm.winners)
+        logging.info("%s: %d rounds (%d preferences), win rate %.3f", attribute, r,
+                     len(rm.winners), curve[r])
       if r == rounds:
         break
       resp = dec.generate(chat(train_q[r % len(train_q)]), rm)
@@ -136,19 +138,21 @@ def run(config, workdir: str) -> dict:
         clock["tpop_two_arm"][0] += resp.seconds
         clock["tpop_two_arm"][1] += resp.tokens / 2  # per token of one response
       a, b = resp.exploit.strip(), resp.explore.strip()
-      ea, eb = enc.encode([a, b])
-      if user.prefers_first(a, b):
-        rm.add(ea, eb)
-      else:
-        rm.add(eb, ea)
-      rm.refit()
+      pref = user.preference(a, b)
+      if pref is not None:  # a tie states nothing: the round adds no preference
+        ea, eb = enc.encode([a, b])
+        if pref > 0:
+          rm.add(ea, eb)
+        else:
+          rm.add(eb, ea)
+        rm.refit()
     save_user(workdir, f"sim-{attribute}", rm, {"attribute": attribute})
     results[attribute] = curve
   per_token = {k: s / max(n, 1) for k, (s, n) in clock.items()}
   out = {"model": config.model, "encoder": config.encoder, "queries": {
       "source": f"{config.data_folder} ({config.split}): 'Write a short headline for this "
                 "article: <article>'", "train": len(train_q), "held_out": len(held_q)},
-         "win_rate": results, "s_per_token": per_token,
+         "win_rate": results, "preferences_stated": stated, "s_per_token": per_token,
          "latency_ratio": {k: per_token[k] / max(per_token["greedy"], 1e-12)
                            for k in ("tpop_exploit", "tpop_two_arm")},
          "config": config.to_dict()}
@@ -164,11 +168,14 @@ def _write(workdir: str, out: dict, config) -> None:
     json.dump(out, f, indent=2)
   steps = list(config.eval_after)
   lines = [f"T-POP win rate of the exploit response over the base model's greedy response "
-           f"({out['queries']['held_out']} held-out queries), {config.model}", "",
-           "| attribute | " + " | ".join(f"{s} prefs" for s in steps) + " |",
+           f"({out['queries']['held_out']} held-out queries), {config.model}, after N rounds "
+           "(preferences stated: ties state none)", "",
+           "| attribute | " + " | ".join(f"{s} rounds" for s in steps) + " |",
            "|---|" + "---|" * len(steps)]
   for a, curve in out["win_rate"].items():
-    lines.append(f"| {a} | " + " | ".join(f"{curve[s]:.2f}" for s in steps) + " |")
+    n = out["preferences_stated"].get(a, {})
+    lines.append(f"| {a} | " + " | ".join(f"{curve[s]:.2f} ({n.get(s, 0)})" for s in steps)
+                 + " |")
   t, ratio = out["s_per_token"], out["latency_ratio"]
   lines += ["", f"Latency per generated token: greedy {t['greedy'] * 1e3:.1f} ms; T-POP exploit "
             f"response {t['tpop_exploit'] * 1e3:.1f} ms ({ratio['tpop_exploit']:.2f}x); a "

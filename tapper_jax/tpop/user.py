@@ -59,6 +59,18 @@ class SimulatedUser:
     score(self.attribute, "")  # fails early on an unknown attribute
     self.rng = np.random.default_rng(self.seed)
 
+  def preference(self, a: str, b: str) -> int | None:
+    """+1 if the user prefers a, -1 if b, None if the rule cannot tell them apart (a user shown
+    two equally good answers states no preference; recording one would teach noise). Noise
+    flips a stated preference."""
+    sa, sb = score(self.attribute, a), score(self.attribute, b)
+    if sa == sb:
+      return None
+    first = sa > sb
+    if self.noise and self.rng.random() < self.noise:
+      first = not first
+    return 1 if first else -1
+
   def prefers_first(self, a: str, b: str) -> bool:
     """True if the user prefers response a to b. Ties go to b (a must be strictly better)."""
     first = score(self.attribute, a) > score(self.attribute, b)
