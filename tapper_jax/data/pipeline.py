@@ -110,13 +110,10 @@ class MakeBatch(grain.transforms.Map):
   maps: Sequence = ()
   rows: tuple[int, int] | None = None  # this process's [start, stop) rows of the global batch
   bucket: int = 0
-  lengths: np.ndarray | None = None  # [N] token lengths (needed when bucket > 0)
+  lengths: np.ndarray | None = None  # [N] token lengths (needed with bucket > 0 and rows)
 
   def map(self, ids):
     full = self.tokenize.prompts.max_prompt_tokens + self.tokenize.max_target_tokens
-    keep = full
-    if self.bucket:
-      keep = min(full, -(-int(self.lengths[ids].max()) // self.bucket) * self.bucket)
     mine = ids if self.rows is None else ids[self.rows[0]:self.rows[1]]
     rows = []
     for i in mine:
@@ -125,6 +122,11 @@ class MakeBatch(grain.transforms.Map):
         ex = m.map(ex) if hasattr(m, "map") else m(ex)
       rows.append(ex)
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    keep = full
+    if self.bucket:  # the whole batch's longest row: precomputed where other rows are elsewhere
+      longest = (int(self.lengths[ids].max()) if self.lengths is not None
+                 else int(batch["attention_mask"].sum(1).max()))
+      keep = min(full, -(-longest // self.bucket) * self.bucket)
     if keep < full:
       if batch["attention_mask"][:, keep:].any():
         raise ValueError(f"example {int(mine[0])}..: longer than its precomputed length")
@@ -153,11 +155,15 @@ def make_dataset(source: Sequence, prompts: PromptFormat, *, max_target_tokens: 
   if shuffle:
     stream = stream.shuffle(seed=seed)
   stream = stream.repeat(num_epochs)
-  lengths = (token_lengths(source, prompts, max_target_tokens) if bucket or group > 1
-             else None)
-  batches = IndexBatches(stream, batch_size, group, lengths, seed)
   if not drop_remainder and len(stream) % batch_size:
     raise ValueError("make_dataset: drop_remainder=False is not supported; pad the source")
+  if rows is not None and tuple(rows) == (0, batch_size):
+    rows = None  # one process holds every row
+  # Every example's length, tokenized once up front: only where a batch's rows are not all at
+  # hand (grouping sorts a window; a process's trim must match the others').
+  lengths = (token_lengths(source, prompts, max_target_tokens)
+             if group > 1 or (bucket and rows is not None) else None)
+  batches = IndexBatches(stream, batch_size, group, lengths, seed)
   ds = grain.MapDataset.source(batches).map(
       MakeBatch(source, Tokenize(prompts, max_target_tokens), tuple(maps), rows, bucket, lengths))
   return ds.to_iter_dataset()
