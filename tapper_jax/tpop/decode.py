@@ -109,10 +109,10 @@ class TwoArmDecoder:
     t0 = time.perf_counter()
     arms = 2 if explore else 1
     n, p = self.max_new_tokens, bucket_length(len(prompt_ids), smallest=32)
-    pad = p - len(prompt_ids)  # left padding: one compiled prefill per prompt bucket
-    ids = jnp.asarray([[0] * pad + list(prompt_ids)] * arms, jnp.int32)
-    mask = np.asarray([[0] * pad + [1] * len(prompt_ids)] * arms, np.int32)
-    logp, cache = _prefill(self.graphdef, self.state, ids, jnp.asarray(mask), length=p + n)
+    # Left-padded to a bucket: one compiled prefill per prompt bucket.
+    ids, mask = self.tokenizer.pad([list(prompt_ids)] * arms, side="left", length=p)
+    logp, cache = _prefill(self.graphdef, self.state, jnp.asarray(ids), jnp.asarray(mask),
+                           length=p + n)
     kv = np.concatenate([mask, np.zeros((arms, n), np.int32)], axis=1)
     pos = np.full((arms,), len(prompt_ids), np.int32)
     out: list[list[int]] = [[] for _ in range(arms)]

@@ -92,9 +92,7 @@ def run(config, workdir: str) -> dict:
     """The base model's greedy answer and its token count (EOS included), the prompt left-padded
     to a bucket (few compilations)."""
     ids = chat(q)
-    p = bucket_length(len(ids), smallest=32)
-    row = np.asarray([[0] * (p - len(ids)) + ids], np.int32)
-    mask = (np.arange(p) >= p - len(ids)).astype(np.int32)[None]
+    row, mask = tok.pad([ids], side="left", length=bucket_length(len(ids), smallest=32))
     out = np.asarray(greedy_generate(llm, row, mask, max_new_tokens=config.max_new_tokens))[0]
     kept = [int(t) for t in out if t not in llm.config.eos_token_ids and t != tok.pad_id]
     return tok.decode(kept).strip(), len(kept) + (len(kept) < len(out))

@@ -66,16 +66,16 @@ class SimulatedUser:
     sa, sb = score(self.attribute, a), score(self.attribute, b)
     if sa == sb:
       return None
-    first = sa > sb
-    if self.noise and self.rng.random() < self.noise:
-      first = not first
-    return 1 if first else -1
+    return 1 if self._noisy(sa > sb) else -1
 
   def prefers_first(self, a: str, b: str) -> bool:
     """True if the user prefers response a to b. Ties go to b (a must be strictly better)."""
-    first = score(self.attribute, a) > score(self.attribute, b)
+    return self._noisy(score(self.attribute, a) > score(self.attribute, b))
+
+  def _noisy(self, first: bool) -> bool:
+    """The verdict, flipped with probability `noise`."""
     if self.noise and self.rng.random() < self.noise:
-      first = not first
+      return not first
     return first
 
   def wins(self, a: str, b: str) -> float:
