@@ -17,11 +17,12 @@ multiple of 16, and the trim after grouping batches by length.
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 
 from absl import app, flags
+
+from _common import median_time
 
 _OFFLINE = flags.DEFINE_string("offline", None, "Folder of offline tasks (data/build_offline).")
 _TASK = flags.DEFINE_string("task", "huffpost_2N", "An offline task (configs/offline.py).")
@@ -114,13 +115,8 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
       with run.rules(), jax.set_mesh(mesh):
         holder["state"], m = fn(holder["state"], run.frozen, batch)
       jax.block_until_ready(m["loss"])
-    step()
-    ts = []
-    for _ in range(_REPEATS.value):
-      t = time.perf_counter()
-      step()
-      ts.append(time.perf_counter() - t)
-    bare[w] = statistics.median(ts) / (host["input_ids"].size + len(host["input_ids"]) * prefix)
+    bare[w] = median_time(step, _REPEATS.value) / (host["input_ids"].size
+                                                    + len(host["input_ids"]) * prefix)
   bare_per_token = float(np.mean([bare[w] for w in widths])) if widths else float("nan")
   loop_per_real = kept_s / max(kept_real, 1)
   return {"setting": name, "bucket": SETTINGS[name][0], "groups": SETTINGS[name][1],
