@@ -1,11 +1,15 @@
 """Stage-2 step time and memory against the number of users: dense AdamW on the whole prefix
-table against the row-wise table optimizer (`stage2.sparse_table`), same run.
+table, the row-wise table optimizer (`stage2.sparse_table`), and the table in host memory
+(`stage2.table_memory=host`: numpy on the host, the batch's rows gathered and written back each
+step), same run.
 
 Our model at the tiny width (`--model=random:tiny` by default, so the table dominates), a
 synthetic batch of B rows drawn from U users, the real train step (StageRun: LoRA, attention,
-table, clip, AdamW). For each U in --users and each optimizer: compile, warm up, then the median
-of --steps timed steps. Memory is the train state's bytes (table + its optimizer state + the
-rest), as placed. Also the computed table bytes at SmolLM2-135M and Llama-3.1-8B widths.
+table, clip, AdamW), called as the loop calls it (`StageRun.train_step`: the batch's transfer,
+and the host table's gather and write-back, included). For each U in --users and each mode:
+compile, warm up, then the median of --steps timed steps. Memory: the train state's bytes on
+the devices (table + its optimizer state + the rest, as placed) and on the host (the host
+table and its moments). Also the computed table bytes at SmolLM2-135M and Llama-3.1-8B widths.
 The goal (issue 13): a sparse step time flat in U, within 10% from 1k to 1M users.
 
   python benchmarks/users_scale.py --users=1000,10000,100000,1000000
@@ -46,30 +50,34 @@ def _batch(u, vocab, d, seed=0):
           "hist_valid": np.ones((b, h), bool)}
 
 
-def one(llm, u: int, sparse: bool) -> dict:
+MODES = {"dense": {}, "sparse": {"sparse_table": True}, "host": {"table_memory": "host"}}
+
+
+def one(llm, u: int, mode: str) -> dict:
   import jax
   from tapper_jax.training import defaults, setup
   from tapper_jax.training.loop import StageRun
   c = defaults.base_config("LaMP_2M")
   c.stage2.steps, c.stage2.warmup, c.stage2.prefix_len = 1000, 0.0, PREFIX
-  c.stage2.sparse_table = sparse
+  c.stage2.update(MODES[mode])
   mesh = setup.make_mesh(c)
   run = StageRun(2, llm, c, mesh, u, c.stage2.steps)
-  holder = {"state": run.fresh_state()}
+  holder = {"state": run.fresh_state(), "step": 0}
   nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))  # noqa: E731
-  state_bytes = nbytes(holder["state"])
-  table_bytes = nbytes(holder["state"]["table"])
-  batch = setup.put_batch(_batch(u, llm.config.vocab_size, llm.config.hidden_size), mesh, c)
-  fn = run.step_fn(batch)
+  device_bytes = nbytes(holder["state"])
+  host_bytes = run.table.nbytes if run.on_host else 0
+  table_bytes = run.table.table.nbytes if run.on_host else nbytes(holder["state"]["table"])
+  batch = _batch(u, llm.config.vocab_size, llm.config.hidden_size)
 
   def step():
     with run.rules(), jax.set_mesh(mesh):
-      holder["state"], m = fn(holder["state"], run.frozen, batch)
-    holder["loss"] = m["loss"]
+      holder["state"], m = run.train_step(holder["state"], batch, holder["step"])
+    holder["loss"], holder["step"] = m["loss"], holder["step"] + 1
 
   sec = median_time(step, _STEPS.value, lambda: jax.block_until_ready(holder["loss"]), warmup=2)
-  del holder
-  return {"seconds": sec, "state_mb": state_bytes / 2**20, "table_mb": table_bytes / 2**20}
+  del holder, run
+  return {"seconds": sec, "state_mb": device_bytes / 2**20, "host_mb": host_bytes / 2**20,
+          "table_mb": table_bytes / 2**20}
 
 
 def main(argv):
@@ -80,29 +88,33 @@ def main(argv):
   rows = []
   for u in map(int, _USERS.value):
     r = {"users": u}
-    for name, sparse in (("dense", False), ("sparse", True)):
-      res = one(llm, u, sparse)
+    for name in MODES:
+      res = one(llm, u, name)
       r.update({f"{name}_s": res["seconds"], f"{name}_state_mb": res["state_mb"]})
       r["table_mb"] = res["table_mb"]
-      print(f"U={u:>9,} {name:6} {res['seconds'] * 1e3:9.1f} ms/step  state "
-            f"{res['state_mb']:9.1f} MB", flush=True)
+      if name == "host":
+        r["host_table_mb"] = res["host_mb"]
+      print(f"U={u:>9,} {name:6} {res['seconds'] * 1e3:9.1f} ms/step  device state "
+            f"{res['state_mb']:9.1f} MB  host {res['host_mb']:9.1f} MB", flush=True)
     rows.append(r)
   base = rows[0]
   for r in rows:
-    r["dense_vs_1k"] = r["dense_s"] / base["dense_s"]
-    r["sparse_vs_1k"] = r["sparse_s"] / base["sparse_s"]
+    for name in MODES:
+      r[f"{name}_vs_1k"] = r[f"{name}_s"] / base[f"{name}_s"]
   computed = {name: {str(u): {"table_gb": u * PREFIX * w * 4 / 1e9,
                               "dense_adamw_state_gb": 3 * u * PREFIX * w * 4 / 1e9,
                               "rowwise_state_gb": (3 * u * PREFIX * w * 4 + 4 * u) / 1e9}
                      for u in map(int, _USERS.value)} for name, w in WIDTHS.items()}
   print(f"\nStage-2 step vs users, {_MODEL.value} (D={d}, L={PREFIX}), batch {_BATCH.value} x "
         f"{_SEQ.value}, {platform.machine()} {os.cpu_count()} cpus")
-  print("| users | table MB | dense ms/step | x 1k | row-wise ms/step | x 1k | dense / row-wise |")
-  print("|---|---|---|---|---|---|---|")
+  print("| users | table MB | dense ms/step | x 1k | row-wise ms/step | x 1k | host table "
+        "ms/step | x 1k | device state MB: dense / row-wise / host table |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['users']:,} | {r['table_mb']:.0f} | {r['dense_s'] * 1e3:.1f} | "
           f"{r['dense_vs_1k']:.2f} | {r['sparse_s'] * 1e3:.1f} | {r['sparse_vs_1k']:.2f} | "
-          f"{r['dense_s'] / r['sparse_s']:.1f}x |")
+          f"{r['host_s'] * 1e3:.1f} | {r['host_vs_1k']:.2f} | {r['dense_state_mb']:.0f} / "
+          f"{r['sparse_state_mb']:.0f} / {r['host_state_mb']:.0f} |")
   top = str(max(map(int, _USERS.value)))
   print(f"\nComputed (fp32, L={PREFIX}), {int(top):,} users: " + "; ".join(
       f"{n} (D={w}): table {computed[n][top]['table_gb']:.1f} GB, with AdamW moments "

@@ -1,7 +1,8 @@
 """Helper for test_multiprocess: one of N JAX processes on 127.0.0.1 (CPU, gloo collectives),
 each with its own fake devices, training the same stage-2 run as `sharded_run.py`.
 
-  python multiprocess_run.py NUM_PROCESSES PROCESS_ID PORT DEVICES_PER_PROCESS WORKDIR
+  python multiprocess_run.py NUM_PROCESSES PROCESS_ID PORT DEVICES_PER_PROCESS WORKDIR [host]
+(`host`: the prefix table in host memory, one copy per process.)
 Process 0 prints RESULT + JSON (losses, grad norms, final trainable checksum).
 """
 
@@ -36,6 +37,7 @@ c.stage2.batch_size = 8
 c.eval_batch_size = 8
 c.stage2.bridge_dropout = 0.0
 c.mesh.shape = (-1, 1, 1)
+c.stage2.table_memory = "host" if sys.argv[6:] == ["host"] else "device"
 summary = train_and_evaluate(c, workdir)
 preds = {}
 for name, path in summary.get("predictions", {}).items():

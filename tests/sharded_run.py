@@ -1,5 +1,6 @@
-"""Helper for test_sharding: `python sharded_run.py DEVICES MESH WORKDIR [sparse|eval]` prints
-JSON losses (`sparse`: the row-wise table optimizer; `eval`: evaluate too, and the predictions).
+"""Helper for test_sharding: `python sharded_run.py DEVICES MESH WORKDIR [sparse] [eval] [host]`
+prints JSON losses (`sparse`: the row-wise table optimizer; `eval`: evaluate too, and the
+predictions; `host`: the table in host memory).
 
 XLA_FLAGS must be set before jax is imported, hence a subprocess per device count.
 """
@@ -24,13 +25,15 @@ c = synthetic.get_config("tiny")
 c.stage = "2"
 c.data.synthetic.num_users = 8  # 8 table rows either way: the table's init does not depend on the mesh
 c.data.eval_max_examples = 0  # all 8 users are evaluated, hence trained
-c.evaluate = sys.argv[4:] == ["eval"]  # all 8 users' questions, as multiprocess_run.py
+modes = set(sys.argv[4:])
+c.evaluate = "eval" in modes  # all 8 users' questions, as multiprocess_run.py
 c.stage2.steps = 3
 c.stage2.batch_size = 8
 c.eval_batch_size = 8
 c.stage2.bridge_dropout = 0.0
 c.mesh.shape = tuple(int(x) for x in mesh.split(","))
-c.stage2.sparse_table = sys.argv[4:] == ["sparse"]
+c.stage2.sparse_table = "sparse" in modes
+c.stage2.table_memory = "host" if "host" in modes else "device"
 summary = train_and_evaluate(c, workdir)
 
 

@@ -25,11 +25,11 @@ def _trained(workdir):
                                                   "table": got["prefix"]})]
 
 
-def _multi(n, per, workdir, env):
+def _multi(n, per, workdir, env, *modes):
   import portpicker
   port = portpicker.pick_unused_port()
   procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multiprocess_run.py"), str(n),
-                             str(i), str(port), str(per), str(workdir)], env=env,
+                             str(i), str(port), str(per), str(workdir), *modes], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=os.path.dirname(HERE)) for i in range(n)]
   outs = [p.communicate(timeout=600) for p in procs]
@@ -40,16 +40,18 @@ def _multi(n, per, workdir, env):
   return json.loads(line[len("RESULT "):])
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory, model_cache):
-  wd = tmp_path_factory.mktemp("one")
-  env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
+def _one(wd, env, *modes):
   p = subprocess.run([sys.executable, os.path.join(HERE, "sharded_run.py"), "4", "4,1,1",
-                      str(wd), "eval"], env=env, capture_output=True, text=True, timeout=600,
-                     cwd=os.path.dirname(HERE))
+                      str(wd), "eval", *modes], env=env, capture_output=True, text=True,
+                     timeout=600, cwd=os.path.dirname(HERE))
   assert p.returncode == 0, p.stderr[-3000:]
   line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1]
   return json.loads(line[len("RESULT "):]), _trained(str(wd))
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, model_cache):
+  return _one(tmp_path_factory.mktemp("one"), {**os.environ, "TAPPER_JAX_CACHE": model_cache})
 
 
 @pytest.mark.parametrize("n,per", [(2, 2), (4, 1)])
@@ -71,3 +73,18 @@ def test_processes_train_like_one_process(n, per, one_process, tmp_path, model_c
   # Process 0 alone wrote the log and the summary: one line per logged step, not one per process.
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     assert len(f.readlines()) == len(ref["losses"])
+
+
+def test_a_host_table_trains_across_processes_like_one_process(tmp_path, model_cache):
+  """`table_memory = "host"`: every process keeps a copy of the table and applies the global
+  batch's row updates; 2 processes x 2 devices equal 1 process x 4 (losses, final params and
+  table, answers)."""
+  env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
+  ref, ref_params = _one(tmp_path / "one", env, "host")
+  got = _multi(2, 2, tmp_path / "run", env, "host")
+  np.testing.assert_allclose(got["losses"], ref["losses"], rtol=RTOL)
+  params = _trained(str(tmp_path / "run"))
+  assert len(params) == len(ref_params)
+  for a, b in zip(params, ref_params):
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-7)
+  assert got["predictions"] == ref["predictions"] and got["eval"] == ref["eval"]

@@ -53,13 +53,17 @@ def test_history_attention_bench_runs_every_chunk(tmp_path):
 
 
 @pytest.mark.slow
-def test_users_scale_bench_times_both_table_optimizers(tmp_path):
+def test_users_scale_bench_times_each_table_mode(tmp_path):
   _run("users_scale.py", tmp_path, "--users=50,500", "--steps=1", "--seq=16", "--history=4")
   with open(tmp_path / "users_scale.json") as f:
     res = json.load(f)
   assert [r["users"] for r in res["rows"]] == [50, 500]
   r = res["rows"][1]
-  assert r["dense_s"] > 0 and r["sparse_s"] > 0 and r["table_mb"] > res["rows"][0]["table_mb"]
+  assert r["dense_s"] > 0 and r["sparse_s"] > 0 and r["host_s"] > 0
+  assert r["table_mb"] > res["rows"][0]["table_mb"]
+  # The host table's device state holds no table: smaller than the device table alone.
+  assert r["host_state_mb"] < r["table_mb"] < r["sparse_state_mb"]
+  assert r["host_table_mb"] >= 3 * r["table_mb"]  # the table and its two moments
   assert res["computed"]["Llama-3.1-8B"]["500"]["table_gb"] == 500 * 8 * 4096 * 4 / 1e9
 
 

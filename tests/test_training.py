@@ -49,7 +49,8 @@ def test_bad_configs_fail_before_any_compile():
            ("mesh.shape", (3, 1, 1), "needs 3 devices"),
            ("mesh.shape", (-1, -1, 1), "at most one -1"),
            ("stage2.batch_size", 6, "multiple"),
-           ("data.source", "s3", "data.source")]
+           ("data.source", "s3", "data.source"),
+           ("stage2.table_memory", "disk", "table_memory")]
   for field, value, message in cases:
     bad = tiny_config()
     node, _, leaf = field.rpartition(".")
@@ -67,7 +68,8 @@ def test_bad_configs_fail_before_any_compile():
   assert not os.path.exists("/nonexistent/never/created")
 
 
-def _stage2_run(config, folder, tok_llm):
+def _stage2_run(config, folder, tok_llm, spare_rows: int = 0):
+  """(run, dataset, id_map) of a stage-2 run; `spare_rows` table rows beyond the users'."""
   llm, tok = tok_llm
   config.data.folder = folder
   p = plan(config, folder)
@@ -77,7 +79,7 @@ def _stage2_run(config, folder, tok_llm):
   id_map = {u: i for i, u in enumerate(p.users)}
   hist = data.HistoryFields(ex, bank, data.embed_queries(ex, mean_embedder(tok, emb, 128)), id_map, 8, 8)
   mesh = setup.make_mesh(config)
-  run = StageRun(2, llm, config, mesh, len(id_map), config.stage2.steps)
+  run = StageRun(2, llm, config, mesh, len(id_map) + spare_rows, config.stage2.steps)
   ds = data.train_dataset(ex, prompt_format(config, tok), config, config.stage2, seed=0,
                           history=hist)
   return run, ds, id_map

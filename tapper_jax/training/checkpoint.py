@@ -55,9 +55,11 @@ class Checkpoints:
         users=ocp.args.JsonSave(id_map),
         data=ocp.args.JsonSave(data_state)))
 
-  def restore(self, step: int, abstract_state: dict, shardings: dict):
-    """(state, id_map, data_state) of `step`, laid out by `shardings` (same tree as the state)."""
-    target = _target(abstract_state, shardings)
+  def restore(self, step: int, abstract_state: dict, shardings: dict, host: dict | None = None):
+    """(state, id_map, data_state) of `step`, laid out by `shardings` (same tree as the state).
+    `host`: entries of the state restored as numpy instead, into arrays shaped like its leaves
+    (a host-memory table: training/host_table.py)."""
+    target = {**_target(abstract_state, shardings), **(host or {})}
     rest = {k: v for k, v in target.items() if k != "table"}
     got = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(rest),

@@ -134,6 +134,10 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   # cost is flat in the number of users (training/sparse_table.py). Off: dense AdamW over the
   # whole table at every step, as the paper's PyTorch optimizer does.
   c.stage2.sparse_table = False
+  # Where the table and its moments live: "device" (sharded over `users` on the mesh) or "host"
+  # (numpy in host memory; a step gathers its batch's rows and writes them back, so device
+  # memory does not grow with the users; implies the row-wise optimizer: training/host_table.py).
+  c.stage2.table_memory = "device"
   c.stage2.grad_clip = 0.3
 
   c.mesh = ml_collections.ConfigDict()

@@ -17,6 +17,7 @@ import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from absl import logging
 from flax import nnx
 
@@ -33,6 +34,7 @@ from tapper_jax.training import distributed, evaluation, faults, setup, steps
 from tapper_jax.training import examples as ex
 from tapper_jax.training.defaults import resolve_steps
 from tapper_jax.training.checkpoint import Checkpoints
+from tapper_jax.training.host_table import HostTable
 from tapper_jax.training.logger import Logger, bars_and_logs
 
 HOST_ONLY = ("index", "loss_mask", "shortened", "target_cut")  # batch fields the step never sees
@@ -50,10 +52,17 @@ class StageRun:
     self.tx, self.lr = steps.optimizer(self.cfg, num_steps)
     self.sparse = steps.sparse_table_fn(self.cfg, num_steps) if stage == 2 else None
     self.key = jax.random.PRNGKey(config.seed + 1000 * stage)
+    self.on_host = stage == 2 and steps.on_host(self.cfg)
     self.graphdef, self.init = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx,
-                                                   self.sparse)
+                                                   self.sparse, with_table=not self.on_host)
     self.abstract = jax.eval_shape(self.init, self.key)
     self.state_sh = setup.shardings(self.abstract, mesh, config)
+    self.table = None  # the HostTable of a host-memory run
+    if self.on_host:  # the table's layout (and sharding, for evaluation) as it would be on device
+      _, full = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx, self.sparse)
+      whole = jax.eval_shape(full, self.key)
+      self.table_abstract = {k: whole[k] for k in ("table", "sparse")}
+      self.table_sh = setup.shardings(self.table_abstract, mesh, config)
     frozen = nnx.state(PersonalizedLM(llm, None))
     self.frozen_sh = setup.shardings(frozen, mesh, config)
     self.frozen = jax.device_put(frozen, self.frozen_sh)
@@ -63,19 +72,57 @@ class StageRun:
     return use_rules(self.mesh, self.config.mesh.rules)
 
   def fresh_state(self):
+    """A fresh device state (and, for a host-memory table, a fresh HostTable in self.table)."""
+    if self.on_host:
+      self.table = HostTable.fresh(self.table_abstract, self.config.seed + 1000 * self.stage)
     with self.rules(), jax.set_mesh(self.mesh):
       return jax.jit(self.init, out_shardings=self.state_sh)(self.key)
 
   def step_fn(self, batch):
+    """The jitted step for batches shaped like `batch`: (state, frozen, batch) -> (state,
+    metrics); with a host table (state, frozen, batch, rows) -> (state, metrics, rows)."""
     if self._step is None:
       batch_sh = {k: setup.batch_sharding(self.mesh, self.config, np.ndim(v))
                   for k, v in batch.items()}
-      self._step = jax.jit(
-          steps.train_step_fn(self.graphdef, self.tx, self.lr, self.config.model.remat,
-                              self.sparse),
-          in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
-          out_shardings=(self.state_sh, setup.replicated(self.mesh)), donate_argnums=0)
+      rep = setup.replicated(self.mesh)
+      if self.on_host:
+        fn = steps.host_table_step_fn(self.graphdef, self.tx, self.lr, self.sparse,
+                                      jax.tree.structure(self.table_abstract["table"]),
+                                      self.config.model.remat)
+        self._step = jax.jit(fn, in_shardings=(self.state_sh, self.frozen_sh, batch_sh, rep),
+                             out_shardings=(self.state_sh, rep, rep), donate_argnums=0)
+      else:
+        self._step = jax.jit(
+            steps.train_step_fn(self.graphdef, self.tx, self.lr, self.config.model.remat,
+                                self.sparse),
+            in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
+            out_shardings=(self.state_sh, rep), donate_argnums=0)
     return self._step
+
+  def train_step(self, state, host: dict, step: int):
+    """One step on this process's rows `host` of the global batch -> (state, metrics). A host
+    table gathers the batch's rows before and writes them back after (if the step was finite)."""
+    fields = {k: v for k, v in host.items() if k not in HOST_ONLY}
+    if not self.on_host:
+      batch = setup.put_batch(fields, self.mesh, self.config, global_rows=self.cfg.batch_size)
+      return self.step_fn(batch)(state, self.frozen, batch)
+    local = np.asarray(fields["user_row"])
+    every = local if jax.process_count() == 1 else \
+        np.asarray(multihost_utils.process_allgather(local)).reshape(-1)
+    rows, uniq, fields["user_row"] = self.table.gather(local, every)
+    rows = jax.device_put(rows, setup.replicated(self.mesh))
+    batch = setup.put_batch(fields, self.mesh, self.config, global_rows=self.cfg.batch_size)
+    state, metrics, out = self.step_fn(batch)(state, self.frozen, batch, rows)
+    if bool(jax.device_get(metrics["finite"])):
+      self.table.scatter(uniq, jax.device_get(out), step)
+    return state, metrics
+
+  def with_table(self, state) -> dict:
+    """The state with its table: a host table's placed on the mesh (sharded over `users`, as on
+    device; its moments stay on the host)."""
+    if not self.on_host:
+      return state
+    return {**state, "table": jax.device_put(self.table.state()["table"], self.table_sh["table"])}
 
   def model(self, state) -> PersonalizedLM:
     return nnx.merge(self.graphdef, state["table"], state["params"], self.frozen)
@@ -94,7 +141,12 @@ class StageRun:
     it = iter(dataset)
     latest = ckpt.latest_step()
     if latest is not None:
-      state, saved_map, data_state = ckpt.restore(latest, self.abstract, self.state_sh)
+      target = HostTable.empty(self.table_abstract).state() if self.on_host else None
+      state, saved_map, data_state = ckpt.restore(latest, self.abstract, self.state_sh,
+                                                  host=target)
+      if self.on_host:
+        self.table = HostTable.from_state(self.table_abstract, state)
+        state = {k: v for k, v in state.items() if k not in ("table", "sparse")}
       if saved_map != id_map:
         raise ValueError(f"{workdir}: checkpoint {latest} was trained for other users "
                          "(its user-id map differs); use a new workdir")
@@ -113,9 +165,7 @@ class StageRun:
         faults.sigterm_requests() as preemption:
       for step in range(start, end):
         host = next(it)  # this process's rows of the global batch
-        batch = setup.put_batch({k: v for k, v in host.items() if k not in HOST_ONLY},
-                                self.mesh, config, global_rows=self.cfg.batch_size)
-        state, step_metrics = self.step_fn(batch)(state, self.frozen, batch)
+        state, step_metrics = self.train_step(state, host, step)
         if not bool(jax.device_get(step_metrics.pop("finite"))):
           ckpt.wait()
           ckpt.close()
@@ -127,7 +177,10 @@ class StageRun:
         log.step(step + 1, tokens, step_metrics if ((step + 1) % config.log_every == 0 or last)
                  else None)
         if (step + 1) % config.checkpoint_every == 0 or last or preemption.requested:
-          ckpt.save(step + 1, state, id_map, it.get_state())
+          ckpt.save(step + 1, {**state, **self.table.state()} if self.on_host else state,
+                    id_map, it.get_state())
+          if self.on_host:  # the next step writes the host table in place: let the save read it
+            ckpt.wait()
         if preemption.requested and not last:
           ckpt.wait()
           ckpt.close()
@@ -138,7 +191,7 @@ class StageRun:
     ckpt.close()
     log.close()
     self.logged = log.logged
-    return state
+    return self.with_table(state)
 
 
 def _backbone(config, workdir: str):

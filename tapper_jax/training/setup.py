@@ -72,6 +72,8 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
   for c in config.eval_controls:
     if c not in ("no_personal", "other_user"):
       raise ConfigError(f"config.eval_controls: unknown control {c!r} (no_personal, other_user)")
+  if config.stage2.get("table_memory", "device") not in ("device", "host"):
+    raise ConfigError(f"config.stage2.table_memory={config.stage2.table_memory!r}: device or host")
   if config.stage2.max_history < 0:
     raise ConfigError(f"config.stage2.max_history={config.stage2.max_history}: >= 0 (0 = all)")
   for field in ("stage2.prefix_len", "stage2.attention_chunk", "stage2.record_tokens",

@@ -59,26 +59,33 @@ class SparseTableAdamW:
     return jax.tree.map(
         lambda g: jnp.where(grad_norm < self.clip, g, g / grad_norm * self.clip), grads)
 
+  def step_rows(self, w, m, v, g, last, step):
+    """One lazy AdamW step of gathered rows: w, m, v, g [B,L,D] (a row's weights, moments and
+    clipped gradient), last [B] (each row's last-update step) -> new (w, m, v). The weight decay a
+    row missed while untouched is applied at once (the current lr stands in for the skipped
+    steps' lrs)."""
+    t = step + 1
+    lr = self.lr(step)
+    decay = (1.0 - lr * self.weight_decay) ** (t - last).astype(jnp.float32)  # [B]
+    m = self.b1 * m + (1 - self.b1) * g
+    v = self.b2 * v + (1 - self.b2) * g * g
+    m_hat = m / (1 - self.b1 ** t)
+    v_hat = v / (1 - self.b2 ** t)
+    w = w * decay[:, None, None] - lr * m_hat / (jnp.sqrt(v_hat) + self.eps)
+    return w, m, v
+
   def update(self, table, state: dict, uniq, mini_grads, step):
     """(table, state) after one lazy AdamW step on rows `uniq` (entries -1 are skipped)."""
     t = step + 1
-    lr = self.lr(step)
     (u,) = {x.shape[0] for x in jax.tree.leaves(table)}
     idx = jnp.where(uniq >= 0, uniq, u)  # out of range: dropped by the scatters
     safe = jnp.maximum(uniq, 0)
     last = state["last"][...]
-    missed = (t - jnp.take(last, safe)).astype(jnp.float32)  # steps since the row's last update
-    decay = (1.0 - lr * self.weight_decay) ** missed  # [B]
+    last_rows = jnp.take(last, safe)
 
     def rows_update(w, m, v, g):
-      w_r, m_r, v_r = (jnp.take(x, safe, axis=0) for x in (w, m, v))
-      m_r = self.b1 * m_r + (1 - self.b1) * g
-      v_r = self.b2 * v_r + (1 - self.b2) * g * g
-      m_hat = m_r / (1 - self.b1 ** t)
-      v_hat = v_r / (1 - self.b2 ** t)
-      w_r = w_r * decay[:, None, None] - lr * m_hat / (jnp.sqrt(v_hat) + self.eps)
-      put = lambda x, r: x.at[idx].set(r.astype(x.dtype), mode="drop")  # noqa: E731
-      return put(w, w_r), put(m, m_r), put(v, v_r)
+      rows = self.step_rows(*(jnp.take(x, safe, axis=0) for x in (w, m, v)), g, last_rows, step)
+      return tuple(x.at[idx].set(r.astype(x.dtype), mode="drop") for x, r in zip((w, m, v), rows))
 
     new = jax.tree.map(rows_update, table, state["m"], state["v"], mini_grads)
     pick = lambda i: jax.tree.map(lambda x: x[i], new, is_leaf=lambda x: isinstance(x, tuple))  # noqa: E731

@@ -46,7 +46,7 @@ def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, opta
             "table": jax.tree.map(lambda _: "table", t["table"])}
 
   wd = stage_cfg.weight_decay
-  table_tx = optax.set_to_zero() if stage_cfg.get("sparse_table", False) else \
+  table_tx = optax.set_to_zero() if rowwise_table(stage_cfg) else \
       optax.adamw(table_schedule(stage_cfg, steps), weight_decay=wd)
   tx = optax.chain(
       optax.clip_by_global_norm(stage_cfg.grad_clip),
@@ -61,18 +61,31 @@ def table_schedule(stage_cfg, steps: int) -> optax.Schedule:
   return schedule(stage_cfg.get("table_learning_rate", stage_cfg.learning_rate), warmup, steps)
 
 
+def on_host(stage_cfg) -> bool:
+  """Whether the stage keeps its prefix table in host memory (training/host_table.py)."""
+  return stage_cfg.get("table_memory", "device") == "host"
+
+
+def rowwise_table(stage_cfg) -> bool:
+  """Whether the table takes the row-wise optimizer: asked for, or implied by a host table."""
+  return bool(stage_cfg.get("sparse_table", False)) or on_host(stage_cfg)
+
+
 def sparse_table_fn(stage_cfg, steps: int) -> SparseTableAdamW | None:
-  """The row-wise table optimizer where the stage asks for it (`sparse_table`), else None."""
-  if not stage_cfg.get("sparse_table", False):
+  """The row-wise table optimizer where the stage asks for it (`sparse_table`, or a host
+  table), else None."""
+  if not rowwise_table(stage_cfg):
     return None
   return SparseTableAdamW(table_schedule(stage_cfg, steps), stage_cfg.weight_decay,
                           stage_cfg.grad_clip)
 
 
 def init_state_fn(cfg, config, stage: int, num_rows: int, tx,
-                  sparse: SparseTableAdamW | None = None):
+                  sparse: SparseTableAdamW | None = None, with_table: bool = True):
   """(graphdef, key -> fresh train state). `init` is traced under jit, where the random backbone
-  it builds is dead code; the graphdef comes from the same builder, traced abstractly."""
+  it builds is dead code; the graphdef comes from the same builder, traced abstractly. Without
+  `with_table` the state has no "table" (nor its row state): the host holds it, and under jit
+  the table drawn here is dead code too."""
 
   def model(key):
     return setup.build_model(LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)), config, stage, num_rows, key)
@@ -85,6 +98,8 @@ def init_state_fn(cfg, config, stage: int, num_rows: int, tx,
              "rng": k_rng}
     if sparse is not None and jax.tree.leaves(table):
       state["sparse"] = sparse.init(table)
+    if not with_table:
+      state = {k: v for k, v in state.items() if k not in ("table", "sparse")}
     return state
 
   graphdef = setup.split(nnx.eval_shape(lambda: model(jax.random.PRNGKey(0))))[0]
@@ -104,19 +119,57 @@ def grads_fn(graphdef, remat: bool = False):
 
 def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False,
                   sparse: SparseTableAdamW | None = None):
-  """The pure step. With `sparse` (and a table in the state) the model runs on the batch's rows
-  of the table alone and the table takes a row-wise AdamW step (training/sparse_table.py)."""
-  grad = grads_fn(graphdef, remat)
+  """The pure step (state, frozen, batch) -> (state, metrics). With `sparse` (and a table in
+  the state) the model runs on the batch's rows of the table alone and the table takes a
+  row-wise AdamW step (training/sparse_table.py)."""
+  core = _core(graphdef, tx, lr_schedule, remat)
 
   def step(state, frozen, batch):
-    key = jax.random.fold_in(state["rng"], state["step"])
     rowwise = sparse is not None and "sparse" in state
-    if rowwise:
-      mini, uniq, rows = sparse.gather(state["table"], batch["user_row"])
-      trainable = {"params": state["params"], "table": mini}
-      batch = {**batch, "user_row": rows}
-    else:
-      trainable = {"params": state["params"], "table": state["table"]}
+    if not rowwise:
+      new, metrics, _ = core(state, state["table"], frozen, batch)
+      return new, metrics
+    mini, uniq, rows = sparse.gather(state["table"], batch["user_row"])
+    new, metrics, (table_grads, grad_norm) = core(state, mini, frozen, {**batch, "user_row": rows})
+    # The table is guarded row-wise: a whole-table select would cost O(users).
+    new["table"], new["sparse"] = sparse.update(
+        state["table"], state["sparse"], jnp.where(metrics["finite"], uniq, -1),
+        sparse.clipped(table_grads, grad_norm), state["step"])
+    return new, metrics
+
+  return step
+
+
+def host_table_step_fn(graphdef, tx, lr_schedule, sparse: SparseTableAdamW, table_treedef,
+                       remat: bool = False):
+  """The step of `table_memory = "host"` (training/host_table.py): (state without the table,
+  frozen, batch, rows) -> (state, metrics, new rows). `rows` holds the batch's distinct table
+  rows as the host gathered them ({"w", "m", "v"} [B,L,D], "last" [B]) and `batch["user_row"]`
+  points into them; the new rows come back for the host to write."""
+  core = _core(graphdef, tx, lr_schedule, remat)
+
+  def step(state, frozen, batch, rows):
+    mini = jax.tree.unflatten(table_treedef, [rows["w"]])
+    new, metrics, (table_grads, grad_norm) = core(state, mini, frozen, batch)
+    del new["table"]  # the host holds the table
+    (g,) = jax.tree.leaves(sparse.clipped(table_grads, grad_norm))
+    w, m, v = sparse.step_rows(rows["w"], rows["m"], rows["v"], g, rows["last"], state["step"])
+    out = jax.tree.map(lambda n, o: jnp.where(metrics["finite"], n.astype(o.dtype), o),
+                       {"w": w, "m": m, "v": v}, {k: rows[k] for k in ("w", "m", "v")})
+    return new, metrics, out
+
+  return step
+
+
+def _core(graphdef, tx, lr_schedule, remat: bool):
+  """(state, table, frozen, batch) -> (state with params, opt, step updated; metrics;
+  (the table's gradient, the global gradient norm)). The table passed is the state's or the
+  batch's rows of it; what becomes of it is the caller's."""
+  grad = grads_fn(graphdef, remat)
+
+  def core(state, table, frozen, batch):
+    key = jax.random.fold_in(state["rng"], state["step"])
+    trainable = {"params": state["params"], "table": table}
     (loss, tokens), grads = grad(trainable, frozen, batch, key)
     grad_norm = optax.tree.norm(grads)
     # A non-finite loss or gradient leaves the state as it was (the host then stops the run):
@@ -125,15 +178,10 @@ def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False,
     updates, opt = tx.update(grads, state["opt"], trainable)
     new = {**optax.apply_updates(trainable, updates), "opt": opt}
     old = {**trainable, "opt": state["opt"]}
-    if rowwise:  # the table is guarded row-wise: a whole-table select would cost O(users)
-      del new["table"], old["table"]
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    if rowwise:
-      new["table"], new["sparse"] = sparse.update(
-          state["table"], state["sparse"], jnp.where(finite, uniq, -1),
-          sparse.clipped(grads["table"], grad_norm), state["step"])
     metrics = {"loss": loss, "grad_norm": grad_norm, "target_tokens": tokens,
                "lr": lr_schedule(state["step"]), "finite": finite}
-    return {**state, **new, "step": state["step"] + finite.astype(jnp.int32)}, metrics
+    return ({**state, **new, "step": state["step"] + finite.astype(jnp.int32)}, metrics,
+            (grads["table"], grad_norm))
 
-  return step
+  return core
