@@ -31,6 +31,9 @@ def get_config(arg: str = ""):
   c.max_new_tokens = 24  # a headline
   c.hidden = 1024  # reward MLP width (embed -> hidden -> 1)
   c.lr = 1e-3  # refit: Adam learning rate (200 steps per refit)
+  # Each refit starts from the reward MLP's initial parameters (the public code's choice), not
+  # from the last fit's. Not yet compared on dev: the measured runs used False.
+  c.refit_from_init = False
   c.lam = 1.0  # V = lam I + sum of preference gradient outer products (diagonal)
   c.official_sign = False  # the public code's flipped preference label
   c.official_covariance = False  # the public code's V^-1 that grows with data

@@ -54,6 +54,26 @@ def test_the_bonus_of_a_fixed_candidate_shrinks_as_preferences_arrive(official_c
     assert (steps <= 1e-7).all() and bonuses[-1] < 0.5 * bonuses[0]
 
 
+def test_refit_from_init_is_one_fit_on_every_preference():
+  """With `refit_from_init` a refit forgets the previous fit: after refits at 3 and at 6
+  preferences the MLP equals one fit on the 6 from the init; a warm refit does not."""
+  _, a, b = _toy(6)
+  fits = {}
+  for from_init in (True, False):
+    m = rl.UserRewardModel(E, hidden=16, lr=1e-2, refit_from_init=from_init)
+    for i, (x, y) in enumerate(zip(a, b)):
+      m.add(x, y)
+      if i in (2, 5):
+        m.refit()
+    fits[from_init] = np.asarray(rl.reward(m.params, a))
+  once = rl.UserRewardModel(E, hidden=16, lr=1e-2)
+  for x, y in zip(a, b):
+    once.add(x, y)
+  once.refit()
+  np.testing.assert_allclose(fits[True], np.asarray(rl.reward(once.params, a)), rtol=1e-6)
+  assert not np.allclose(fits[False], fits[True], rtol=1e-3)
+
+
 def test_state_round_trips():
   _, a, b = _toy(5)
   m = rl.UserRewardModel(E, hidden=16)
@@ -164,11 +184,19 @@ def test_batched_candidate_scoring_equals_one_by_one(decoder_parts):
   np.testing.assert_allclose(batched, single, atol=1e-5)
   lp = jnp.asarray(np.random.default_rng(0).normal(size=4), jnp.float32)
   v = jnp.asarray(rm.v_inverse())
-  ex, ep = _scores(rm.params, jnp.asarray(batched[:4]), v, jnp.asarray(batched[4]), lp, 1.0, 0.5)
+  ref = jnp.asarray(batched[4])
+  ex, ep = (_scores(rm.params, jnp.asarray(batched[:4]), v, ref, lp, 1.0, 0.5, explore=x)
+            for x in (False, True))
   for i in range(4):
-    e1, p1 = _scores(rm.params, jnp.asarray(batched[i:i + 1]), v, jnp.asarray(batched[4]),
-                     lp[i:i + 1], 1.0, 0.5)
+    e1, p1 = (_scores(rm.params, jnp.asarray(batched[i:i + 1]), v, ref, lp[i:i + 1], 1.0, 0.5,
+                      explore=x) for x in (False, True))
     np.testing.assert_allclose([ex[i], ep[i]], [e1[0], p1[0]], rtol=1e-5, atol=1e-6)
+  # By hand: exploit = log p + w sigmoid(r); explore adds nu sqrt(d^T V^-1 d).
+  r = rl.reward(rm.params, jnp.asarray(batched[:4]))
+  d = rl.features(rm.params, jnp.asarray(batched[:4])) - rl.features(rm.params, ref)[None]
+  np.testing.assert_allclose(ex, lp + jax.nn.sigmoid(r), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ep - ex, 0.5 * jnp.sqrt(jnp.sum(d * d * v, -1)), rtol=1e-4,
+                             atol=1e-6)
 
 
 def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):

@@ -52,21 +52,22 @@ def _step(graphdef, state, tok, cache, kv_mask, positions, index):
   return jax.nn.log_softmax(model.logits(h[:, 0]).astype(jnp.float32)), cache
 
 
-@jax.jit
-def _scores(params, emb, v_inv, ref, logp, w, nu):
-  """Exploit and explore scores [C] of candidates (embeddings [C,E]) for one arm."""
-  exploit = logp + w * jax.nn.sigmoid(reward_lib.reward(params, emb))
-  return exploit, exploit + nu * reward_lib.bonus(params, emb, ref, v_inv)
+@functools.partial(jax.jit, static_argnames=("explore",))
+def _scores(params, emb, v_inv, ref, logp, w, nu, *, explore: bool):
+  """Scores [C] of candidates (embeddings [C,E]) for one arm: the exploit score, plus nu times
+  the exploration bonus against `ref` for the explore arm (only that arm computes it)."""
+  score = logp + w * jax.nn.sigmoid(reward_lib.reward(params, emb))
+  return score + nu * reward_lib.bonus(params, emb, ref, v_inv) if explore else score
 
 
-def _padded_scores(params, emb, v_inv, ref, logp, w, nu):
+def _padded_scores(params, emb, v_inv, ref, logp, w, nu, *, explore: bool) -> np.ndarray:
   """`_scores` on C candidates padded to a power of two (log-prob -inf): few compiled shapes."""
   c = len(logp)
   size = bucket_length(c, smallest=8)
   emb = np.concatenate([emb, np.zeros((size - c, emb.shape[1]), emb.dtype)])
   logp = np.concatenate([np.asarray(logp, np.float32), np.full((size - c,), -np.inf, np.float32)])
-  ex, ep = _scores(params, jnp.asarray(emb), v_inv, jnp.asarray(ref), jnp.asarray(logp), w, nu)
-  return np.array(ex)[:c], np.array(ep)[:c]
+  return np.array(_scores(params, jnp.asarray(emb), v_inv, jnp.asarray(ref), jnp.asarray(logp),
+                          w, nu, explore=explore))[:c]
 
 
 @dataclasses.dataclass
@@ -135,14 +136,15 @@ class TwoArmDecoder:
       emb = self._embed(pairs)
       e1 = emb[:len(first)]
       sel = np.isin(first, near)
-      ex1, _ = _padded_scores(rm.params, e1[sel], v_inv, e1[0], lp[0, first[sel]], self.w,
-                              self.nu)
+      ex1 = _padded_scores(rm.params, e1[sel], v_inv, e1[0], lp[0, first[sel]], self.w,
+                           self.nu, explore=False)
       c1 = int(first[sel][int(np.argmax(ex1))])
       toks = [c1]
       if explore:
         e2 = e1 if together else emb[len(first):]
         ref = e1[int(np.flatnonzero(first == c1)[0])]
-        _, ex2 = _padded_scores(rm.params, e2, v_inv, ref, lp[1, cands], self.w, self.nu)
+        ex2 = _padded_scores(rm.params, e2, v_inv, ref, lp[1, cands], self.w, self.nu,
+                             explore=True)
         if together:  # not yet apart: arm 2 must take another token
           ex2[cands == c1] = -np.inf
         toks.append(int(cands[int(np.argmax(ex2))]))

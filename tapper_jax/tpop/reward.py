@@ -88,6 +88,9 @@ class UserRewardModel:
   seed: int = 0
   official_sign: bool = False
   official_covariance: bool = False
+  # Refit from the initial parameters each time (as the public code does), instead of from the
+  # current ones. Either way the fit sees every preference so far.
+  refit_from_init: bool = False
 
   def __post_init__(self):
     self.params = init_params(jax.random.PRNGKey(self.seed), self.embed_dim, self.hidden)
@@ -109,9 +112,12 @@ class UserRewardModel:
     self.v_diag = self.v_diag + d * d
 
   def refit(self) -> None:
-    """Refits the reward MLP on all preferences (from its current parameters)."""
+    """Refits the reward MLP on all preferences (from its current parameters, or from its
+    initial ones with `refit_from_init`)."""
     if not self.winners:
       return
+    if self.refit_from_init:
+      self.params = init_params(jax.random.PRNGKey(self.seed), self.embed_dim, self.hidden)
     n = len(self.winners)
     size = -(-n // self._BUCKET) * self._BUCKET
     pad = lambda xs: np.concatenate([np.stack(xs), np.zeros((size - n, self.embed_dim),  # noqa: E731

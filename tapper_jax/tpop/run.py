@@ -110,7 +110,8 @@ def run(config, workdir: str) -> dict:
     user = SimulatedUser(attribute, noise=config.noise, seed=config.seed)
     rm = UserRewardModel(enc.dim, hidden=config.hidden, lam=config.lam, lr=config.lr,
                          seed=config.seed, official_sign=config.official_sign,
-                         official_covariance=config.official_covariance)
+                         official_covariance=config.official_covariance,
+                         refit_from_init=config.get("refit_from_init", False))
     curve = {}
     for r in range(rounds + 1):
       if r in config.eval_after:
