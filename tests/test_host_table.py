@@ -109,3 +109,17 @@ def test_host_table_checkpoints_resume_on_host_or_on_device(synth_folder, model_
   np.testing.assert_array_equal(np.asarray(hs["sparse"]["last"][...]),
                                 np.asarray(ds_["sparse"]["last"][...]))
   assert np.asarray(hs["sparse"]["last"][...]).max() == 4
+
+
+def test_host_table_without_a_table_trains_as_on_device(synth_folder, model_cache, tmp_path):
+  """The bridge-LoRA-alone control has no table: `table_memory=host` then changes nothing."""
+  llm_tok = models.load("tiny-random")
+  losses = {}
+  for memory in ("device", "host"):
+    config = tiny_config(table_memory=memory, prefix=False, steps=2)
+    run, ds, id_map = _stage2_run(config, synth_folder, llm_tok)
+    assert not run.on_host
+    state = run.fit(ds, str(tmp_path / memory), id_map)
+    losses[memory] = [r["loss"] for r in run.logged]
+    assert int(state["step"]) == 2 and not jax.tree.leaves(state["table"])
+  assert losses["device"] == losses["host"]

@@ -53,16 +53,18 @@ class StageRun:
     self.sparse = steps.sparse_table_fn(self.cfg, num_steps) if stage == 2 else None
     self.key = jax.random.PRNGKey(config.seed + 1000 * stage)
     self.on_host = stage == 2 and steps.on_host(self.cfg)
-    self.graphdef, self.init = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx,
-                                                   self.sparse, with_table=not self.on_host)
-    self.abstract = jax.eval_shape(self.init, self.key)
-    self.state_sh = setup.shardings(self.abstract, mesh, config)
     self.table = None  # the HostTable of a host-memory run
     if self.on_host:  # the table's layout (and sharding, for evaluation) as it would be on device
       _, full = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx, self.sparse)
       whole = jax.eval_shape(full, self.key)
-      self.table_abstract = {k: whole[k] for k in ("table", "sparse")}
-      self.table_sh = setup.shardings(self.table_abstract, mesh, config)
+      self.on_host = bool(jax.tree.leaves(whole["table"]))  # a method without a table: no-op
+      if self.on_host:
+        self.table_abstract = {k: whole[k] for k in ("table", "sparse")}
+        self.table_sh = setup.shardings(self.table_abstract, mesh, config)
+    self.graphdef, self.init = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx,
+                                                   self.sparse, with_table=not self.on_host)
+    self.abstract = jax.eval_shape(self.init, self.key)
+    self.state_sh = setup.shardings(self.abstract, mesh, config)
     frozen = nnx.state(PersonalizedLM(llm, None))
     self.frozen_sh = setup.shardings(frozen, mesh, config)
     self.frozen = jax.device_put(frozen, self.frozen_sh)
