@@ -94,3 +94,15 @@ def test_train_loop_bench_times_the_real_loop_against_its_bare_step(tmp_path, sh
   assert full["widths"] == [168] and all(w % 16 == 0 and w <= 168 for w in grouped["widths"])
   assert grouped["real_token_share"] > full["real_token_share"]
   assert all(r["ratio"] > 0 and r["steady_steps"] > 0 for r in res["rows"]) and "| full |" in out
+
+
+def test_cpu_matmul_bench_compares_both_dtypes_on_both_sides(tmp_path):
+  out = _run("cpu_matmul.py", tmp_path, "--tokens=16", "--repeats=1")
+  with open(tmp_path / "cpu_matmul.json") as f:
+    res = json.load(f)
+  assert len(res["rows"]) == 4 and "| down 1536x576 |" in out
+  for r in res["rows"]:
+    for dtype, tol in (("float32", 1e-2), ("bfloat16", 2.0)):  # the same product, each side
+      d = r[dtype]
+      assert d["xla_gflops"] > 0 and d["torch_gflops"] > 0
+      assert d["xla_max_err"] < tol and d["torch_max_err"] < tol, (dtype, d)
