@@ -123,3 +123,35 @@ def test_host_table_without_a_table_trains_as_on_device(synth_folder, model_cach
     losses[memory] = [r["loss"] for r in run.logged]
     assert int(state["step"]) == 2 and not jax.tree.leaves(state["table"])
   assert losses["device"] == losses["host"]
+
+
+def test_a_host_table_run_evaluates_and_serves_like_its_checkpoint(tmp_path, model_cache,
+                                                                   monkeypatch):
+  """End to end: a run with `table_memory=host` evaluates (its table placed on the mesh), and
+  serving its workdir answers the evaluated questions as the run did; the prefix table reads
+  back from a relative path."""
+  import json
+  import os
+  import synthetic
+  from tapper_jax.serving.predict import predict_file
+  from tapper_jax.training.checkpoint import load_prefix_table
+  from tapper_jax.training.loop import train_and_evaluate
+  c = synthetic.get_config("tiny")
+  c.progress, c.stage2.table_memory = False, "host"
+  wd = str(tmp_path / "run")
+  summary = train_and_evaluate(c, wd)
+  assert summary["stages"]["2"]["table_sharding"] and summary["eval"]["TAP-PER"]
+  folder = os.path.join(wd, "data", "synthetic_drift")
+  with open(os.path.join(folder, "test_questions.json")) as f:
+    rows = json.load(f)[: c.data.eval_max_examples]
+  (tmp_path / "q").mkdir()
+  with open(tmp_path / "q" / "test_questions.json", "w") as f:
+    json.dump(rows, f)
+  res = predict_file(wd, str(tmp_path / "q" / "test_questions.json"), str(tmp_path / "a.json"),
+                     progress=False)
+  with open(tmp_path / "a.json") as f, open(summary["predictions"]["TAP-PER"]) as g:
+    assert json.load(f)["golds"] == json.load(g)["golds"]
+  assert res["cold_users"] == 0
+  monkeypatch.chdir(tmp_path)
+  table, users = load_prefix_table(os.path.join("run", "stage2", "checkpoints"))
+  assert table.shape[0] >= len(users) > 1

@@ -106,6 +106,9 @@ def load(workdir: str, *, progress: bool = True) -> Trained:
       raise FileNotFoundError(f"{workdir}/stage2/checkpoints: no checkpoint")
     saved = dict(ckpt.manager.restore(step, args=ocp.args.Composite(
         users=ocp.args.JsonRestore()))["users"])
+    # Serving holds the table on the mesh, as the run's evaluation did, whatever it trained with
+    # (a host-memory table's checkpoint has the device layout).
+    config.stage2.table_memory = "device"
     run = StageRun(2, llm, config, mesh, setup.table_rows(len(saved), mesh, config), 1)
     params, table, id_map = ckpt.restore_params(step, run.abstract, run.state_sh)
     ckpt.close()

@@ -98,6 +98,7 @@ def restore_on_host(directory: str, step: int | None = None,
   """(step, item -> tree) of a checkpoint, every array on this process's first device, whatever
   the device count or mesh it was saved from (8 devices -> 1, a pod -> a laptop)."""
   import os
+  directory = os.path.abspath(directory)  # Orbax refuses relative checkpoint paths
   manager = ocp.CheckpointManager(directory, item_names=ITEMS)
   step = manager.latest_step() if step is None else step
   manager.close()
@@ -121,7 +122,9 @@ def load_prefix_table(directory: str, step: int | None = None):
   """(table [rows, L, D] numpy, user id -> row) from a stage-2 checkpoint folder, without the
   model or the optimizer state: what serving and export need. `step` defaults to the newest.
   Any device count it was saved from restores here."""
+  import os
   import numpy as np
+  directory = os.path.abspath(directory)
   step, got = restore_on_host(directory, step, ("prefix",))
   manager = ocp.CheckpointManager(directory, item_names=ITEMS)
   users = manager.restore(step, args=ocp.args.Composite(users=ocp.args.JsonRestore()))["users"]
