@@ -30,6 +30,9 @@ _SEQ = flags.DEFINE_integer("seq", 64, "Tokens per row.")
 _HISTORY = flags.DEFINE_integer("history", 16, "History records per row.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median).")
 _OUT = flags.DEFINE_string("out", "bench_out", "Folder for users_scale.json.")
+_SAVE = flags.DEFINE_bool("save_restore", True, "At the largest U, the host-table run saves its "
+                          "table, moments and user-id map as a checkpoint (under --out) and "
+                          "restores them: seconds, bytes on disk, and whether they came back equal.")
 
 PREFIX = 8
 WIDTHS = {"SmolLM2-135M": 576, "Llama-3.1-8B": 4096}
@@ -53,7 +56,7 @@ def _batch(u, vocab, d, seed=0):
 MODES = {"dense": {}, "sparse": {"sparse_table": True}, "host": {"table_memory": "host"}}
 
 
-def one(llm, u: int, mode: str) -> dict:
+def one(llm, u: int, mode: str, save_dir: str | None = None) -> dict:
   import jax
   from tapper_jax.training import defaults, setup
   from tapper_jax.training.loop import StageRun
@@ -75,9 +78,45 @@ def one(llm, u: int, mode: str) -> dict:
     holder["loss"], holder["step"] = m["loss"], holder["step"] + 1
 
   sec = median_time(step, _STEPS.value, lambda: jax.block_until_ready(holder["loss"]), warmup=2)
+  out = {"seconds": sec, "state_mb": device_bytes / 2**20, "host_mb": host_bytes / 2**20,
+         "table_mb": table_bytes / 2**20}
+  if save_dir and run.on_host:
+    out["checkpoint"] = save_and_restore(run, holder["state"], holder["step"], u, save_dir)
   del holder, run
-  return {"seconds": sec, "state_mb": device_bytes / 2**20, "host_mb": host_bytes / 2**20,
-          "table_mb": table_bytes / 2**20}
+  return out
+
+
+def save_and_restore(run, state, step: int, u: int, folder: str) -> dict:
+  """Saves the host table's run (device state + table, moments, last steps, a U-entry user-id
+  map) with the training checkpointer, restores it into fresh host arrays, compares."""
+  import shutil
+  import time
+  import jax
+  import numpy as np
+  from tapper_jax.training.checkpoint import Checkpoints
+  from tapper_jax.training.host_table import HostTable
+  ids = {f"user{i}": i for i in range(u)}
+  ckpt = Checkpoints(folder, keep=1)
+  t0 = time.perf_counter()
+  ckpt.save(step, {**state, **run.table.state()}, ids, {})
+  ckpt.wait()
+  save_s = time.perf_counter() - t0
+  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
+  t0 = time.perf_counter()
+  got, got_ids, _ = ckpt.restore(step, run.abstract, run.state_sh,
+                                 host=HostTable.empty(run.table_abstract).state())
+  restore_s = time.perf_counter() - t0
+  ckpt.close()
+  pairs = [(jax.tree.leaves(got["table"])[0], run.table.table),
+           (jax.tree.leaves(got["sparse"]["m"])[0], run.table.m),
+           (jax.tree.leaves(got["sparse"]["v"])[0], run.table.v),
+           (got["sparse"]["last"][...], run.table.last)]
+  equal = got_ids == ids and all(np.array_equal(np.asarray(a), b) for a, b in pairs)
+  equal = equal and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+                        zip(jax.tree.leaves(got["params"]), jax.tree.leaves(state["params"])))
+  shutil.rmtree(folder)
+  return {"save_s": save_s, "restore_s": restore_s, "disk_mb": size / 2**20,
+          "restored_equal": bool(equal), "rows_updated": int((run.table.last > 0).sum())}
 
 
 def main(argv):
@@ -86,10 +125,17 @@ def main(argv):
   llm = load_pretrained(registry.resolve(_MODEL.value))
   d = llm.config.hidden_size
   rows = []
+  top = max(map(int, _USERS.value))
   for u in map(int, _USERS.value):
     r = {"users": u}
     for name in MODES:
-      res = one(llm, u, name)
+      save = os.path.join(_OUT.value, "users_scale_ckpt") if _SAVE.value and u == top else None
+      res = one(llm, u, name, save)
+      if "checkpoint" in res:
+        r["checkpoint"] = ck = res["checkpoint"]
+        print(f"U={u:>9,} host table checkpoint: saved in {ck['save_s']:.1f} s, restored in "
+              f"{ck['restore_s']:.1f} s, {ck['disk_mb']:.0f} MB on disk, equal: "
+              f"{ck['restored_equal']}", flush=True)
       r.update({f"{name}_s": res["seconds"], f"{name}_state_mb": res["state_mb"]})
       r["table_mb"] = res["table_mb"]
       if name == "host":
@@ -115,7 +161,12 @@ def main(argv):
           f"{r['dense_vs_1k']:.2f} | {r['sparse_s'] * 1e3:.1f} | {r['sparse_vs_1k']:.2f} | "
           f"{r['host_s'] * 1e3:.1f} | {r['host_vs_1k']:.2f} | {r['dense_state_mb']:.0f} / "
           f"{r['sparse_state_mb']:.0f} / {r['host_state_mb']:.0f} |")
-  top = str(max(map(int, _USERS.value)))
+  if "checkpoint" in rows[-1]:
+    ck = rows[-1]["checkpoint"]
+    print(f"\n{rows[-1]['users']:,} users, host table + moments + id map: checkpoint saved in "
+          f"{ck['save_s']:.1f} s, restored in {ck['restore_s']:.1f} s, {ck['disk_mb']:.0f} MB; "
+          f"restored equal: {ck['restored_equal']}")
+  top = str(top)
   print(f"\nComputed (fp32, L={PREFIX}), {int(top):,} users: " + "; ".join(
       f"{n} (D={w}): table {computed[n][top]['table_gb']:.1f} GB, with AdamW moments "
       f"{computed[n][top]['dense_adamw_state_gb']:.1f} GB" for n, w in WIDTHS.items()))

@@ -64,6 +64,9 @@ def test_users_scale_bench_times_each_table_mode(tmp_path):
   # The host table's device state holds no table: smaller than the device table alone.
   assert r["host_state_mb"] < r["table_mb"] < r["sparse_state_mb"]
   assert r["host_table_mb"] >= 3 * r["table_mb"]  # the table and its two moments
+  # The largest table went through a checkpoint and came back equal (rows the steps updated too).
+  ck = r["checkpoint"]
+  assert ck["restored_equal"] and ck["rows_updated"] > 0 and ck["disk_mb"] > r["table_mb"]
   assert res["computed"]["Llama-3.1-8B"]["500"]["table_gb"] == 500 * 8 * 4096 * 4 / 1e9
 
 
