@@ -84,6 +84,7 @@ def test_host_table_trains_as_the_row_wise_table_on_device(synth_folder, model_c
   assert np.asarray(host["sparse"]["last"][...])[rest].max() == 0
 
 
+@pytest.mark.slow  # three short runs (~40 s); CI runs it with the slow tests
 def test_host_table_checkpoints_resume_on_host_or_on_device(synth_folder, model_cache, tmp_path):
   """A host-table run stopped at step 2 resumes to step 4 on the host, or on the device
   row-wise table from the same checkpoint: both end equal, and a restored evaluation model
@@ -125,6 +126,7 @@ def test_host_table_without_a_table_trains_as_on_device(synth_folder, model_cach
   assert losses["device"] == losses["host"]
 
 
+@pytest.mark.slow  # a whole run with its evaluation, then serving (~40 s)
 def test_a_host_table_run_evaluates_and_serves_like_its_checkpoint(tmp_path, model_cache,
                                                                    monkeypatch):
   """End to end: a run with `table_memory=host` evaluates (its table placed on the mesh), and
