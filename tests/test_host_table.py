@@ -157,3 +157,19 @@ def test_a_host_table_run_evaluates_and_serves_like_its_checkpoint(tmp_path, mod
   monkeypatch.chdir(tmp_path)
   table, users = load_prefix_table(os.path.join("run", "stage2", "checkpoints"))
   assert table.shape[0] >= len(users) > 1
+
+
+def test_checkpoints_take_a_relative_directory(tmp_path, monkeypatch):
+  """Orbax refuses relative paths; the checkpointer resolves them (a benchmark's --out=bench_out)."""
+  from tapper_jax.training.checkpoint import Checkpoints
+  monkeypatch.chdir(tmp_path)
+  host = HostTable.fresh(_abstract(), seed=1)
+  ckpt = Checkpoints("rel/ckpt", keep=1)
+  ckpt.save(3, {"step": np.int32(3), **host.state()}, {"u": 0}, {})
+  ckpt.wait()
+  got, ids, _ = ckpt.restore(3, {"step": np.int32(0)}, {"step": None},
+                             host=HostTable.empty(host.abstract).state())
+  ckpt.close()
+  back = HostTable.from_state(host.abstract, got)
+  assert ids == {"u": 0} and (tmp_path / "rel" / "ckpt").is_dir()
+  np.testing.assert_array_equal(back.table, host.table)

@@ -39,6 +39,8 @@ def _restore_args(x):
 
 class Checkpoints:
   def __init__(self, directory: str, *, keep: int):
+    import os
+    directory = os.path.abspath(directory)  # Orbax refuses relative checkpoint paths
     self.directory = directory
     self.manager = ocp.CheckpointManager(
         directory, item_names=ITEMS,
