@@ -9,6 +9,8 @@ leaves carry the shardings wanted, so arrays come back already laid out on the m
 
 from __future__ import annotations
 
+import os
+
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -39,7 +41,6 @@ def _restore_args(x):
 
 class Checkpoints:
   def __init__(self, directory: str, *, keep: int):
-    import os
     directory = os.path.abspath(directory)  # Orbax refuses relative checkpoint paths
     self.directory = directory
     self.manager = ocp.CheckpointManager(
@@ -99,7 +100,6 @@ def restore_on_host(directory: str, step: int | None = None,
                     items: tuple[str, ...] = ("state", "prefix")) -> tuple[int, dict]:
   """(step, item -> tree) of a checkpoint, every array on this process's first device, whatever
   the device count or mesh it was saved from (8 devices -> 1, a pod -> a laptop)."""
-  import os
   directory = os.path.abspath(directory)  # Orbax refuses relative checkpoint paths
   manager = ocp.CheckpointManager(directory, item_names=ITEMS)
   step = manager.latest_step() if step is None else step
@@ -124,7 +124,6 @@ def load_prefix_table(directory: str, step: int | None = None):
   """(table [rows, L, D] numpy, user id -> row) from a stage-2 checkpoint folder, without the
   model or the optimizer state: what serving and export need. `step` defaults to the newest.
   Any device count it was saved from restores here."""
-  import os
   import numpy as np
   directory = os.path.abspath(directory)
   step, got = restore_on_host(directory, step, ("prefix",))

@@ -38,6 +38,12 @@ from tapper_jax.training.host_table import HostTable
 from tapper_jax.training.logger import Logger, bars_and_logs
 
 HOST_ONLY = ("index", "loss_mask", "shortened", "target_cut")  # batch fields the step never sees
+TABLE_ENTRIES = ("table", "sparse")  # the state entries a host table keeps off the device
+
+
+def _device_part(state: dict) -> dict:
+  """The train state without the entries a host table holds."""
+  return {k: v for k, v in state.items() if k not in TABLE_ENTRIES}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")
 
@@ -52,18 +58,22 @@ class StageRun:
     self.tx, self.lr = steps.optimizer(self.cfg, num_steps)
     self.sparse = steps.sparse_table_fn(self.cfg, num_steps) if stage == 2 else None
     self.key = jax.random.PRNGKey(config.seed + 1000 * stage)
-    self.on_host = stage == 2 and steps.on_host(self.cfg)
+    self.graphdef, init = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx,
+                                              self.sparse)
+    whole = jax.eval_shape(init, self.key)
+    # A host table (training/host_table.py) leaves the table and its row state out of the device
+    # state; under jit the table `init` draws is then dead code. A method without a table has
+    # nothing to hold there.
+    self.on_host = (stage == 2 and steps.on_host(self.cfg)
+                    and bool(jax.tree.leaves(whole["table"])))
     self.table = None  # the HostTable of a host-memory run
     if self.on_host:  # the table's layout (and sharding, for evaluation) as it would be on device
-      _, full = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx, self.sparse)
-      whole = jax.eval_shape(full, self.key)
-      self.on_host = bool(jax.tree.leaves(whole["table"]))  # a method without a table: no-op
-      if self.on_host:
-        self.table_abstract = {k: whole[k] for k in ("table", "sparse")}
-        self.table_sh = setup.shardings(self.table_abstract, mesh, config)
-    self.graphdef, self.init = steps.init_state_fn(llm.config, config, stage, num_rows, self.tx,
-                                                   self.sparse, with_table=not self.on_host)
-    self.abstract = jax.eval_shape(self.init, self.key)
+      self.table_abstract = {k: whole[k] for k in TABLE_ENTRIES}
+      self.table_sh = setup.shardings(whole["table"], mesh, config)
+      self.init = lambda key: _device_part(init(key))
+      self.abstract = _device_part(whole)
+    else:
+      self.init, self.abstract = init, whole
     self.state_sh = setup.shardings(self.abstract, mesh, config)
     frozen = nnx.state(PersonalizedLM(llm, None))
     self.frozen_sh = setup.shardings(frozen, mesh, config)
@@ -124,7 +134,7 @@ class StageRun:
     device; its moments stay on the host)."""
     if not self.on_host:
       return state
-    return {**state, "table": jax.device_put(self.table.state()["table"], self.table_sh["table"])}
+    return {**state, "table": jax.device_put(self.table.state()["table"], self.table_sh)}
 
   def model(self, state) -> PersonalizedLM:
     return nnx.merge(self.graphdef, state["table"], state["params"], self.frozen)
@@ -148,7 +158,7 @@ class StageRun:
                                                   host=target)
       if self.on_host:
         self.table = HostTable.from_state(self.table_abstract, state)
-        state = {k: v for k, v in state.items() if k not in ("table", "sparse")}
+        state = _device_part(state)
       if saved_map != id_map:
         raise ValueError(f"{workdir}: checkpoint {latest} was trained for other users "
                          "(its user-id map differs); use a new workdir")

@@ -81,11 +81,9 @@ def sparse_table_fn(stage_cfg, steps: int) -> SparseTableAdamW | None:
 
 
 def init_state_fn(cfg, config, stage: int, num_rows: int, tx,
-                  sparse: SparseTableAdamW | None = None, with_table: bool = True):
+                  sparse: SparseTableAdamW | None = None):
   """(graphdef, key -> fresh train state). `init` is traced under jit, where the random backbone
-  it builds is dead code; the graphdef comes from the same builder, traced abstractly. Without
-  `with_table` the state has no "table" (nor its row state): the host holds it, and under jit
-  the table drawn here is dead code too."""
+  it builds is dead code; the graphdef comes from the same builder, traced abstractly."""
 
   def model(key):
     return setup.build_model(LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)), config, stage, num_rows, key)
@@ -98,8 +96,6 @@ def init_state_fn(cfg, config, stage: int, num_rows: int, tx,
              "rng": k_rng}
     if sparse is not None and jax.tree.leaves(table):
       state["sparse"] = sparse.init(table)
-    if not with_table:
-      state = {k: v for k, v in state.items() if k not in ("table", "sparse")}
     return state
 
   graphdef = setup.split(nnx.eval_shape(lambda: model(jax.random.PRNGKey(0))))[0]
