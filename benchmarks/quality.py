@@ -96,7 +96,11 @@ RATE_ROWS = (Row("TAP-PER, lambda lr 1e-2", (("stage2.lambda_learning_rate", 1e-
              # Higher: in 150 steps each user's row is in ~14 batches (0.2 of an epoch), and
              # TAP-PER changed 9% of the answers of the model without personal input.
              Row("TAP-PER, table lr 3e-2", (("stage2.table_learning_rate", 3e-2),)),
-             Row("TAP-PER, table lr 1e-1", (("stage2.table_learning_rate", 1e-1),)))
+             Row("TAP-PER, table lr 1e-1", (("stage2.table_learning_rate", 1e-1),)),
+             # P_q barely varied across users with raw z (tapper/attention.py): standardized,
+             # with the controls that show what the personal input carries, P_q alone included.
+             Row("TAP-PER, standardized z", (("stage2.standardize_z", True),),
+                 controls=("no_personal", "other_user", "cold")))
 ABLATIONS = (Row("TAP-PER without P_u", (("stage2.user_prefix", False),)),
              Row("TAP-PER without P_q", (("stage2.query_prefix", False),)),
              Row("TAP-PER without time decay", (("stage2.time_decay", False),)),

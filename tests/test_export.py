@@ -27,6 +27,7 @@ def exported(request, tmp_path_factory, model_cache):
   c = synthetic.get_config("tiny")
   c.progress = False
   c.stage2.steps = 6  # enough that the bridge LoRA and the table leave their init
+  c.stage2.standardize_z = True  # the export carries the z statistics and Torch applies them
   if request.param == "smollm2":  # the real model: 30 layers, its chat template, few steps
     c.model.name = "smollm2-135m-instruct"
     c.stage1.steps, c.stage2.steps = 2, 3
@@ -69,6 +70,7 @@ def test_pytorch_rebuild_matches_prefix_logits_and_greedy_answers(exported):
     args = [torch.tensor(np.asarray(f[k]))[None] for k in
             ("user_row", "query_z", "hist_z", "hist_age", "hist_valid")]
     theirs_prefix = tt.prefix(*args).numpy()
+    assert np.linalg.norm(tt.z_center.numpy()) > 0 and tt.z_scale != 1.0
     np.testing.assert_allclose(theirs_prefix, ours_prefix, atol=1e-5)
     ids = t.prompts.encode(e.input, e.keep)[0]
     assert tt.prompt_ids(e.input) == ids  # same chat template, same tokenizer

@@ -137,6 +137,38 @@ def test_chunked_whole_history_attention_equals_the_unchunked_computation():
     np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-6)
 
 
+def test_standardized_z_is_the_module_on_hand_standardized_inputs_and_is_never_trained():
+  """(z - z_center) * z_scale before everything: the weights equal the hand-computed softmax on
+  standardized inputs and P_q the projection of their weighted sum; the statistics get no
+  gradient (they are fixed, training/steps.py gives them a zero update)."""
+  from tapper_jax.tapper.attention import standardize_stats
+  zq, hz, age, valid = _hist()
+  valid = valid.at[0, 4].set(False)
+  bank = np.asarray(hz).reshape(-1, D) * 0.1 + 3.0  # a shared offset far larger than the spread
+  center, scale = standardize_stats(bank)
+  np.testing.assert_allclose(center, bank.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(np.linalg.norm((bank - center) * scale, axis=1).mean(), 1.0, rtol=1e-5)
+  zq, hz = zq * 0.1 + 3.0, hz * 0.1 + 3.0
+  attn = _attn((0.3, 0.7))
+  attn.z_center[...], attn.z_scale[...] = jnp.asarray(center), jnp.float32(scale)
+  szq, shz = (zq - center) * scale, (hz - center) * scale
+  ref = _reference_weights(attn, szq, shz, age, valid)
+  np.testing.assert_allclose(attn.weights(zq, hz, age, valid), ref, rtol=2e-5, atol=1e-7)
+  ctx = np.einsum("bh,bhd->bd", ref, np.asarray(shz, np.float64))
+  want = (ctx @ np.asarray(attn.proj.kernel[...]) + np.asarray(attn.proj.bias[...])).reshape(-1, L, D)
+  np.testing.assert_allclose(attn(zq, hz, age, valid), want, rtol=1e-4, atol=1e-5)
+  # At (0, 1) the module is the paper's: raw z.
+  plain = _attn((0.3, 0.7))
+  np.testing.assert_allclose(plain.weights(zq, hz, age, valid),
+                             _reference_weights(plain, zq, hz, age, valid), rtol=2e-5, atol=1e-7)
+  graphdef, params = nnx.split(attn, nnx.Param)
+  g = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(zq, hz, age, valid) ** 2))(params)
+  assert not np.any(np.asarray(g["z_center"][...])) and float(g["z_scale"][...]) == 0.0
+  assert np.abs(np.asarray(g["proj"]["kernel"][...])).sum() > 0
+  with pytest.raises(ValueError, match="spread"):
+    standardize_stats(np.ones((4, D)))
+
+
 def test_gradients_reach_both_lambdas():
   zq, hz, age, valid = _hist()
   attn = _attn((0.1, 0.1))

@@ -251,6 +251,12 @@ def test_history_fields_carry_the_examples_own_history_and_the_controls_swap_it(
   np.testing.assert_array_equal(swapped["query_z"], got["query_z"])  # the query stays its own
   assert swapped["hist_valid"].sum() == len(p.evaluate[other].history)
   assert f.fields(0, user="")["user_row"] == -1
+  from tapper_jax.training.loop import _control_fields
+  cold = _control_fields("cold", p.evaluate, f)(0)  # P_q alone: own history, no row
+  assert cold["user_row"] == -1
+  np.testing.assert_array_equal(cold["hist_z"], got["hist_z"])
+  empty = _control_fields("no_personal", p.evaluate, f)(0)
+  assert empty["user_row"] == -1 and not empty["hist_valid"].any()
 
 
 @pytest.mark.parametrize("switch", [dict(prefix=False), dict(user_prefix=False),
@@ -285,10 +291,53 @@ def test_lambdas_take_their_own_learning_rate(synth_folder, model_cache):
   seen = set()
   for path, u in jax.tree_util.tree_leaves_with_path(updates):
     name = "/".join(map(str, path))
-    want = (0.25 if "lambda_" in name else 1e-2 if name.startswith("['table']") else 1e-3)
+    want = (0.25 if "lambda_" in name else 1e-2 if name.startswith("['table']") else
+            0.0 if "z_center" in name or "z_scale" in name else 1e-3)  # fixed statistics
     np.testing.assert_allclose(np.abs(np.asarray(u)), want, rtol=1e-4, err_msg=name)
     seen.add(want)
-  assert seen == {0.25, 1e-2, 1e-3}
+  assert seen == {0.25, 1e-2, 1e-3, 0.0}
+
+
+def test_standardized_z_statistics_come_from_the_bank_and_stay_fixed(synth_folder, model_cache,
+                                                                   tmp_path):
+  """With stage2.standardize_z the method's init values (the record bank's mean and inverse
+  spread) land in the fresh state and survive training steps (weight decay on, grads flowing)
+  bit for bit; without it they stay (0, 1), the paper's raw z."""
+  from tapper_jax import methods
+  from tapper_jax.tapper.attention import standardize_stats
+  for on in (True, False):
+    config = tiny_config(standardize_z=on)
+    config.stage2.update(steps=2, weight_decay=0.1)
+    config.data.folder = synth_folder
+    llm, tok = models.load("tiny-random")
+    p = plan(config, synth_folder)
+    m = methods.get(config)
+    id_map = {u: i for i, u in enumerate(p.users)}
+    fields = m.fields(p.stage2, p, tok, llm, id_map)
+    values = m.init_values()
+    run = StageRun(2, llm, config, setup.make_mesh(config), len(id_map), 2, values)
+    ds = data.train_dataset(p.stage2, prompt_format(config, tok), config, config.stage2, seed=0,
+                            history=fields)
+    state = run.fit(ds, str(tmp_path / str(on)), id_map)
+    att = state["params"]["tapper"]["attention"]
+    center, scale = np.asarray(att["z_center"][...]), float(att["z_scale"][...])
+    if on:
+      want_c, want_s = standardize_stats(m._bank.z)
+      np.testing.assert_array_equal(center, want_c)
+      assert scale == np.float32(want_s) and np.linalg.norm(center) > 0
+    else:
+      assert values == {} and not center.any() and scale == 1.0
+    assert int(state["step"]) == 2
+
+
+def test_init_values_must_name_a_parameter_of_the_right_shape():
+  params = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)[1]
+  np.testing.assert_array_equal(steps.with_values(params, {"bias": [1, 2, 3]})["bias"][...],
+                                [1, 2, 3])
+  with pytest.raises(KeyError, match="no parameter"):
+    steps.with_values(params, {"tapper/attention/z_center": np.zeros(3)})
+  with pytest.raises(ValueError, match="shape"):
+    steps.with_values(params, {"bias": np.zeros(4)})
 
 
 def test_log_lines_go_above_the_bar_and_metrics_land_in_jsonl(tmp_path, capsys, monkeypatch):

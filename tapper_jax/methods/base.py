@@ -34,6 +34,11 @@ class Method:
     (with a `prefix_len`), or None for no soft tokens."""
     return None
 
+  def init_values(self) -> dict:
+    """Data-dependent initial values of the prefix module's params, by path from the model
+    ("tapper/attention/z_center" -> array); read after `fields` has seen the data."""
+    return {}
+
   def prompts(self, examples: Sequence, plan, tokenizer, prompt_format) -> list:
     """The examples as this method prompts the LLM (retrieval writes records into the input);
     applied to stage-2 training and evaluation examples alike."""

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from tapper_jax.methods.base import Fields, Method
+from tapper_jax.tapper.attention import standardize_stats
 from tapper_jax.tapper.bank import mean_embedder
 from tapper_jax.tapper.model import Tapper
 
@@ -34,6 +35,17 @@ class TapperMethod(Method):
     return Tapper(d, s.prefix_len, num_rows, user_prefix=s.user_prefix,
                   query_prefix=s.query_prefix, time_decay=s.time_decay,
                   order_decay=s.order_decay, chunk=s.attention_chunk, rngs=rngs)
+
+  def init_values(self) -> dict:
+    """With `stage2.standardize_z`: z_center, z_scale from the record bank (every record of
+    the run's profiles: inputs only, no evaluated gold), fixed from then on."""
+    if not (self.config.stage2.prefix and self.config.stage2.query_prefix
+            and self.config.stage2.get("standardize_z", False)):
+      return {}
+    if self._bank is None:
+      raise RuntimeError("init_values reads the record bank: call fields() first")
+    center, scale = standardize_stats(self._bank.z)
+    return {"tapper/attention/z_center": center, "tapper/attention/z_scale": np.float32(scale)}
 
   def fields(self, examples, plan, tokenizer, llm, id_map, slots_from=()) -> Fields | None:
     """HistoryFields over the record bank of every profile the run sees (built on first use)."""

@@ -7,7 +7,7 @@ OUT/
                 LlamaForCausalLM loads (weights + tokenizer files)
   bridge_lora/  the bridge LoRA as a PEFT adapter folder (peft loads it onto the backbone)
   tapper/       tapper.safetensors (the prefix table, trimmed to the trained users, and the
-                temporal attention: score MLP, lambdas, projection) and tapper.json (user-id ->
+                temporal attention: z standardization, score MLP, lambdas, projection) and tapper.json (user-id ->
                 row map, prefix length, switches, how z is embedded, the prompt format)
 `tapper_jax.serving.torch_tapper.TorchTapper.from_export(OUT)` rebuilds the model on
 transformers + peft and generates for a user. OUT is written to a temporary folder and renamed:
@@ -42,6 +42,8 @@ def tapper_tensors(model, num_users: int) -> dict[str, np.ndarray]:
       out[f"{name}.bias"] = np.asarray(layer.bias[...], np.float32)
     out["lambda_t"] = np.asarray(a.lambda_t[...], np.float32).reshape(1)
     out["lambda_o"] = np.asarray(a.lambda_o[...], np.float32).reshape(1)
+    out["z_center"] = np.asarray(a.z_center[...], np.float32)
+    out["z_scale"] = np.asarray(a.z_scale[...], np.float32).reshape(1)
   return out
 
 

@@ -6,7 +6,8 @@ transformers + peft: for serving where PyTorch is the runtime. Needs the `torch`
                  query_day=19500.0)
 
 The computation is ours, line for line (tapper/attention.py, tapper/prefix.py): z is the mean
-of the backbone's input embeddings over a text's first `record_tokens` tokens; scores
+of the backbone's input embeddings over a text's first `record_tokens` tokens, standardized as
+(z - z_center) * z_scale; scores
 MLP([z_q; z_j; z_q - z_j; z_q * z_j]) - lambda_t log(1 + dt) - lambda_o log(1 + gap) with dt
 floored at 0 and gap counting the real records from j to the end (newest = 1); a softmax over
 the whole history; P_q = proj(sum a_j z_j); P_u = the user's row (0 for an unknown user).
@@ -39,6 +40,9 @@ class TorchTapper(nn.Module):
                                              "bias": tensors[f"{name}.bias"]})
       self.lambda_t = float(tensors["lambda_t"][0])
       self.lambda_o = float(tensors["lambda_o"][0])
+      # Every z is standardized first; an export from before the statistics existed is (0, 1).
+      self.register_buffer("z_center", tensors.get("z_center", torch.zeros(d)).float())
+      self.z_scale = float(tensors["z_scale"][0]) if "z_scale" in tensors else 1.0
     self.gelu = nn.GELU(approximate="none" if meta.get("gelu") == "exact" else "tanh")
 
   @classmethod
@@ -82,6 +86,8 @@ class TorchTapper(nn.Module):
     p = torch.zeros(b, length, d, device=query_z.device)
     if self.meta["query_prefix"]:
       valid = hist_valid.bool()
+      query_z = (query_z - self.z_center) * self.z_scale
+      hist_z = (hist_z - self.z_center) * self.z_scale
       zq = query_z[:, None, :].expand_as(hist_z)
       feats = torch.cat([zq, hist_z, zq - hist_z, zq * hist_z], dim=-1)
       s = self.score_out(self.gelu(self.score_in(feats)))[..., 0]

@@ -10,6 +10,14 @@ gap 1; histories arrive left-aligned, oldest first, so gap_j counts the real rec
 the end. lambda_t, lambda_o start at N(0, 0.02) and are learned; either decay can be switched
 off (an ablation). A user with no history gets a = 0, so P_q is the projection's bias alone.
 
+Every z (query and records) first becomes (z - z_center) * z_scale. Both are fixed statistics,
+held with the parameters so that checkpoints and exports carry them, never trained (a stop
+gradient here, a zero update in the optimizer). At (0, 1) this is the paper's module. Set from
+the record bank (`stage2.standardize_z`) they remove the direction every mean token embedding
+shares: uncentred, the records' mean has ~6x the norm of their spread around it, so the
+projection's gradient is dominated by that shared direction and Adam learns a constant P_q
+(measured: across users P_q varied by 4% of its norm; see training/defaults.py).
+
 The context sum_j a_j z_j runs as a streaming softmax over fixed-size chunks of the history
 (`lax.scan`, running max and sum): the [B, C, 4D] score features of one chunk are alive at a
 time, so thousands of records fit in memory and one compiled shape serves every history length
@@ -50,6 +58,23 @@ def decay_inputs(hist_age, hist_valid):
   return dt, gap
 
 
+class ZStats(nnx.Param):
+  """A fixed statistic kept among the parameters (so it is checkpointed and exported) that
+  training never changes: read through a stop gradient, updated by zero (training/steps.py)."""
+
+
+def standardize_stats(z: "np.ndarray") -> tuple["np.ndarray", float]:
+  """(center [D], scale) of a record bank z [N, D]: its mean, and the inverse of the records'
+  mean distance from it, so standardized records have norm ~1."""
+  import numpy as np
+  z = np.asarray(z, np.float64)
+  center = z.mean(axis=0)
+  spread = float(np.linalg.norm(z - center, axis=1).mean())
+  if not np.isfinite(spread) or spread <= 0:
+    raise ValueError(f"cannot standardize a record bank of {len(z)} records with spread {spread}")
+  return center.astype(np.float32), 1.0 / spread
+
+
 class TemporalAttention(nnx.Module):
   def __init__(self, d: int, prefix_len: int, *, time_decay: bool = True,
                order_decay: bool = True, chunk: int = 64, rngs: nnx.Rngs):
@@ -62,8 +87,14 @@ class TemporalAttention(nnx.Module):
     self.lambda_t = nnx.Param(_init(rngs.params(), ()))
     self.lambda_o = nnx.Param(_init(rngs.params(), ()))
     self.proj = Dense(d, prefix_len * d, ("embed", "tapper_out"), rngs=rngs)
+    self.z_center = ZStats(jnp.zeros((d,), jnp.float32), out_sharding=("embed",))
+    self.z_scale = ZStats(jnp.ones((), jnp.float32))
     self.prefix_len, self.d, self.chunk = prefix_len, d, chunk
     self.time_decay, self.order_decay = time_decay, order_decay
+
+  def standardize(self, z):
+    c = jax.lax.stop_gradient(self.z_center[...])
+    return (z - c) * jax.lax.stop_gradient(self.z_scale[...])
 
   def scores(self, z_q, hist_z, dt, gap):
     """Unmasked scores s [B,H'] for the slots given (a chunk or the whole history)."""
@@ -83,14 +114,16 @@ class TemporalAttention(nnx.Module):
     to the query; hist_valid [B,H] (False = padding).
     """
     dt, gap = decay_inputs(hist_age, hist_valid)
+    z_q, hist_z = self.standardize(z_q), self.standardize(hist_z)
     s = jnp.where(hist_valid, self.scores(z_q, hist_z, dt, gap), _NEG)
     m = jnp.max(s, axis=1, keepdims=True)
     e = jnp.where(hist_valid, jnp.exp(s - m), 0.0)
     return e / jnp.maximum(jnp.sum(e, axis=1, keepdims=True), 1e-30)
 
   def context(self, z_q, hist_z, hist_age, hist_valid):
-    """sum_j a_j z_j [B,D] by a streaming softmax over chunks of `chunk` slots."""
+    """sum_j a_j z_j [B,D] (standardized z) by a streaming softmax over chunks of `chunk` slots."""
     b, h, d = hist_z.shape
+    z_q, hist_z = self.standardize(z_q), self.standardize(hist_z)
     c = min(self.chunk, h)
     if h % c:
       raise ValueError(f"history slots H={h} must be a multiple of the attention chunk {c}")

@@ -105,6 +105,9 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.stage2.holdout_users = 0
   c.stage2.prefix_len = 8  # L soft tokens
   c.stage2.record_tokens = 128  # tokens of a record's / query's template averaged into z
+  # Standardize every z by the record bank's mean and mean spread (fixed at stage-2 start,
+  # checkpointed and exported with the params); False = the paper's raw z. See the docstring.
+  c.stage2.standardize_z = False
   c.stage2.max_history = 0  # newest records attended per example (0 = the whole visible history)
   c.stage2.attention_chunk = 64  # history slots per streaming-softmax chunk
   # Switches of one code path, for ablations and controls. prefix=False is the step-matched

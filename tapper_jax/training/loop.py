@@ -52,7 +52,10 @@ class StageRun:
   """One stage's model, state and shardings on the mesh; `fit` trains it, resuming if it can."""
 
   def __init__(self, stage: int, llm: LlamaForCausalLM, config, mesh, num_rows: int,
-               num_steps: int):
+               num_steps: int, init_values: dict | None = None):
+    """init_values: a fresh state's params named by path ("tapper/attention/z_center") set to
+    these values (a method's data-dependent init, `Method.init_values`); a restore ignores it."""
+    self.init_values = dict(init_values or {})
     self.stage, self.config, self.mesh, self.steps = stage, config, mesh, num_steps
     self.cfg = config.stage1 if stage == 1 else config.stage2
     self.tx, self.lr = steps.optimizer(self.cfg, num_steps)
@@ -87,8 +90,12 @@ class StageRun:
     """A fresh device state (and, for a host-memory table, a fresh HostTable in self.table)."""
     if self.on_host:
       self.table = HostTable.fresh(self.table_abstract, self.config.seed + 1000 * self.stage)
+    def init(key, values):
+      state = self.init(key)
+      return {**state, "params": steps.with_values(state["params"], values)}
+
     with self.rules(), jax.set_mesh(self.mesh):
-      return jax.jit(self.init, out_shardings=self.state_sh)(self.key)
+      return jax.jit(init, out_shardings=self.state_sh)(self.key, self.init_values)
 
   def step_fn(self, batch):
     """The jitted step for batches shaped like `batch`: (state, frozen, batch) -> (state,
@@ -343,7 +350,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     if getattr(p.method, "per_user", False):  # one LoRA per user: its own loop and evaluation
       return _per_user(config, workdir, p, llm, examples, ev, prompts, mesh, summary, t0, t_start)
     if trains:
-      run = StageRun(2, llm, config, mesh, num_rows, n_steps)
+      run = StageRun(2, llm, config, mesh, num_rows, n_steps, p.method.init_values())
       ds = ex.train_dataset(examples, prompts, config, s2, seed=config.seed, history=fields,
                             rows=setup.process_rows(mesh, config, s2.batch_size))
       state = run.fit(ds, workdir, id_map, stop_after=stop_after,
@@ -382,7 +389,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       _evaluate(results, files, config.name, spec, ev, model, prompts, config,
                 None if ev_fields is None else ev_fields.fields, workdir)
       for control in (config.eval_controls if ev_fields is not None else ()):
-        _evaluate(results, files, f"{config.name}, {CONTROLS[control]}", spec, ev, model,
+        _evaluate(results, files, f"{config.name}, {setup.CONTROLS[control]}", spec, ev, model,
                   prompts, config, _control_fields(control, ev, ev_fields), workdir,
                   file=f"{slug(config.name)}_{control}")
   elif eval_qs and config.evaluate:
@@ -406,12 +413,12 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
   return summary
 
 
-CONTROLS = {"no_personal": "no personal input", "other_user": "another user's input"}
-
-
 def _control_fields(control: str, ev, fields: "ex.HistoryFields"):
   """Example i's fields under a control: no personal input (P_u = 0 and an empty history), or
-  the row and visible history of another evaluated user (users shifted by one, in sorted order)."""
+  the row and visible history of another evaluated user (users shifted by one, in sorted order),
+  or the user's own history with no row (P_u = 0: a cold start, what P_q alone carries)."""
+  if control == "cold":
+    return lambda i: fields.fields(i, user="")
   if control == "no_personal":
     empty = dataclasses.replace(fields, examples=[dataclasses.replace(e, history=()) for e in ev])
     return lambda i: empty.fields(i, user="")

@@ -22,6 +22,10 @@ from tapper_jax.models.partitioning import fitted_spec, state_shardings
 from tapper_jax.tapper.model import PersonalizedLM
 from tapper_jax.tapper.prefix import PrefixTable
 
+# Evaluation controls (config.eval_controls) -> the row name's suffix (training/loop.py).
+CONTROLS = {"no_personal": "no personal input", "other_user": "another user's input",
+            "cold": "own history, no user row"}
+
 # What stage 2 trains besides the table: every LoRA factor and every Param of the TAP-PER module.
 TRAINABLE = nnx.Any(nnx.LoRAParam, nnx.PathContains("tapper"))
 
@@ -70,8 +74,8 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
     raise ConfigError("config.stage2: prefix=False and bridge_lora=False leave nothing to train "
                       "(only method 'rag' evaluates so, zero-shot, on its own prompts)")
   for c in config.eval_controls:
-    if c not in ("no_personal", "other_user"):
-      raise ConfigError(f"config.eval_controls: unknown control {c!r} (no_personal, other_user)")
+    if c not in CONTROLS:
+      raise ConfigError(f"config.eval_controls: unknown control {c!r} ({', '.join(CONTROLS)})")
   if config.stage2.get("table_memory", "device") not in ("device", "host"):
     raise ConfigError(f"config.stage2.table_memory={config.stage2.table_memory!r}: device or host")
   if config.stage2.max_history < 0:

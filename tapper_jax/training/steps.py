@@ -27,11 +27,15 @@ def schedule(peak: float, warmup: int, steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
+FIXED_PARAMS = frozenset({"z_center", "z_scale"})  # tapper.attention.ZStats: never updated
+
+
 def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with a global grad-norm clip over `steps`; the prefix table and the decay lambdas
   take their own learning rates (`table_learning_rate`, `lambda_learning_rate`; 0 = the shared
   one) and the same weight decay. With `sparse_table` the table is left to `sparse_table_fn`
-  (row-wise AdamW): here it only counts in the clip's norm."""
+  (row-wise AdamW): here it only counts in the clip's norm. Fixed statistics among the params
+  (TAP-PER's z_center, z_scale) take a zero update: no weight decay either."""
   warmup = int(round(stage_cfg.warmup * steps))
   lr = schedule(stage_cfg.learning_rate, warmup, steps)
   lambda_lr = schedule(stage_cfg.get("lambda_learning_rate", 0.0) or stage_cfg.learning_rate,
@@ -39,6 +43,8 @@ def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, opta
 
   def param_label(path, _):
     names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
+    if names & FIXED_PARAMS:
+      return "fixed"
     return "lambda" if names & {"lambda_t", "lambda_o"} else "rest"
 
   def labels(t):
@@ -52,7 +58,7 @@ def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, opta
       optax.clip_by_global_norm(stage_cfg.grad_clip),
       optax.multi_transform({"rest": optax.adamw(lr, weight_decay=wd),
                              "lambda": optax.adamw(lambda_lr, weight_decay=wd),
-                             "table": table_tx}, labels))
+                             "table": table_tx, "fixed": optax.set_to_zero()}, labels))
   return tx, lr
 
 
@@ -100,6 +106,26 @@ def init_state_fn(cfg, config, stage: int, num_rows: int, tx,
 
   graphdef = setup.split(nnx.eval_shape(lambda: model(jax.random.PRNGKey(0))))[0]
   return graphdef, init
+
+
+def with_values(params, values: dict):
+  """`params` with the leaves named in `values` ("tapper/attention/z_center" -> array) replaced:
+  a data-dependent init. A name that matches no leaf, or a shape that differs, is an error."""
+  left = dict(values)
+
+  def put(path, leaf):
+    name = "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+    if name not in left:
+      return leaf
+    value = jnp.asarray(left.pop(name), leaf.dtype)
+    if value.shape != leaf.shape:
+      raise ValueError(f"init value {name}: shape {value.shape}, the parameter's {leaf.shape}")
+    return value
+
+  out = jax.tree_util.tree_map_with_path(put, params)
+  if left:
+    raise KeyError(f"init values name no parameter: {sorted(left)}")
+  return out
 
 
 def loss_fn(graphdef, trainable, frozen, batch, key, remat: bool):
