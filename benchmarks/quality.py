@@ -100,6 +100,11 @@ RATE_ROWS = (Row("TAP-PER, lambda lr 1e-2", (("stage2.lambda_learning_rate", 1e-
              # P_q barely varied across users with raw z (tapper/attention.py): standardized,
              # with the controls that show what the personal input carries, P_q alone included.
              Row("TAP-PER, standardized z", (("stage2.standardize_z", True),),
+                 controls=("no_personal", "other_user", "cold")),
+             # Trained always with its row, P_q alone (the cold control) did not beat no
+             # personal input: drop the row in training so P_q learns to stand alone.
+             Row("TAP-PER, standardized z, P_u dropout 0.5",
+                 (("stage2.standardize_z", True), ("stage2.user_dropout", 0.5)),
                  controls=("no_personal", "other_user", "cold")))
 ABLATIONS = (Row("TAP-PER without P_u", (("stage2.user_prefix", False),)),
              Row("TAP-PER without P_q", (("stage2.query_prefix", False),)),

@@ -330,6 +330,32 @@ def test_standardized_z_statistics_come_from_the_bank_and_stay_fixed(synth_folde
     assert int(state["step"]) == 2
 
 
+def test_user_dropout_trains_the_drawn_examples_as_cold_starts(synth_folder, model_cache):
+  """The step's loss with stage2.user_dropout equals the plain loss on the same batch with the
+  drawn examples' rows set to -1 (P_u = 0), and differs from the loss with every row kept."""
+  from tapper_jax.training.loop import HOST_ONLY
+  config = tiny_config(user_dropout=0.5)
+  config.stage2.steps = 1
+  llm, tok = models.load("tiny-random")
+  run, ds, _ = _stage2_run(config, synth_folder, (llm, tok))
+  batch = {k: jnp.asarray(v) for k, v in next(iter(ds)).items() if k not in HOST_ONLY}
+  state = run.fresh_state()
+  trainable = {"params": state["params"], "table": state["table"]}
+  key = jax.random.fold_in(state["rng"], state["step"])
+  drop = np.asarray(jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5, batch["user_row"].shape))
+  assert drop.any() and not drop.all()  # this seed drops some rows and keeps others
+  cold = {**batch, "user_row": jnp.where(drop, -1, batch["user_row"])}
+  want, _ = steps.loss_fn(run.graphdef, trainable, run.frozen, cold, key, False)
+  kept, _ = steps.loss_fn(run.graphdef, trainable, run.frozen, batch, key, False)
+  _, metrics = jax.jit(steps.train_step_fn(run.graphdef, run.tx, run.lr, False, None, 0.5))(
+      state, run.frozen, batch)
+  np.testing.assert_allclose(float(metrics["loss"]), float(want), rtol=1e-6)
+  assert abs(float(kept) - float(want)) > 1e-4
+  bad = tiny_config(user_dropout=1.0)
+  with pytest.raises(setup.ConfigError, match="user_dropout"):
+    setup.validate(bad, 1)
+
+
 def test_init_values_must_name_a_parameter_of_the_right_shape():
   params = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)[1]
   np.testing.assert_array_equal(steps.with_values(params, {"bias": [1, 2, 3]})["bias"][...],

@@ -108,6 +108,9 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   # Standardize every z by the record bank's mean and mean spread (fixed at stage-2 start,
   # checkpointed and exported with the params); False = the paper's raw z. See the docstring.
   c.stage2.standardize_z = False
+  # Probability that a training example's user row is dropped (P_u = 0, as for a cold start),
+  # so that P_q must carry the history on its own; 0 = the paper (always the row).
+  c.stage2.user_dropout = 0.0
   c.stage2.max_history = 0  # newest records attended per example (0 = the whole visible history)
   c.stage2.attention_chunk = 64  # history slots per streaming-softmax chunk
   # Switches of one code path, for ablations and controls. prefix=False is the step-matched

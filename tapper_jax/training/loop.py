@@ -58,6 +58,7 @@ class StageRun:
     self.init_values = dict(init_values or {})
     self.stage, self.config, self.mesh, self.steps = stage, config, mesh, num_steps
     self.cfg = config.stage1 if stage == 1 else config.stage2
+    self.user_dropout = float(self.cfg.get("user_dropout", 0.0)) if stage == 2 else 0.0
     self.tx, self.lr = steps.optimizer(self.cfg, num_steps)
     self.sparse = steps.sparse_table_fn(self.cfg, num_steps) if stage == 2 else None
     self.key = jax.random.PRNGKey(config.seed + 1000 * stage)
@@ -107,13 +108,13 @@ class StageRun:
       if self.on_host:
         fn = steps.host_table_step_fn(self.graphdef, self.tx, self.lr, self.sparse,
                                       jax.tree.structure(self.table_abstract["table"]),
-                                      self.config.model.remat)
+                                      self.config.model.remat, self.user_dropout)
         self._step = jax.jit(fn, in_shardings=(self.state_sh, self.frozen_sh, batch_sh, rep),
                              out_shardings=(self.state_sh, rep, rep), donate_argnums=0)
       else:
         self._step = jax.jit(
             steps.train_step_fn(self.graphdef, self.tx, self.lr, self.config.model.remat,
-                                self.sparse),
+                                self.sparse, self.user_dropout),
             in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
             out_shardings=(self.state_sh, rep), donate_argnums=0)
     return self._step

@@ -76,6 +76,9 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
   for c in config.eval_controls:
     if c not in CONTROLS:
       raise ConfigError(f"config.eval_controls: unknown control {c!r} ({', '.join(CONTROLS)})")
+  if not 0 <= config.stage2.get("user_dropout", 0.0) < 1:
+    raise ConfigError(f"config.stage2.user_dropout={config.stage2.user_dropout}: a probability "
+                      "in [0, 1)")
   if config.stage2.get("table_memory", "device") not in ("device", "host"):
     raise ConfigError(f"config.stage2.table_memory={config.stage2.table_memory!r}: device or host")
   if config.stage2.max_history < 0:

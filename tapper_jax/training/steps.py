@@ -140,11 +140,11 @@ def grads_fn(graphdef, remat: bool = False):
 
 
 def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False,
-                  sparse: SparseTableAdamW | None = None):
+                  sparse: SparseTableAdamW | None = None, user_dropout: float = 0.0):
   """The pure step (state, frozen, batch) -> (state, metrics). With `sparse` (and a table in
   the state) the model runs on the batch's rows of the table alone and the table takes a
-  row-wise AdamW step (training/sparse_table.py)."""
-  core = _core(graphdef, tx, lr_schedule, remat)
+  row-wise AdamW step (training/sparse_table.py). `user_dropout`: see `_core`."""
+  core = _core(graphdef, tx, lr_schedule, remat, user_dropout)
 
   def step(state, frozen, batch):
     rowwise = sparse is not None and "sparse" in state
@@ -163,12 +163,12 @@ def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False,
 
 
 def host_table_step_fn(graphdef, tx, lr_schedule, sparse: SparseTableAdamW, table_treedef,
-                       remat: bool = False):
+                       remat: bool = False, user_dropout: float = 0.0):
   """The step of `table_memory = "host"` (training/host_table.py): (state without the table,
   frozen, batch, rows) -> (state, metrics, new rows). `rows` holds the batch's distinct table
   rows as the host gathered them ({"w", "m", "v"} [B,L,D], "last" [B]) and `batch["user_row"]`
   points into them; the new rows come back for the host to write."""
-  core = _core(graphdef, tx, lr_schedule, remat)
+  core = _core(graphdef, tx, lr_schedule, remat, user_dropout)
 
   def step(state, frozen, batch, rows):
     mini = jax.tree.unflatten(table_treedef, [rows["w"]])
@@ -183,14 +183,21 @@ def host_table_step_fn(graphdef, tx, lr_schedule, sparse: SparseTableAdamW, tabl
   return step
 
 
-def _core(graphdef, tx, lr_schedule, remat: bool):
+def _core(graphdef, tx, lr_schedule, remat: bool, user_dropout: float = 0.0):
   """(state, table, frozen, batch) -> (state with params, opt, step updated; metrics;
   (the table's gradient, the global gradient norm)). The table passed is the state's or the
-  batch's rows of it; what becomes of it is the caller's."""
+  batch's rows of it; what becomes of it is the caller's.
+
+  user_dropout: each example's user row is dropped (-1: P_u = 0, a cold start) with this
+  probability, so that P_q learns to carry the history alone, as a new user's prefix must."""
   grad = grads_fn(graphdef, remat)
 
   def core(state, table, frozen, batch):
     key = jax.random.fold_in(state["rng"], state["step"])
+    if user_dropout > 0 and "user_row" in batch:
+      drop = jax.random.bernoulli(jax.random.fold_in(key, 1), user_dropout,
+                                  batch["user_row"].shape)
+      batch = {**batch, "user_row": jnp.where(drop, -1, batch["user_row"])}
     trainable = {"params": state["params"], "table": table}
     (loss, tokens), grads = grad(trainable, frozen, batch, key)
     grad_norm = optax.tree.norm(grads)
