@@ -93,3 +93,36 @@ def test_generate_entry_point_tiny_config(ours, model_cache, tmp_path):
   written = json.loads((tmp_path / "generations.json").read_text())
   assert written["config"]["max_new_tokens"] == 12
   assert "Paris" in written["generations"][0]["completion"]
+
+
+@pytest.mark.slow
+def test_a_cold_user_with_no_history_trains_with_finite_gradients(ours):
+  """TAP-PER's prefix for a user with no row (P_u = 0: user dropout, the no-P_u ablation) and
+  no history is the projection's bias alone. An all-zero first token gives NaN LoRA gradients
+  on this model (its residual stays 0 through 30 layers and each RMSNorm scales the backward by
+  1/sqrt(eps)); the bias starts non-zero so that TAP-PER never feeds one."""
+  import jax
+  from flax import nnx
+  from tapper_jax.models.lora import attach_lora
+  from tapper_jax.tapper.model import Tapper
+  llm, tok = models.load(NAME)
+  attach_lora(llm, rank=4, alpha=8, dropout=0.0, key=jax.random.PRNGKey(0),
+              targets=("q_proj", "k_proj", "v_proj", "o_proj"))
+  d = llm.config.hidden_size
+  ids = jnp.asarray([tok.encode("Which category does this article relate to? politics")])
+  prefix = Tapper(d, 8, 2, rngs=nnx.Rngs(0))({
+      "user_row": jnp.array([-1]), "query_z": jnp.zeros((1, d)), "hist_z": jnp.zeros((1, 64, d)),
+      "hist_age": jnp.zeros((1, 64)), "hist_valid": jnp.zeros((1, 64), bool)})
+  graphdef, lora, rest = nnx.split(llm, nnx.LoRAParam, ...)
+
+  def grads(p):
+    def loss(lora):
+      m = nnx.merge(graphdef, lora, rest)
+      x = jnp.concatenate([p, m.embed(ids)], axis=1)
+      h, _ = m.hidden_states(inputs_embeds=x, attention_mask=jnp.ones(x.shape[:2], jnp.int32))
+      return jnp.sum(m.logits(h[:, -1:]) ** 2) * 1e-4
+    return jax.tree.leaves(jax.jit(jax.grad(loss))(lora))
+
+  assert all(np.isfinite(np.asarray(g)).all() for g in grads(prefix))
+  # The hazard itself, so that this test fails if the backbone stops having it unnoticed.
+  assert not all(np.isfinite(np.asarray(g)).all() for g in grads(jnp.zeros_like(prefix)))

@@ -77,6 +77,11 @@ def test_no_history_gives_zero_weights_and_the_bias_prefix():
   assert not np.isnan(np.asarray(p)).any()
   np.testing.assert_array_equal(attn.weights(zq, hz, age, none), 0.0)
   np.testing.assert_allclose(p, jnp.broadcast_to(attn.proj.bias[...].reshape(L, D), p.shape))
+  # Never an exactly zero soft token at init, even with no row: an all-zero first token makes
+  # SmolLM2's backward overflow (tests/test_smollm2.py::test_a_cold_user_with_no_history...).
+  cold = Tapper(D, L, 4, rngs=nnx.Rngs(0))({"user_row": jnp.array([-1, -1]), "query_z": zq,
+                                           "hist_z": hz, "hist_age": age, "hist_valid": none})
+  assert (np.linalg.norm(np.asarray(cold), axis=-1) > 0.01).all()
 
 
 def test_changing_the_query_changes_the_weights():

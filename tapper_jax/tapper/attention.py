@@ -14,9 +14,10 @@ Every z (query and records) first becomes (z - z_center) * z_scale. Both are fix
 held with the parameters so that checkpoints and exports carry them, never trained (a stop
 gradient here, a zero update in the optimizer). At (0, 1) this is the paper's module. Set from
 the record bank (`stage2.standardize_z`) they remove the direction every mean token embedding
-shares: uncentred, the records' mean has ~6x the norm of their spread around it, so the
-projection's gradient is dominated by that shared direction and Adam learns a constant P_q
-(measured: across users P_q varied by 4% of its norm; see training/defaults.py).
+shares. Uncentred (SmolLM2, huffpost_2N), the bank's mean has 2x the norm of a record's distance
+from it, and a history's average 6x its spread across users, so the projection's gradient is
+dominated by that shared direction and Adam learns a near-constant P_q (trained: across users
+P_q varied by 4% of its norm; standardized: 47%). See training/defaults.py for what it gave.
 
 The context sum_j a_j z_j runs as a streaming softmax over fixed-size chunks of the history
 (`lax.scan`, running max and sum): the [B, C, 4D] score features of one chunk are alive at a
@@ -40,11 +41,14 @@ def _init(key, shape, std=0.02):
 
 
 class Dense(nnx.Module):
-  """y = x W + b with logical axis names on W (float32: these weights are small)."""
+  """y = x W + b with logical axis names on W (float32: these weights are small); b starts at
+  N(0, bias_std) (0: zeros)."""
 
-  def __init__(self, d_in: int, d_out: int, axes: tuple[str, str], *, rngs: nnx.Rngs):
+  def __init__(self, d_in: int, d_out: int, axes: tuple[str, str], *, rngs: nnx.Rngs,
+               bias_std: float = 0.0):
     self.kernel = nnx.Param(_init(rngs.params(), (d_in, d_out)), out_sharding=axes)
-    self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32), out_sharding=axes[1:])
+    bias = _init(rngs.params(), (d_out,), bias_std) if bias_std else jnp.zeros((d_out,), jnp.float32)
+    self.bias = nnx.Param(bias, out_sharding=axes[1:])
 
   def __call__(self, x):
     return jnp.einsum("...i,io->...o", x, self.kernel[...]) + self.bias[...]
@@ -86,7 +90,11 @@ class TemporalAttention(nnx.Module):
     self.score_out = Dense(d, 1, ("tapper_hidden", None), rngs=rngs)
     self.lambda_t = nnx.Param(_init(rngs.params(), ()))
     self.lambda_o = nnx.Param(_init(rngs.params(), ()))
-    self.proj = Dense(d, prefix_len * d, ("embed", "tapper_out"), rngs=rngs)
+    # The bias starts at N(0, 0.02), not 0 (PyTorch's nn.Linear draws it too): with a zero bias a
+    # user with no row and no history gets an exactly zero prefix, and an all-zero first token
+    # overflows the backward (its RMSNorm scales the gradient by 1/sqrt(eps) ~ 316 in every
+    # layer through the attention sink): NaN LoRA gradients on SmolLM2 (tests/test_tapper.py).
+    self.proj = Dense(d, prefix_len * d, ("embed", "tapper_out"), rngs=rngs, bias_std=0.02)
     self.z_center = ZStats(jnp.zeros((d,), jnp.float32), out_sharding=("embed",))
     self.z_scale = ZStats(jnp.ones((), jnp.float32))
     self.prefix_len, self.d, self.chunk = prefix_len, d, chunk
