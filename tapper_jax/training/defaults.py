@@ -13,6 +13,15 @@ N(0, 0.02), attention over the whole visible history. Deviations, each with its 
   = 0). In the 150-step CPU benchmark (lr 1e-3) they stayed at their N(0, 0.02) draw (-0.041,
   -0.044; moved by 3e-4 and 3e-3), and the time/order ablations tied with the full model. A
   rate of their own is to be chosen on dev (benchmarks/quality.py --budget=dev-rates).
+- Kept as the paper has it, with a switch measured against it: `stage2.standardize_z` (z
+  centred and scaled by the record bank, tapper/attention.py). On huffpost_2N dev (cpu budget,
+  150 + 150 steps) it made P_q vary across users (47% of its norm, from 4%) and the attention
+  peaked (top weight 0.43, from 0.057 ~ uniform), but accuracy/F1 did not rise: 0.667/0.231
+  against 0.670/0.291, and the user's own history alone (no row) scored 0.649, below no
+  personal input (0.664). So it stays off.
+- Likewise `stage2.user_dropout` (a training example's row dropped, so P_q must stand alone):
+  at 0.5 with standardized z, the user's own history alone scored 0.658 against 0.667 with no
+  personal input, and the full model fell to 0.592 (each row took half the updates). Off.
 """
 
 from __future__ import annotations
