@@ -356,6 +356,21 @@ def test_user_dropout_trains_the_drawn_examples_as_cold_starts(synth_folder, mod
     setup.validate(bad, 1)
 
 
+def test_a_checkpoint_from_before_the_z_statistics_serves_with_raw_z():
+  """Params a checkpoint lacks come back as the values it was trained with (z_center 0,
+  z_scale 1: raw z); any other absent param is an error that names it."""
+  from tapper_jax.training.checkpoint import _fill_absent
+  sh = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  absent = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sh)  # noqa: E731
+  got = _fill_absent({"tapper": {"attention": {
+      "z_center": nnx.Param(absent(4)), "z_scale": nnx.Param(absent()),
+      "lambda_t": nnx.Param(jnp.float32(0.3))}}})["tapper"]["attention"]
+  np.testing.assert_array_equal(got["z_center"][...], np.zeros(4))
+  assert float(got["z_scale"][...]) == 1.0 and float(got["lambda_t"][...]) == np.float32(0.3)
+  with pytest.raises(KeyError, match="proj"):
+    _fill_absent({"tapper": {"attention": {"proj": {"kernel": nnx.Param(absent(2, 2))}}}})
+
+
 def test_init_values_must_name_a_parameter_of_the_right_shape():
   params = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)[1]
   np.testing.assert_array_equal(steps.with_values(params, {"bias": [1, 2, 3]})["bias"][...],

@@ -67,6 +67,11 @@ class ZStats(nnx.Param):
   training never changes: read through a stop gradient, updated by zero (training/steps.py)."""
 
 
+# A checkpoint written before the statistics existed was trained with raw z: it restores them
+# as these values (training/checkpoint.py).
+ABSENT_VALUES = {"z_center": 0.0, "z_scale": 1.0}
+
+
 def standardize_stats(z: "np.ndarray") -> tuple["np.ndarray", float]:
   """(center [D], scale) of a record bank z [N, D]: its mean, and the inverse of the records'
   mean distance from it, so standardized records have norm ~1."""

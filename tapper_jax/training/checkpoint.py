@@ -39,6 +39,33 @@ def _restore_args(x):
       if isinstance(x, jax.ShapeDtypeStruct) else ocp.RestoreArgs()
 
 
+def _fill_absent(params):
+  """Params a checkpoint lacks (it was written before they existed) set to the value that
+  reproduces what it was trained with (`tapper.attention.ABSENT_VALUES`); any other absent
+  param is an error naming it."""
+  from tapper_jax.tapper.attention import ABSENT_VALUES
+  missing = []
+
+  def fill(path, leaf):
+    if not isinstance(leaf, jax.ShapeDtypeStruct):
+      return leaf
+    name = str(getattr(path[-1], "key", path[-1])) if path else ""
+    if name not in ABSENT_VALUES:
+      missing.append(jax.tree_util.keystr(path))
+      return leaf
+    return jax.device_put(jax.numpy.full(leaf.shape, ABSENT_VALUES[name], leaf.dtype),
+                          leaf.sharding)
+
+  def names(path):  # a Variable's value sits under a GetAttrKey: keep the dict keys only
+    return tuple(k for k in path if isinstance(k, jax.tree_util.DictKey))
+
+  out = jax.tree_util.tree_map_with_path(lambda p, x: fill(names(p), x), params,
+                                         is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+  if missing:
+    raise KeyError(f"the checkpoint holds no value for {missing}")
+  return out
+
+
 class Checkpoints:
   def __init__(self, directory: str, *, keep: int):
     directory = os.path.abspath(directory)  # Orbax refuses relative checkpoint paths
@@ -87,7 +114,7 @@ class Checkpoints:
         prefix=ocp.args.StandardRestore({"table": target["table"]}),
         users=ocp.args.JsonRestore()))
     reader.close()
-    return got["state"]["params"], got["prefix"]["table"], dict(got["users"])
+    return _fill_absent(got["state"]["params"]), got["prefix"]["table"], dict(got["users"])
 
   def wait(self):
     self.manager.wait_until_finished()
