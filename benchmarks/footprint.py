@@ -74,11 +74,14 @@ def tapper_params(d: int) -> tuple[int, int]:
   """(per-user, shared module) parameters of TAP-PER's prefix module at width d."""
   from flax import nnx
   from tapper_jax.tapper.model import Tapper
+  from tapper_jax.tapper.attention import ZStats
   from tapper_jax.tapper.prefix import PrefixTable
   two = nnx.eval_shape(lambda: Tapper(d, PREFIX_LEN, 2, rngs=nnx.Rngs(0)))
   one = nnx.eval_shape(lambda: Tapper(d, PREFIX_LEN, 1, rngs=nnx.Rngs(0)))
   per_user = _size(nnx.state(two, PrefixTable)) - _size(nnx.state(one, PrefixTable))
-  shared = _size(nnx.state(one, nnx.Param)) - _size(nnx.state(one, PrefixTable))
+  # Trained parameters only: the fixed z statistics (ZStats) are stored, never trained.
+  shared = (_size(nnx.state(one, nnx.Param)) - _size(nnx.state(one, PrefixTable))
+            - _size(nnx.state(one, ZStats)))
   return per_user, shared
 
 
