@@ -91,6 +91,7 @@ class StageRun:
     """A fresh device state (and, for a host-memory table, a fresh HostTable in self.table)."""
     if self.on_host:
       self.table = HostTable.fresh(self.table_abstract, self.config.seed + 1000 * self.stage)
+
     def init(key, values):
       state = self.init(key)
       return {**state, "params": steps.with_values(state["params"], values)}
