@@ -46,8 +46,12 @@ class Dense(nnx.Module):
 
   def __init__(self, d_in: int, d_out: int, axes: tuple[str, str], *, rngs: nnx.Rngs,
                bias_std: float = 0.0):
-    self.kernel = nnx.Param(_init(rngs.params(), (d_in, d_out)), out_sharding=axes)
-    bias = _init(rngs.params(), (d_out,), bias_std) if bias_std else jnp.zeros((d_out,), jnp.float32)
+    key = rngs.params()
+    self.kernel = nnx.Param(_init(key, (d_in, d_out)), out_sharding=axes)
+    # The bias key derives from the kernel's: one draw from the stream either way, so every
+    # later parameter (the prefix table) keeps the init it had when biases started at 0.
+    bias = (_init(jax.random.fold_in(key, 1), (d_out,), bias_std) if bias_std
+            else jnp.zeros((d_out,), jnp.float32))
     self.bias = nnx.Param(bias, out_sharding=axes[1:])
 
   def __call__(self, x):
