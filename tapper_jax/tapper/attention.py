@@ -71,9 +71,10 @@ class ZStats(nnx.Param):
   training never changes: read through a stop gradient, updated by zero (training/steps.py)."""
 
 
-# A checkpoint written before the statistics existed was trained with raw z: it restores them
-# as these values (training/checkpoint.py).
-ABSENT_VALUES = {"z_center": 0.0, "z_scale": 1.0}
+# The fixed statistics by name, each with its identity value (raw z, the paper's module): their
+# init here, the names the optimizer never updates, and what a checkpoint written before they
+# existed restores them as (training/steps.py, training/checkpoint.py).
+ZSTATS = {"z_center": 0.0, "z_scale": 1.0}
 
 
 def standardize_stats(z: "np.ndarray") -> tuple["np.ndarray", float]:
@@ -104,8 +105,9 @@ class TemporalAttention(nnx.Module):
     # overflows the backward (its RMSNorm scales the gradient by 1/sqrt(eps) ~ 316 in every
     # layer through the attention sink): NaN LoRA gradients on SmolLM2 (tests/test_tapper.py).
     self.proj = Dense(d, prefix_len * d, ("embed", "tapper_out"), rngs=rngs, bias_std=0.02)
-    self.z_center = ZStats(jnp.zeros((d,), jnp.float32), out_sharding=("embed",))
-    self.z_scale = ZStats(jnp.ones((), jnp.float32))
+    self.z_center = ZStats(jnp.full((d,), ZSTATS["z_center"], jnp.float32),
+                           out_sharding=("embed",))
+    self.z_scale = ZStats(jnp.full((), ZSTATS["z_scale"], jnp.float32))
     self.prefix_len, self.d, self.chunk = prefix_len, d, chunk
     self.time_decay, self.order_decay = time_decay, order_decay
 

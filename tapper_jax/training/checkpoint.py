@@ -41,25 +41,22 @@ def _restore_args(x):
 
 def _fill_absent(params):
   """Params a checkpoint lacks (it was written before they existed) set to the value that
-  reproduces what it was trained with (`tapper.attention.ABSENT_VALUES`); any other absent
-  param is an error naming it."""
-  from tapper_jax.tapper.attention import ABSENT_VALUES
+  reproduces what it was trained with (`tapper.attention.ZSTATS`); any other absent param is
+  an error naming it."""
+  from tapper_jax.tapper.attention import ZSTATS
+  from tapper_jax.training.steps import param_path
   missing = []
 
   def fill(path, leaf):
     if not isinstance(leaf, jax.ShapeDtypeStruct):
       return leaf
-    name = str(getattr(path[-1], "key", path[-1])) if path else ""
-    if name not in ABSENT_VALUES:
+    name = param_path(path)[-1:]
+    if not name or name[0] not in ZSTATS:
       missing.append(jax.tree_util.keystr(path))
       return leaf
-    return jax.device_put(jax.numpy.full(leaf.shape, ABSENT_VALUES[name], leaf.dtype),
-                          leaf.sharding)
+    return jax.device_put(jax.numpy.full(leaf.shape, ZSTATS[name[0]], leaf.dtype), leaf.sharding)
 
-  def names(path):  # a Variable's value sits under a GetAttrKey: keep the dict keys only
-    return tuple(k for k in path if isinstance(k, jax.tree_util.DictKey))
-
-  out = jax.tree_util.tree_map_with_path(lambda p, x: fill(names(p), x), params,
+  out = jax.tree_util.tree_map_with_path(fill, params,
                                          is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
   if missing:
     raise KeyError(f"the checkpoint holds no value for {missing}")

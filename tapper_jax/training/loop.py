@@ -39,13 +39,13 @@ from tapper_jax.training.logger import Logger, bars_and_logs
 
 HOST_ONLY = ("index", "loss_mask", "shortened", "target_cut")  # batch fields the step never sees
 TABLE_ENTRIES = ("table", "sparse")  # the state entries a host table keeps off the device
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json")
 
 
 def _device_part(state: dict) -> dict:
   """The train state without the entries a host table holds."""
   return {k: v for k, v in state.items() if k not in TABLE_ENTRIES}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
 
 
 class StageRun:

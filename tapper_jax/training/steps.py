@@ -14,6 +14,7 @@ import optax
 from flax import nnx
 
 from tapper_jax.models.llama import LlamaForCausalLM
+from tapper_jax.tapper.attention import ZSTATS
 from tapper_jax.tapper.model import lm_loss
 from tapper_jax.training import setup
 from tapper_jax.training.sparse_table import SparseTableAdamW
@@ -27,7 +28,13 @@ def schedule(peak: float, warmup: int, steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
-FIXED_PARAMS = frozenset({"z_center", "z_scale"})  # tapper.attention.ZStats: never updated
+FIXED_PARAMS = frozenset(ZSTATS)  # tapper.attention.ZStats: never updated
+
+
+def param_path(path) -> tuple[str, ...]:
+  """A parameter's name from a pytree key path: its dict keys (a Variable's value sits under a
+  GetAttrKey, which is dropped), e.g. ("tapper", "attention", "z_center")."""
+  return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
 def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -42,7 +49,7 @@ def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, opta
                        warmup, steps)
 
   def param_label(path, _):
-    names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
+    names = set(param_path(path))
     if names & FIXED_PARAMS:
       return "fixed"
     return "lambda" if names & {"lambda_t", "lambda_o"} else "rest"
@@ -114,7 +121,7 @@ def with_values(params, values: dict):
   left = dict(values)
 
   def put(path, leaf):
-    name = "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+    name = "/".join(param_path(path))
     if name not in left:
       return leaf
     value = jnp.asarray(left.pop(name), leaf.dtype)
