@@ -39,11 +39,12 @@ step() {  # step NAME LIMIT COMMAND...: runs COMMAND if LIMIT seconds are left
     --out="$OUT"
   step users_scale 100 python3 benchmarks/users_scale.py --users=1000,10000,100000,1000000 \
     --out="$OUT"
-  step train_step_1b_cudnn_b32 150 python3 benchmarks/train_step.py \
-    --model=random:llama-3.2-1b --dtype=bfloat16 --attention=cudnn --batch=32 --seq=512 \
-    --target=8 --history=32 --steps=5 --out="$OUT/b32"
+  step train_step_1b_cudnn_b32_unrolled 150 python3 benchmarks/train_step.py \
+    --model=random:llama-3.2-1b --dtype=bfloat16 --attention=cudnn --scan_unroll=0 --batch=32 \
+    --seq=512 --target=8 --history=32 --steps=5 --out="$OUT/b32"
   step mfu_sweep 420 python3 benchmarks/mfu_sweep.py --model=random:llama-3.2-1b \
-    --batch=32 --seq=512 --steps=5 --variants=base,batch2x,no_triton_gemm,seq2x --out="$OUT"
+    --batch=32 --seq=512 --steps=5 --variants=base,unroll,unroll_dots,remat_dots,profile \
+    --out="$OUT"
   step train_step_1b 200 python3 benchmarks/train_step.py --model=random:llama-3.2-1b \
     --dtype=bfloat16 --batch=16 --seq=512 --target=8 --history=32 --steps=10 --out="$OUT"
 } 2>&1 | tee "$OUT/log.txt"

@@ -30,7 +30,10 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Weights and compute, both sides (trainables too).")
 _ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla", "cudnn"],
                                "Ours: attention implementation (LlamaConfig.attention).")
-_REMAT = flags.DEFINE_bool("remat", False, "Ours: recompute each layer in the backward pass.")
+_REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "dots"],
+                           "Ours: what the backward recomputes (models.llama.remat_policy).")
+_UNROLL = flags.DEFINE_integer("scan_unroll", 1, "Ours: layers per layer-scan iteration "
+                                "(0: straight-line code; LlamaConfig.scan_unroll).")
 _BATCH = flags.DEFINE_integer("batch", 8, "Rows per step.")
 _SEQ = flags.DEFINE_integer("seq", 128, "Prompt + target tokens per row (all real: no padding).")
 _TARGET = flags.DEFINE_integer("target", 8, "Target tokens per row (the loss positions).")
@@ -40,6 +43,9 @@ _USERS = flags.DEFINE_integer("users", 1024, "Rows of the user prefix table.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported) after 2 warm-up steps.")
 _SIDE = flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Internal: one side per process.")
 _OUT = flags.DEFINE_string("out", "bench_out", "Folder for train_step_MODEL_DTYPE.json.")
+_DROPOUT = flags.DEFINE_float("bridge_dropout", 0.05, "Bridge LoRA dropout, both sides.")
+_PROFILE = flags.DEFINE_bool("profile", False, "Ours: trace 3 more steps with jax.profiler into "
+                             "OUT/trace_* and print where the device time goes (trace_summary).")
 
 
 def _batch_np(vocab, d, seed=0):
@@ -80,11 +86,12 @@ def side_jax(folder):
   from tapper_jax.training import defaults, setup
   from tapper_jax.training.loop import StageRun
   llm = load_pretrained(folder, param_dtype=_DTYPE.value, dtype=_DTYPE.value,
-                        attention=_ATTENTION.value)
+                        attention=_ATTENTION.value, scan_unroll=_UNROLL.value)
   c = defaults.base_config("LaMP_2M")
   c.model.remat = _REMAT.value
   c.stage2.steps = 1000
   c.stage2.prefix_len = _PREFIX.value
+  c.stage2.bridge_dropout = _DROPOUT.value
   mesh = setup.make_mesh(c)
   run = StageRun(2, llm, c, mesh, _USERS.value, c.stage2.steps)
   state = run.fresh_state()
@@ -99,6 +106,7 @@ def side_jax(folder):
     holder["loss"] = float(m["loss"])
 
   t = _time(step, _STEPS.value)
+  profile = _profile(step) if _PROFILE.value else None
   cfg = llm.config
   per_layer = cfg.hidden_size * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim \
       + cfg.num_attention_heads * cfg.head_dim * cfg.hidden_size + 3 * cfg.hidden_size * cfg.intermediate_size
@@ -112,7 +120,23 @@ def side_jax(folder):
   return {"seconds": t, "loss": holder["loss"], "peak_rss_mb": _peak_mb(),
           "peak_device_mb": stats.get("peak_bytes_in_use", 0) / 2**20,
           "model_flops": model_flops, "achieved_tflops": model_flops / t / 1e12,
-          "mfu": _mfu(model_flops / t, device), "backend": jax.default_backend(), "device": device}
+          "mfu": _mfu(model_flops / t, device), "backend": jax.default_backend(), "device": device,
+          "profile": profile}
+
+
+def _profile(step, n=3):
+  """Traces n steps; prints and returns trace_summary's breakdown of the device time."""
+  import jax
+  import trace_summary
+  folder = os.path.join(os.path.abspath(_OUT.value), f"trace_b{_BATCH.value}_s{_SEQ.value}")
+  with jax.profiler.trace(folder, create_perfetto_trace=True):
+    for _ in range(n):
+      step()
+  summary = {line: trace_summary.summarize(folder, steps=n, top=40, line=line)
+             for line in ("kernels", "ops")}
+  for s in summary.values():
+    print(trace_summary.table(s), file=sys.stderr)
+  return summary
 
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-kind substring, for model-FLOPs utilisation.
@@ -134,7 +158,7 @@ def side_torch(folder):
   dev = "cuda" if torch.cuda.is_available() else "cpu"
   dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[_DTYPE.value]
   model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-  model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05,
+  model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=_DROPOUT.value,
                                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
   d, L = model.config.hidden_size, _PREFIX.value
 
@@ -213,7 +237,7 @@ def main(argv):
   ratio = results["torch"]["seconds"] / results["jax"]["seconds"]
   rows = [("jax (ours)", results["jax"]), ("torch + peft", results["torch"])]
   print(f"\nTAP-PER stage-2 train step, {_BATCH.value} x ({_SEQ.value} + {_PREFIX.value}) tokens, "
-        f"{_HISTORY.value} history, {_MODEL.value}, {_DTYPE.value}, attention {_ATTENTION.value}, "
+        f"{_HISTORY.value} history, {_MODEL.value}, {_DTYPE.value}, attention {_ATTENTION.value}, remat {_REMAT.value}, "
         f"{results['jax']['device']} / {results['torch']['device']}, "
         f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores")
@@ -230,12 +254,15 @@ def main(argv):
   os.makedirs(_OUT.value, exist_ok=True)
   from tapper_jax.fileio import keep_previous, slug
   stem = os.path.join(_OUT.value, f"train_step_{slug(_MODEL.value)}_{_DTYPE.value}"
-                      + ("" if _ATTENTION.value == "einsum" else f"_{_ATTENTION.value}"))
+                      + ("" if _ATTENTION.value == "einsum" else f"_{_ATTENTION.value}")
+                      + ("" if _REMAT.value == "none" else f"_remat_{_REMAT.value}")
+                      + ("" if _UNROLL.value == 1 else f"_unroll{_UNROLL.value}"))
   keep_previous(stem, (".json",))
   with open(stem + ".json", "w") as f:
     json.dump({"batch": _BATCH.value, "seq": _SEQ.value, "target": _TARGET.value,
                "prefix": _PREFIX.value, "history": _HISTORY.value, "users": _USERS.value,
-               "model": _MODEL.value, "remat": _REMAT.value, "attention": _ATTENTION.value,
+               "model": _MODEL.value, "remat": _REMAT.value, "scan_unroll": _UNROLL.value,
+               "attention": _ATTENTION.value,
                "dtype": _DTYPE.value, "machine": platform.machine(), "cpus": os.cpu_count(),
                "results": results, "speedup_vs_torch": ratio}, f, indent=2)
 

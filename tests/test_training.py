@@ -50,7 +50,9 @@ def test_bad_configs_fail_before_any_compile():
            ("mesh.shape", (-1, -1, 1), "at most one -1"),
            ("stage2.batch_size", 6, "multiple"),
            ("data.source", "s3", "data.source"),
-           ("stage2.table_memory", "disk", "table_memory")]
+           ("stage2.table_memory", "disk", "table_memory"),
+           ("model.remat", "some", "model.remat"),
+           ("model.scan_unroll", -1, "model.scan_unroll")]
   for field, value, message in cases:
     bad = tiny_config()
     node, _, leaf = field.rpartition(".")
@@ -518,3 +520,65 @@ def test_a_trimmed_batch_trains_exactly_as_the_full_budget(synth_folder, model_c
   scale = max(np.abs(g).max() for g in jax.tree.leaves(g_full))
   for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_cut), strict=True):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale)
+
+
+def _count(jaxpr, primitive: str) -> int:
+  """Equations of `primitive` in a jaxpr and every sub-jaxpr (scan bodies, remat)."""
+  n = 0
+  for eqn in jaxpr.eqns:
+    n += eqn.primitive.name == primitive
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      n += _count(sub, primitive)
+  return n
+
+
+def test_remat_policies_same_gradients_and_dots_not_recomputed(synth_folder, model_cache):
+  """Every remat policy gives the gradients of none (dropout masks recomputed from the same
+  key); "full" recomputes the layer's matmuls in the backward, "dots" recomputes none."""
+  config = tiny_config(bridge_dropout=0.2)
+  llm, tok = models.load("tiny-random")
+  run, ds, _ = _stage2_run(config, synth_folder, (llm, tok))
+  from tapper_jax.training.loop import HOST_ONLY
+  batch = {k: v for k, v in next(iter(ds)).items() if k not in HOST_ONLY}
+  state = run.fresh_state()
+  trainable = {"params": state["params"], "table": state["table"]}
+  args = (trainable, run.frozen, batch, jax.random.key(3))
+  grads, dots, draws = {}, {}, {}
+  for remat in ("none", "full", "dots", True):
+    fn = steps.grads_fn(run.graphdef, remat)
+    (loss, _), grads[remat] = jax.jit(fn)(*args)
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    dots[remat] = _count(jaxpr, "dot_general")
+    draws[remat] = _count(jaxpr, "random_bits")
+  for remat in ("full", "dots", True):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7),
+                 grads["none"], grads[remat])
+  assert dots["dots"] == dots["none"] < dots["full"] == dots[True]
+  # "dots" keeps the dropout masks: no mask is drawn twice, as "full" draws each.
+  assert 0 < draws["dots"] == draws["none"] < draws["full"]
+  with pytest.raises(ValueError, match="model.remat"):
+    models.llama.remat_policy("some")
+
+
+def test_unrolled_layer_scan_equals_the_scan(model_cache):
+  """scan_unroll=0 (straight-line layers) computes what the rolled scan does, values and
+  input gradients, under each remat policy; the unroll reaches the scan."""
+  rolled, _ = models.load("tiny-random")
+  unrolled, _ = models.load("tiny-random", scan_unroll=0)
+  emb = jax.random.normal(jax.random.key(1), (2, 12, rolled.config.hidden_size)) * 0.02
+  mask = jnp.ones((2, 12), jnp.int32).at[1, 9:].set(0)
+
+  def loss(model, remat):
+    return lambda e: jnp.sum(model.hidden_states(inputs_embeds=e, attention_mask=mask,
+                                                 remat=remat)[0] ** 2)
+  want, want_g = jax.value_and_grad(loss(rolled, "none"))(emb)
+  # Recomputing a layer in another fusion moves float32 sums by ~2e-6 of the largest
+  # gradient (the rolled scan under "full" differs from "none" by as much).
+  atol = 1e-5 * float(jnp.max(jnp.abs(want_g)))
+  for remat in ("none", "dots", "full"):
+    got, got_g = jax.value_and_grad(loss(unrolled, remat))(emb)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got_g, want_g, rtol=0, atol=atol)
+  scans = [e for e in jax.make_jaxpr(loss(unrolled, "none"))(emb).jaxpr.eqns
+           if e.primitive.name == "scan"]
+  assert [e.params["unroll"] for e in scans] == [rolled.config.num_hidden_layers]

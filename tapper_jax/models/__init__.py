@@ -14,7 +14,7 @@ TINY_RANDOM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
 
 
 def load(name_or_path: str, *, param_dtype: str = "float32", dtype: str = "float32", seed: int = 0,
-         attention: str = "einsum"):
+         attention: str = "einsum", scan_unroll: int = 1):
   """(model, tokenizer) from a registry name (e.g. 'smollm2-135m-instruct'), 'tiny-random',
   or an HF folder."""
   from flax import nnx
@@ -22,8 +22,10 @@ def load(name_or_path: str, *, param_dtype: str = "float32", dtype: str = "float
   if name_or_path == "tiny-random":
     folder = registry.resolve(TINY_RANDOM_BASE)
     cfg = LlamaConfig.from_pretrained(folder).replace(param_dtype=param_dtype, dtype=dtype,
-                                                      attention=attention, **TINY_RANDOM)
+                                                      attention=attention,
+                                                      scan_unroll=scan_unroll, **TINY_RANDOM)
     return LlamaForCausalLM(cfg, rngs=nnx.Rngs(seed)), Tokenizer.from_pretrained(folder)
   folder = registry.resolve(name_or_path)
-  return (load_pretrained(folder, param_dtype=param_dtype, dtype=dtype, attention=attention),
+  return (load_pretrained(folder, param_dtype=param_dtype, dtype=dtype, attention=attention,
+                          scan_unroll=scan_unroll),
           Tokenizer.from_pretrained(folder))

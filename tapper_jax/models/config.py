@@ -49,6 +49,10 @@ class LlamaConfig:
   # "cudnn" (jax.nn.dot_product_attention; cudnn = fused flash attention on NVIDIA GPUs, bf16).
   # Decoding with a cache always takes the einsum path.
   attention: str = "einsum"
+  # Layers per iteration of the layer scan; num_hidden_layers (or 0) unrolls it into
+  # straight-line code, so that a layer's backward reads its saved activations in place
+  # rather than out of [layers, ...] stacks (benchmarks/results/gpu_h200).
+  scan_unroll: int = 1
 
   @property
   def rope_scaling_dict(self) -> dict[str, Any] | None:

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+from jax.extend.core.primitives import dot_general_p
 
 from tapper_jax.models.config import LlamaConfig
 from tapper_jax.models.partitioning import constrain
@@ -28,6 +30,7 @@ from tapper_jax.models.partitioning import constrain
 KVCache = dict[str, jax.Array]  # {"k": [L,B,S,K,E], "v": [L,B,S,K,E]}
 
 _INIT_STD = 0.02
+DROPOUT_MASK = "lora_dropout_mask"  # checkpoint_name of a LoRA dropout mask
 
 
 def _normal(key, shape, dtype):
@@ -76,6 +79,7 @@ class Linear(nnx.Module):
       xl = x
       if dropout_key is not None and self.lora_dropout > 0:
         keep, keep_prob = dropout_keep(dropout_key, self.lora_dropout, x.shape)
+        keep = checkpoint_name(keep, DROPOUT_MASK)  # saved by remat "dots": 1 byte an element
         xl = jnp.where(keep, x / keep_prob, 0).astype(x.dtype)
       low = jnp.einsum("...i,ir->...r", xl, self.lora_a[...].astype(self.dtype))
       y = y + self.lora_scale * jnp.einsum("...r,ro->...o", low, self.lora_b[...].astype(self.dtype))
@@ -203,6 +207,35 @@ class MLP(nnx.Module):
     return self.down_proj(constrain(hidden, ("batch", "length", "mlp")))
 
 
+REMAT = ("none", "full", "dots")
+
+
+def remat_policy(remat: str | bool):
+  """The layer scan's `jax.checkpoint` policy for `config.model.remat`, or None (no checkpoint).
+
+  "none" (False): autodiff keeps every residual it wants. Through a scan that is several copies
+    of the same [B,T,F] MLP activation (one per elementwise op that reads it) and the float32
+    norm inputs, written per layer in the forward and read back in the backward.
+  "full" (True): keep only each layer's input; recompute the whole layer (memory for time).
+  "dots": keep the matmul outputs, the fused attention's forward outputs and the LoRA dropout
+    masks (cheaper to store than to redraw); recompute the elementwise work (norms, RoPE,
+    SiLU) inside the backward's fusions.
+  """
+  remat = {False: "none", True: "full"}.get(remat, remat)
+  if remat not in REMAT:
+    raise ValueError(f"model.remat must be one of {REMAT} (or a bool); got {remat!r}")
+  if remat == "none":
+    return None
+  if remat == "full":
+    return jax.checkpoint_policies.nothing_saveable
+
+  def dots(prim, *_, **params):
+    # cuDNN's attention is a custom_vjp whose forward binds "dot_product_attention_fwd*".
+    return (prim is dot_general_p or prim.name.startswith("dot_product_attention_fwd")
+            or (prim.name == "name" and params.get("name") == DROPOUT_MASK))
+  return dots
+
+
 class DecoderLayers(nnx.Module):
   """All decoder layers, weights stacked on axis 0; `__call__` scans them."""
 
@@ -213,6 +246,7 @@ class DecoderLayers(nnx.Module):
     self.input_layernorm = RMSNorm(cfg.hidden_size, stack=n, cfg=cfg)
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, stack=n, cfg=cfg)
     self.num_layers = n
+    self.unroll = cfg.scan_unroll if cfg.scan_unroll > 0 else n
 
   def _one_layer(self, x, cos, sin, kv_mask, cache, cache_index, key, layer):
     """Runs on a merged view whose variables hold one layer's slice."""
@@ -224,8 +258,9 @@ class DecoderLayers(nnx.Module):
     return constrain(x, ("batch", "length", "embed")), cache
 
   def __call__(self, x, cos, sin, kv_mask, cache: KVCache | None, cache_index, dropout_key,
-               remat: bool = False):
+               remat: str | bool = False):
     graphdef, state = nnx.split(self)
+    policy = remat_policy(remat)
     keys = None if dropout_key is None else jax.random.split(dropout_key, self.num_layers)
 
     def body(carry, xs):
@@ -234,9 +269,10 @@ class DecoderLayers(nnx.Module):
       layer = nnx.merge(graphdef, layer_state)
       return layer._one_layer(h, cos, sin, kv_mask, cache, cache_index, key, i), None
 
-    if remat:
-      body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-    (x, cache), _ = jax.lax.scan(body, (x, cache), (state, jnp.arange(self.num_layers), keys))
+    if policy is not None:
+      body = jax.checkpoint(body, policy=policy)
+    (x, cache), _ = jax.lax.scan(body, (x, cache), (state, jnp.arange(self.num_layers), keys),
+                                 unroll=self.unroll)
     return x, cache
 
 
@@ -280,7 +316,7 @@ class LlamaForCausalLM(nnx.Module):
 
   def hidden_states(self, input_ids=None, *, inputs_embeds=None, attention_mask=None,
                     positions=None, cache: KVCache | None = None, cache_index: Any = 0,
-                    dropout_key=None, remat: bool = False):
+                    dropout_key=None, remat: str | bool = False):
     """Final-norm hidden states [B,T,D] and the updated cache.
 
     attention_mask: [B,S] with 1 for real tokens; S = T without a cache, the cache length with

@@ -130,10 +130,12 @@ def fill_from_hf(abstract_model, folder: str, name_fn, dtype):
 
 
 def load_pretrained(folder: str, *, param_dtype: str = "float32", dtype: str = "float32",
-                    config: LlamaConfig | None = None, attention: str = "einsum") -> LlamaForCausalLM:
+                    config: LlamaConfig | None = None, attention: str = "einsum",
+                    scan_unroll: int = 1) -> LlamaForCausalLM:
   """Builds our model from an HF folder (config.json + safetensors), host-side, torch-free."""
   cfg = config or LlamaConfig.from_pretrained(folder)
-  cfg = cfg.replace(param_dtype=param_dtype, dtype=dtype, attention=attention)
+  cfg = cfg.replace(param_dtype=param_dtype, dtype=dtype, attention=attention,
+                    scan_unroll=scan_unroll)
   return fill_from_hf(_abstract_model(cfg), folder, hf_name, cfg.jnp_param_dtype)
 
 

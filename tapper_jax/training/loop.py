@@ -215,18 +215,22 @@ class StageRun:
     return self.with_table(state)
 
 
+def _held(config) -> dict:
+  """How the backbone is held and computed: models.load's keywords, from config.model."""
+  m = config.model
+  return dict(param_dtype=m.param_dtype, dtype=m.dtype, attention=m.attention,
+              scan_unroll=m.scan_unroll)
+
+
 def _backbone(config, workdir: str):
   """(llm, tokenizer, folder) to run stage 2 on: the saved stage-1 backbone if there is one."""
   folder = config.stage2.backbone or os.path.join(workdir, "backbone")
   if os.path.isfile(os.path.join(folder, "config.json")):
-    return (models.load_pretrained(folder, param_dtype=config.model.param_dtype,
-                                   dtype=config.model.dtype, attention=config.model.attention),
+    return (models.load_pretrained(folder, **_held(config)),
             models.Tokenizer.from_pretrained(folder), folder)
   logging.warning("no stage-1 backbone in %s: stage 2 runs on %s without a task LoRA", folder,
                   config.model.name)
-  llm, tok = models.load(config.model.name, param_dtype=config.model.param_dtype,
-                         dtype=config.model.dtype, seed=config.seed,
-                         attention=config.model.attention)
+  llm, tok = models.load(config.model.name, seed=config.seed, **_held(config))
   return llm, tok, None
 
 
@@ -303,9 +307,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       logging.info("stage 1: merged backbone already in %s; not retrained", backbone_dir)
     else:
       t0 = time.time()
-      llm, tok = models.load(config.model.name, param_dtype=config.model.param_dtype,
-                             dtype=config.model.dtype, seed=config.seed,
-                             attention=config.model.attention)
+      llm, tok = models.load(config.model.name, seed=config.seed, **_held(config))
       prompts = prompt_format(config, tok)
       examples = p.stage1
       n_steps = resolve_steps(config.stage1, len(examples))
