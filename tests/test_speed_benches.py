@@ -72,12 +72,48 @@ def test_users_scale_bench_times_each_table_mode(tmp_path):
 
 def test_mfu_sweep_runs_each_variant_and_compares_with_the_reference(tmp_path):
   _run("mfu_sweep.py", tmp_path, "--model=random:tiny", "--dtype=float32", "--attention=einsum",
-       "--batch=2", "--seq=16", "--steps=1", "--variants=base,batch2x")
+       "--batch=2", "--seq=16", "--steps=1", "--variants=base,batch2x,profile,unroll_dots")
   with open(tmp_path / "mfu_sweep_random_tiny_float32.json") as f:
     res = json.load(f)
-  assert res["reference"] == "base" and set(res["variants"]) == {"base", "batch2x"}
+  assert res["reference"] == "base"
+  assert set(res["variants"]) == {"base", "batch2x", "profile", "unroll_dots"}
   base, big = res["variants"]["base"], res["variants"]["batch2x"]
   assert "--batch=4" in big["args"] and big["model_flops"] == 2 * base["model_flops"]
+  assert {"--scan_unroll=0", "--remat=dots"} <= set(res["variants"]["unroll_dots"]["args"])
+  profile = res["variants"]["profile"]["profile"]["kernels"]
+  assert profile["total_ms"] > 0 and profile["top"]
+
+
+def test_trace_summary_sums_a_gpu_trace_by_kernel_and_kind(tmp_path):
+  """Kernel events of the GPU's streams are summed per step by name and kind; the derived
+  lines (XLA Ops, Modules) and the host are not counted with them."""
+  import gzip
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import trace_summary
+  meta = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
+          {"ph": "M", "pid": 1, "tid": 7, "name": "thread_name", "args": {"name": "Stream #7(Compute)"}},
+          {"ph": "M", "pid": 1, "tid": 8, "name": "thread_name", "args": {"name": "XLA Ops"}},
+          {"ph": "M", "pid": 1, "tid": 9, "name": "thread_name", "args": {"name": "XLA Modules"}},
+          {"ph": "M", "pid": 2, "tid": 3, "name": "thread_name", "args": {"name": "python"}}]
+  x = lambda pid, tid, name, us: {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": 0,  # noqa: E731
+                                  "dur": us}
+  events = meta + [x(1, 7, "nvjet_sm90_gemm", 3000), x(1, 7, "nvjet_sm90_gemm", 1000),
+                   x(1, 7, "cudnn_sdpa_flash_fprop", 2000), x(1, 7, "memcpy128", 500),
+                   x(1, 7, "loop_add_fusion", 500), x(1, 8, "fusion.1", 9000),
+                   x(1, 9, "jit_step", 99000), x(2, 3, "PjitFunction", 50000)]
+  folder = tmp_path / "plugins" / "profile" / "run"
+  folder.mkdir(parents=True)
+  with gzip.open(folder / "perfetto_trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  s = trace_summary.summarize(str(tmp_path), steps=2)
+  assert s["total_ms"] == pytest.approx(3.5)  # (3 + 1 + 2 + 0.5 + 0.5) ms over 2 steps
+  assert {k: round(v["ms"], 3) for k, v in s["kinds"].items()} == {
+      "matmul": 2.0, "attention": 1.0, "other": 0.5}
+  top = s["top"][0]
+  assert (top["name"], top["count"], top["ms"]) == ("nvjet_sm90_gemm", 1, 2.0)
+  ops = trace_summary.summarize(str(tmp_path), steps=2, line="ops")
+  assert ops["total_ms"] == pytest.approx(4.5) and ops["top"][0]["name"] == "fusion.1"
 
 
 @pytest.mark.slow
