@@ -103,6 +103,11 @@ def test_simulated_user_rules_and_noise():
   assert 0.26 < flips < 0.34
   with pytest.raises(ValueError, match="unknown attribute"):
     score("funny", "x")
+  # A greedy answer already free of informal marks can only be tied on formality.
+  from tapper_jax.tpop.user import ceiling
+  refs = ["The results are final.", "I'm sure it's great!", "Markets rise.", "Yeah, ok."]
+  assert ceiling("formal", refs) == pytest.approx((0.5 + 1 + 0.5 + 1) / 4)
+  assert ceiling("concise", refs) == ceiling("numbers", refs) == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +228,13 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   assert set(out["win_rate"]) == {"concise", "numbers"}
   assert all(set(v) == {0, 2, 4} and all(0 <= x <= 1 for x in v.values())
              for v in out["win_rate"].values())
+  assert set(out["ceiling"]) == {"concise", "numbers"}
+  held_answers = [h["greedy"] for h in out["held_out"]]
+  assert [h["query"] for h in out["held_out"]] == held and len(held_answers) == 2
+  shown = out["exploit_responses"]["concise"][4]
+  from tapper_jax.tpop.user import SimulatedUser
+  assert out["win_rate"]["concise"][4] == pytest.approx(  # the curve scores what was shown
+      np.mean([SimulatedUser("concise").wins(a, b) for a, b in zip(shown, held_answers)]))
   assert set(out["latency_ratio"]) == {"tpop_exploit", "tpop_two_arm"}
   assert all(v > 0 for v in out["latency_ratio"].values())
   for f in ("tpop.json", "tpop.md", "tpop.png"):

@@ -80,7 +80,7 @@ def run(config, workdir: str) -> dict:
   from tapper_jax.models.tokenizer import bucket_length
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
-  from tapper_jax.tpop.user import SimulatedUser
+  from tapper_jax.tpop.user import SimulatedUser, ceiling
   os.makedirs(workdir, exist_ok=True)
   llm, tok = models.load(config.model)
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(config.encoder), batch_size=128)
@@ -105,6 +105,7 @@ def run(config, workdir: str) -> dict:
   # greedy and T-POP interleaved so that both see the same load on the machine.
   clock = {"greedy": [0.0, 0], "tpop_exploit": [0.0, 0], "tpop_two_arm": [0.0, 0]}
   results, stated = {}, {}  # win rate, and preferences stated, after r rounds
+  answers = {}  # attribute -> rounds -> the exploit responses to the held-out queries
   rounds = max(config.eval_after)
   for attribute in config.attributes:
     user = SimulatedUser(attribute, noise=config.noise, seed=config.seed)
@@ -115,10 +116,11 @@ def run(config, workdir: str) -> dict:
     curve = {}
     for r in range(rounds + 1):
       if r in config.eval_after:
-        wins = []
+        wins, shown = [], []
         for q, b in zip(held_q, base):
           resp = dec.generate(chat(q), rm, explore=False)
-          wins.append(user.wins(resp.exploit.strip(), b))
+          shown.append(resp.exploit.strip())
+          wins.append(user.wins(shown[-1], b))
           if r > 0:
             t0 = time.perf_counter()
             _, n = greedy(q)
@@ -127,6 +129,7 @@ def run(config, workdir: str) -> dict:
             clock["tpop_exploit"][0] += resp.seconds
             clock["tpop_exploit"][1] += resp.tokens
         curve[r] = float(np.mean(wins))
+        answers.setdefault(attribute, {})[r] = shown
         stated.setdefault(attribute, {})[r] = len(rm.winners)
         logging.info("%s: %d rounds (%d preferences), win rate %.3f", attribute, r,
                      len(rm.winners), curve[r])
@@ -151,10 +154,15 @@ def run(config, workdir: str) -> dict:
   out = {"model": config.model, "encoder": config.encoder, "queries": {
       "source": f"{config.data_folder} ({config.split}): 'Write a short headline for this "
                 "article: <article>'", "train": len(train_q), "held_out": len(held_q)},
-         "win_rate": results, "preferences_stated": stated, "s_per_token": per_token,
+         "win_rate": results, "preferences_stated": stated,
+         # What any responses could reach against these greedy answers (user.ceiling).
+         "ceiling": {a: ceiling(a, base) for a in config.attributes},
+         "s_per_token": per_token,
          "latency_ratio": {k: per_token[k] / max(per_token["greedy"], 1e-12)
                            for k in ("tpop_exploit", "tpop_two_arm")},
-         "config": config.to_dict()}
+         "config": config.to_dict(),
+         "held_out": [{"query": q, "greedy": b} for q, b in zip(held_q, base)],
+         "exploit_responses": answers}
   _write(workdir, out, config)
   return out
 
@@ -169,12 +177,12 @@ def _write(workdir: str, out: dict, config) -> None:
   lines = [f"T-POP win rate of the exploit response over the base model's greedy response "
            f"({out['queries']['held_out']} held-out queries), {config.model}, after N rounds "
            "(preferences stated: ties state none)", "",
-           "| attribute | " + " | ".join(f"{s} rounds" for s in steps) + " |",
-           "|---|" + "---|" * len(steps)]
+           "| attribute | " + " | ".join(f"{s} rounds" for s in steps) + " | ceiling |",
+           "|---|" + "---|" * (len(steps) + 1)]
   for a, curve in out["win_rate"].items():
     n = out["preferences_stated"].get(a, {})
     lines.append(f"| {a} | " + " | ".join(f"{curve[s]:.2f} ({n.get(s, 0)})" for s in steps)
-                 + " |")
+                 + f" | {out['ceiling'][a]:.2f} |")
   t, ratio = out["s_per_token"], out["latency_ratio"]
   lines += ["", f"Latency per generated token: greedy {t['greedy'] * 1e3:.1f} ms; T-POP exploit "
             f"response {t['tpop_exploit'] * 1e3:.1f} ms ({ratio['tpop_exploit']:.2f}x); a "

@@ -49,6 +49,20 @@ def score(attribute: str, text: str) -> float:
   raise ValueError(f"unknown attribute {attribute!r}; known: {ATTRIBUTES} and topic:WORD")
 
 
+# The best score a response can have, where the rule has one: a response with no informal mark
+# is as formal as any. Other rules always have a better response to give.
+BEST = {"formal": 0.0}
+
+
+def ceiling(attribute: str, references: list[str]) -> float:
+  """The highest win rate any responses can reach against `references` (win 1, tie 0.5): a
+  reference already at the rule's best score can only be tied."""
+  best = BEST.get(attribute)
+  if best is None:
+    return 1.0
+  return float(np.mean([0.5 if score(attribute, r) >= best else 1.0 for r in references]))
+
+
 @dataclasses.dataclass
 class SimulatedUser:
   attribute: str
