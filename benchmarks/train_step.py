@@ -237,7 +237,8 @@ def main(argv):
   ratio = results["torch"]["seconds"] / results["jax"]["seconds"]
   rows = [("jax (ours)", results["jax"]), ("torch + peft", results["torch"])]
   print(f"\nTAP-PER stage-2 train step, {_BATCH.value} x ({_SEQ.value} + {_PREFIX.value}) tokens, "
-        f"{_HISTORY.value} history, {_MODEL.value}, {_DTYPE.value}, attention {_ATTENTION.value}, remat {_REMAT.value}, "
+        f"{_HISTORY.value} history, {_MODEL.value}, {_DTYPE.value}, attention {_ATTENTION.value}, "
+        f"remat {_REMAT.value}, "
         f"{results['jax']['device']} / {results['torch']['device']}, "
         f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores")

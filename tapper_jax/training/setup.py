@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tapper_jax import methods
 from tapper_jax.data.tasks import get_task
 from tapper_jax.errors import ConfigError  # re-exported: setup.ConfigError
-from tapper_jax.models.llama import REMAT, LlamaForCausalLM
+from tapper_jax.models.llama import LlamaForCausalLM, remat_policy
 from tapper_jax.models.lora import attach_lora
 from tapper_jax.models.partitioning import fitted_spec, state_shardings
 from tapper_jax.tapper.model import PersonalizedLM
@@ -76,8 +76,10 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
   for c in config.eval_controls:
     if c not in CONTROLS:
       raise ConfigError(f"config.eval_controls: unknown control {c!r} ({', '.join(CONTROLS)})")
-  if config.model.remat not in REMAT + (True, False):
-    raise ConfigError(f"config.model.remat={config.model.remat!r}: one of {', '.join(REMAT)}")
+  try:
+    remat_policy(config.model.remat)  # the one list of the accepted values
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
   if not (isinstance(config.model.scan_unroll, int) and config.model.scan_unroll >= 0):
     raise ConfigError(f"config.model.scan_unroll={config.model.scan_unroll!r}: layers per scan "
                       "iteration, an int >= 0 (0: unroll every layer)")
