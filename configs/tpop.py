@@ -15,9 +15,15 @@ def get_config(arg: str = ""):
   c.encoder = "all-minilm-l6-v2"  # the frozen sentence encoder
   c.data_folder = os.path.join("data", "offline", "huffpost_2N")  # queries: its articles
   c.split = "test"  # the questions file the articles come from
-  c.train_queries = 100  # the preference stream
+  # The preference stream, each query asked once. Most pairs of headlines tie under the rules
+  # (numbers stated 10 preferences in 50 rounds), so the stream is every huffpost_2N test
+  # article that is not held out (348 distinct, 30 held out).
+  c.train_queries = 318
   c.eval_queries = 30  # held out: never in the stream
-  c.eval_after = (0, 10, 25, 50, 100)  # evaluate after this many preferences
+  c.eval_after = (0, 10, 25, 50, 100)  # evaluate after this many preferences (or rounds)
+  # What eval_after counts: "preferences" stated (the issue's x-axis; a tie states none) or
+  # "rounds" played (each round shows one pair, stated or not).
+  c.count = "preferences"
   c.attributes = ("concise", "numbers", "formal", "positive")  # one simulated user each
   c.noise = 0.0  # probability that a simulated verdict is flipped
   c.top_k = 40  # candidates: the union of both arms' top-k next tokens
@@ -43,6 +49,7 @@ def get_config(arg: str = ""):
   if "tiny" in arg:
     c.model = "tiny-random"
     c.train_queries, c.eval_queries, c.eval_after = 4, 2, (0, 2, 4)
+    c.count = "rounds"  # a tiny random model's answers tie too often to count preferences
     c.attributes = ("concise", "numbers")
     c.top_k, c.max_new_tokens, c.hidden = 5, 3, 32
   return c

@@ -32,6 +32,7 @@ def test_serving_bench_sides_generate_identical_tokens_for_mixed_users(tmp_path)
   assert "| 5 |" in out
 
 
+@pytest.mark.slow  # a benchmark's smoke run: the default suite stays under 15 min
 def test_train_step_bench_reports_both_sides_and_flops(tmp_path):
   _run("train_step.py", tmp_path, "--model=random:tiny", "--batch=2", "--seq=16", "--steps=1",
        "--history=3", "--users=5")
@@ -70,6 +71,7 @@ def test_users_scale_bench_times_each_table_mode(tmp_path):
   assert res["computed"]["Llama-3.1-8B"]["500"]["table_gb"] == 500 * 8 * 4096 * 4 / 1e9
 
 
+@pytest.mark.slow  # a benchmark's smoke run: the default suite stays under 15 min
 def test_mfu_sweep_runs_each_variant_and_compares_with_the_reference(tmp_path):
   _run("mfu_sweep.py", tmp_path, "--model=random:tiny", "--dtype=float32", "--attention=einsum",
        "--batch=2", "--seq=16", "--steps=1", "--variants=base,batch2x,profile,unroll_dots")

@@ -244,6 +244,25 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   stated = out["preferences_stated"]["concise"]
   assert stated[0] == 0 and stated[2] <= stated[4] <= 4  # ties state none
   assert len(rm.winners) == stated[4]  # its preferences: the user continues from here
+  # Counting preferences: each point reached is after exactly that many stated preferences, the
+  # rounds it took are recorded, and a point is missing only where the stream ran out.
+  c.count, c.attributes, c.eval_after = "preferences", ("concise",), (0, 1, 2)
+  out = tpop_run.run(c, str(tmp_path / "wd_prefs"))
+  assert out["count"] == "preferences"
+  reached = out["win_rate"]["concise"]
+  assert 0 in reached and out["rounds"]["concise"][0] == 0
+  assert all(out["preferences_stated"]["concise"][p] == p for p in reached)
+  rounds = [out["rounds"]["concise"][p] for p in sorted(reached)]
+  assert rounds == sorted(rounds) and all(r <= 4 for r in rounds)
+  rm = UserRewardModel(384, hidden=32)
+  tpop_run.load_user(str(tmp_path / "wd_prefs"), "sim-concise", rm)
+  if len(reached) < 3:  # stopped early: only because the 4 stream queries ran out
+    assert len(rm.winners) == max(reached) < 2
+  else:
+    assert len(rm.winners) == 2
+  c.count = "batches"
+  with pytest.raises(ValueError, match="config.count"):
+    tpop_run.run(c, str(tmp_path / "wd_bad"))
   bad = folder / "bad"
   bad.mkdir()
   (bad / "test_questions.json").write_text(_json.dumps([{"id": "x", "input": "no article"}]))

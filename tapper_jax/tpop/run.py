@@ -7,8 +7,10 @@ headline for this article: <article>" (the article text of each question). The f
 `train_queries` feed the preference stream; the next `eval_queries` are held out (disjoint by
 construction, and checked). For each hidden attribute a simulated user (tpop/user.py) sees the
 two arms' responses to each training query and states a preference (none on a tie); the reward
-model is refit on all of them. After 0, 10, 25, ... rounds the exploit arm answers every held-out query
-and the user judges it against the base model's greedy answer (win 1, tie 0.5, loss 0).
+model is refit on all of them. After 0, 10, 25, ... preferences stated (`config.count`; or
+rounds played) the exploit arm answers every held-out query and the user judges it against the
+base model's greedy answer (win 1, tie 0.5, loss 0). Each stream query is asked once: a user
+whose stream runs out first has no figure for the later points.
 Outputs in DIR: tpop.{json,md,png}, and users/<user id>/ (reward model + preferences +
 covariance: `UserRewardModel.state`), from which a user continues later.
 """
@@ -73,6 +75,15 @@ def load_user(folder: str, user_id: str, rm) -> None:
                    "v_diag": z["v_diag"], "winners": z["winners"], "losers": z["losers"]})
 
 
+def _counts_preferences(config) -> bool:
+  """What `config.eval_after` counts: stated preferences (a tie states none, so a point can take
+  many rounds) or rounds played."""
+  count = config.get("count", "rounds")
+  if count not in ("preferences", "rounds"):
+    raise ValueError(f"config.count: {count!r}; expected 'preferences' or 'rounds'")
+  return count == "preferences"
+
+
 def run(config, workdir: str) -> dict:
   from tapper_jax import models
   from tapper_jax.models import greedy_generate, registry
@@ -81,6 +92,7 @@ def run(config, workdir: str) -> dict:
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.user import SimulatedUser, ceiling
+  by_preferences = _counts_preferences(config)  # before anything loads
   os.makedirs(workdir, exist_ok=True)
   llm, tok = models.load(config.model)
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(config.encoder), batch_size=128)
@@ -104,18 +116,21 @@ def run(config, workdir: str) -> dict:
   # Latency per generated token, timed at every evaluation after the first (compiled by then),
   # greedy and T-POP interleaved so that both see the same load on the machine.
   clock = {"greedy": [0.0, 0], "tpop_exploit": [0.0, 0], "tpop_two_arm": [0.0, 0]}
-  results, stated = {}, {}  # win rate, and preferences stated, after r rounds
+  results, stated = {}, {}  # win rate, and preferences stated, at each point reached
   answers = {}  # attribute -> rounds -> the exploit responses to the held-out queries
-  rounds = max(config.eval_after)
+  last = max(config.eval_after)
+  rounds_at = {}  # attribute -> eval point -> rounds played to reach it
   for attribute in config.attributes:
     user = SimulatedUser(attribute, noise=config.noise, seed=config.seed)
     rm = UserRewardModel(enc.dim, hidden=config.hidden, lam=config.lam, lr=config.lr,
                          seed=config.seed, official_sign=config.official_sign,
                          official_covariance=config.official_covariance,
                          refit_from_init=config.get("refit_from_init", False))
-    curve = {}
-    for r in range(rounds + 1):
-      if r in config.eval_after:
+    curve, r = {}, 0
+    while True:
+      # One round adds at most one preference, so counting either way no point is skipped.
+      point = len(rm.winners) if by_preferences else r
+      if point in config.eval_after and point not in curve:
         wins, shown = [], []
         for q, b in zip(held_q, base):
           resp = dec.generate(chat(q), rm, explore=False)
@@ -128,15 +143,20 @@ def run(config, workdir: str) -> dict:
             clock["greedy"][1] += n
             clock["tpop_exploit"][0] += resp.seconds
             clock["tpop_exploit"][1] += resp.tokens
-        curve[r] = float(np.mean(wins))
-        answers.setdefault(attribute, {})[r] = shown
-        stated.setdefault(attribute, {})[r] = len(rm.winners)
+        curve[point] = float(np.mean(wins))
+        answers.setdefault(attribute, {})[point] = shown
+        stated.setdefault(attribute, {})[point] = len(rm.winners)
+        rounds_at.setdefault(attribute, {})[point] = r
         logging.info("%s: %d rounds (%d preferences), win rate %.3f", attribute, r,
-                     len(rm.winners), curve[r])
-      if r == rounds:
+                     len(rm.winners), curve[point])
+      if point >= last or r >= len(train_q):
+        if point < last:
+          logging.warning("%s: the stream's %d queries ran out at %d preferences; points "
+                          "above it are not reached", attribute, len(train_q), point)
         break
-      resp = dec.generate(chat(train_q[r % len(train_q)]), rm)
-      if r > 0:
+      resp = dec.generate(chat(train_q[r]), rm)
+      r += 1
+      if r > 1:  # the first round compiles
         clock["tpop_two_arm"][0] += resp.seconds
         clock["tpop_two_arm"][1] += resp.tokens / 2  # per token of one response
       a, b = resp.exploit.strip(), resp.explore.strip()
@@ -154,7 +174,10 @@ def run(config, workdir: str) -> dict:
   out = {"model": config.model, "encoder": config.encoder, "queries": {
       "source": f"{config.data_folder} ({config.split}): 'Write a short headline for this "
                 "article: <article>'", "train": len(train_q), "held_out": len(held_q)},
-         "win_rate": results, "preferences_stated": stated,
+         # Win rate after each point of eval_after, which counts `count` ("preferences"
+         # stated, or "rounds" played); both are recorded for every point reached.
+         "count": "preferences" if by_preferences else "rounds",
+         "win_rate": results, "preferences_stated": stated, "rounds": rounds_at,
          # What any responses could reach against these greedy answers (user.ceiling).
          "ceiling": {a: ceiling(a, base) for a in config.attributes},
          "s_per_token": per_token,
@@ -174,14 +197,19 @@ def _write(workdir: str, out: dict, config) -> None:
   with open(stem + ".json", "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
   steps = list(config.eval_after)
+  unit = out["count"]
+  other, other_key = (("rounds", "rounds") if unit == "preferences"
+                      else ("preferences stated: ties state none", "preferences_stated"))
   lines = [f"T-POP win rate of the exploit response over the base model's greedy response "
-           f"({out['queries']['held_out']} held-out queries), {config.model}, after N rounds "
-           "(preferences stated: ties state none)", "",
-           "| attribute | " + " | ".join(f"{s} rounds" for s in steps) + " | ceiling |",
+           f"({out['queries']['held_out']} held-out queries), {config.model}, after N {unit} "
+           f"(in brackets, {other}; '-' where the stream of {out['queries']['train']} queries "
+           "ran out first)", "",
+           "| attribute | " + " | ".join(f"{s} {unit}" for s in steps) + " | ceiling |",
            "|---|" + "---|" * (len(steps) + 1)]
   for a, curve in out["win_rate"].items():
-    n = out["preferences_stated"].get(a, {})
-    lines.append(f"| {a} | " + " | ".join(f"{curve[s]:.2f} ({n.get(s, 0)})" for s in steps)
+    n = out[other_key].get(a, {})
+    lines.append(f"| {a} | " + " | ".join(f"{curve[s]:.2f} ({n[s]})" if s in curve else "-"
+                                          for s in steps)
                  + f" | {out['ceiling'][a]:.2f} |")
   t, ratio = out["s_per_token"], out["latency_ratio"]
   lines += ["", f"Latency per generated token: greedy {t['greedy'] * 1e3:.1f} ms; T-POP exploit "
@@ -195,9 +223,10 @@ def _write(workdir: str, out: dict, config) -> None:
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
   for a, curve in out["win_rate"].items():
-    ax.plot(steps, [curve[s] for s in steps], "o-", label=a)
+    xs = [s for s in steps if s in curve]
+    ax.plot(xs, [curve[s] for s in xs], "o-", label=a)
   ax.axhline(0.5, color="gray", linestyle=":")
-  ax.set_xlabel("preferences")
+  ax.set_xlabel(unit)
   ax.set_ylabel("win rate vs greedy (held out)")
   ax.legend()
   fig.tight_layout()
