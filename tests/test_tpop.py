@@ -244,6 +244,20 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   stated = out["preferences_stated"]["concise"]
   assert stated[0] == 0 and stated[2] <= stated[4] <= 4  # ties state none
   assert len(rm.winners) == stated[4]  # its preferences: the user continues from here
+  lo, hi = out["interval"]["concise"][4]
+  assert lo <= out["win_rate"]["concise"][4] <= hi
+  assert tpop_run.interval([1.0] * 5) == [1.0, 1.0]
+  # The serving-weight benchmark on this run's held-out queries: w = 0 is greedy decoding (every
+  # answer ties), and w = the run's w reproduces the run's last figure with its saved models.
+  import subprocess
+  p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_w.py"),
+                      f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1"],
+                     capture_output=True, text=True, cwd=REPO)
+  assert p.returncode == 0, p.stderr[-3000:]
+  bench = _json.loads((tmp_path / "wd" / "tpop_w_test.json").read_text())
+  for a in ("concise", "numbers"):
+    assert bench["rows"][a]["0.0"]["win_rate"] == 0.5
+    assert bench["rows"][a]["1.0"]["win_rate"] == pytest.approx(out["win_rate"][a][4])
   # Counting preferences: each point reached is after exactly that many stated preferences, the
   # rounds it took are recorded, and a point is missing only where the stream ran out.
   c.count, c.attributes, c.eval_after = "preferences", ("concise",), (0, 1, 2)

@@ -17,6 +17,7 @@ covariance: `UserRewardModel.state`), from which a user continues later.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -75,6 +76,31 @@ def load_user(folder: str, user_id: str, rm) -> None:
                    "v_diag": z["v_diag"], "winners": z["winners"], "losers": z["losers"]})
 
 
+def chat_ids(tok, query: str) -> list[int]:
+  """The query as the one user turn of the model's chat template, tokenized."""
+  return tok.encode(tok.apply_chat_template([{"role": "user", "content": query}]))
+
+
+def greedy_answer(llm, tok, query: str, *, max_new_tokens: int) -> tuple[str, int]:
+  """The base model's greedy answer and its token count (EOS included), the prompt left-padded
+  to a bucket (few compilations)."""
+  from tapper_jax.models import greedy_generate
+  from tapper_jax.models.tokenizer import bucket_length
+  ids = chat_ids(tok, query)
+  row, mask = tok.pad([ids], side="left", length=bucket_length(len(ids), smallest=32))
+  out = np.asarray(greedy_generate(llm, row, mask, max_new_tokens=max_new_tokens))[0]
+  kept = [int(t) for t in out if t not in llm.config.eos_token_ids and t != tok.pad_id]
+  return tok.decode(kept).strip(), len(kept) + (len(kept) < len(out))
+
+
+def interval(wins, n: int = 1000, seed: int = 0) -> list[float]:
+  """95% bootstrap interval of a win rate (per-query wins 1 / 0.5 / 0 resampled)."""
+  w = np.asarray(wins, float)
+  rng = np.random.default_rng(seed)
+  means = w[rng.integers(0, len(w), (n, len(w)))].mean(1)
+  return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
 def _counts_preferences(config) -> bool:
   """What `config.eval_after` counts: stated preferences (a tie states none, so a point can take
   many rounds) or rounds played."""
@@ -86,9 +112,8 @@ def _counts_preferences(config) -> bool:
 
 def run(config, workdir: str) -> dict:
   from tapper_jax import models
-  from tapper_jax.models import greedy_generate, registry
+  from tapper_jax.models import registry
   from tapper_jax.models.bert import SentenceEncoder
-  from tapper_jax.models.tokenizer import bucket_length
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.user import SimulatedUser, ceiling
@@ -98,16 +123,8 @@ def run(config, workdir: str) -> dict:
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(config.encoder), batch_size=128)
   train_q, held_q = queries(config.data_folder, config.split, config.train_queries,
                             config.eval_queries)
-  chat = lambda q: tok.encode(tok.apply_chat_template([{"role": "user", "content": q}]))  # noqa: E731
-
-  def greedy(q: str) -> tuple[str, int]:
-    """The base model's greedy answer and its token count (EOS included), the prompt left-padded
-    to a bucket (few compilations)."""
-    ids = chat(q)
-    row, mask = tok.pad([ids], side="left", length=bucket_length(len(ids), smallest=32))
-    out = np.asarray(greedy_generate(llm, row, mask, max_new_tokens=config.max_new_tokens))[0]
-    kept = [int(t) for t in out if t not in llm.config.eos_token_ids and t != tok.pad_id]
-    return tok.decode(kept).strip(), len(kept) + (len(kept) < len(out))
+  chat = functools.partial(chat_ids, tok)
+  greedy = functools.partial(greedy_answer, llm, tok, max_new_tokens=config.max_new_tokens)
 
   base = [greedy(q)[0] for q in held_q]  # the reference answers (and every shape compiled)
   dec = TwoArmDecoder(llm, tok, enc, top_k=config.top_k, w=config.w, nu=config.nu,
@@ -117,6 +134,7 @@ def run(config, workdir: str) -> dict:
   # greedy and T-POP interleaved so that both see the same load on the machine.
   clock = {"greedy": [0.0, 0], "tpop_exploit": [0.0, 0], "tpop_two_arm": [0.0, 0]}
   results, stated = {}, {}  # win rate, and preferences stated, at each point reached
+  spread = {}  # attribute -> point -> 95% bootstrap interval of the win rate
   answers = {}  # attribute -> rounds -> the exploit responses to the held-out queries
   last = max(config.eval_after)
   rounds_at = {}  # attribute -> eval point -> rounds played to reach it
@@ -144,6 +162,7 @@ def run(config, workdir: str) -> dict:
             clock["tpop_exploit"][0] += resp.seconds
             clock["tpop_exploit"][1] += resp.tokens
         curve[point] = float(np.mean(wins))
+        spread.setdefault(attribute, {})[point] = interval(wins)
         answers.setdefault(attribute, {})[point] = shown
         stated.setdefault(attribute, {})[point] = len(rm.winners)
         rounds_at.setdefault(attribute, {})[point] = r
@@ -177,7 +196,8 @@ def run(config, workdir: str) -> dict:
          # Win rate after each point of eval_after, which counts `count` ("preferences"
          # stated, or "rounds" played); both are recorded for every point reached.
          "count": "preferences" if by_preferences else "rounds",
-         "win_rate": results, "preferences_stated": stated, "rounds": rounds_at,
+         "win_rate": results, "interval": spread, "preferences_stated": stated,
+         "rounds": rounds_at,
          # What any responses could reach against these greedy answers (user.ceiling).
          "ceiling": {a: ceiling(a, base) for a in config.attributes},
          "s_per_token": per_token,
@@ -211,6 +231,12 @@ def _write(workdir: str, out: dict, config) -> None:
     lines.append(f"| {a} | " + " | ".join(f"{curve[s]:.2f} ({n[s]})" if s in curve else "-"
                                           for s in steps)
                  + f" | {out['ceiling'][a]:.2f} |")
+  lines.append("")
+  for a, curve in out["win_rate"].items():
+    p = max(curve)
+    lo, hi = out["interval"][a][p]
+    lines.append(f"- {a} after {p} {unit}: 95% bootstrap interval over the held-out queries "
+                 f"[{lo:.2f}, {hi:.2f}]")
   t, ratio = out["s_per_token"], out["latency_ratio"]
   lines += ["", f"Latency per generated token: greedy {t['greedy'] * 1e3:.1f} ms; T-POP exploit "
             f"response {t['tpop_exploit'] * 1e3:.1f} ms ({ratio['tpop_exploit']:.2f}x); a "

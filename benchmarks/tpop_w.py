@@ -1,0 +1,104 @@
+"""T-POP serving weight: the exploit response's win rate against greedy decoding at several w,
+each user's reward model as a finished run saved it (no refit, no rounds).
+
+  python benchmarks/tpop_w.py --run=DIR --split=dev --queries=30 --ws=0.5,1,2,4
+
+DIR is a `tapper_jax.tpop.run` workdir (tpop.json + users/). Its config gives the model,
+encoder, top-k and lengths; --split names the questions file whose first --queries articles are
+asked (choose w on dev, then report the chosen w on the run's held-out test queries with
+--split=test --held_out). The queries asked never appear in the run's preference stream
+(checked). Output: OUT/tpop_w.{md,json} (earlier ones kept, renamed with their time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+_RUN = flags.DEFINE_string("run", None, "A finished tpop.run workdir.", required=True)
+_SPLIT = flags.DEFINE_string("split", "dev", "Questions file the asked articles come from.")
+_QUERIES = flags.DEFINE_integer("queries", 30, "Articles asked.")
+_HELD = flags.DEFINE_bool("held_out", False, "Ask the run's own held-out queries (its split).")
+_WS = flags.DEFINE_list("ws", ["0.5", "1", "2", "4"], "Serving weights w of the reward.")
+_OUT = flags.DEFINE_string("output", "", "Output folder (default: the run's folder).")
+
+
+def asked_queries(cfg: dict, split: str, n: int, held_out: bool) -> list[str]:
+  """The articles asked, disjoint from the run's preference stream."""
+  from tapper_jax.tpop.run import queries
+  stream, held = queries(cfg["data_folder"], cfg["split"], cfg["train_queries"],
+                         cfg["eval_queries"])
+  if held_out:
+    asked = held
+  else:
+    asked = queries(cfg["data_folder"], split, 0, n)[1]
+  if set(asked) & set(stream):
+    raise ValueError(f"{split}: {len(set(asked) & set(stream))} asked queries are in the "
+                     "run's preference stream")
+  return asked
+
+
+def main(argv):
+  del argv
+  from tapper_jax import models
+  from tapper_jax.fileio import keep_previous
+  from tapper_jax.models import registry
+  from tapper_jax.models.bert import SentenceEncoder
+  from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.reward import UserRewardModel
+  from tapper_jax.tpop.run import chat_ids, greedy_answer, interval, load_user
+  from tapper_jax.tpop.user import SimulatedUser
+  with open(os.path.join(_RUN.value, "tpop.json"), encoding="utf-8") as f:
+    run = json.load(f)
+  cfg = run["config"]
+  split = cfg["split"] if _HELD.value else _SPLIT.value
+  asked = asked_queries(cfg, split, _QUERIES.value, _HELD.value)
+  llm, tok = models.load(cfg["model"])
+  enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
+  base = [greedy_answer(llm, tok, q, max_new_tokens=cfg["max_new_tokens"])[0] for q in asked]
+  dec = TwoArmDecoder(llm, tok, enc, top_k=cfg["top_k"], w=cfg["w"], nu=cfg["nu"],
+                      max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"])
+  ws = [float(w) for w in _WS.value]
+  rows = {}
+  for attribute in cfg["attributes"]:
+    rm = UserRewardModel(enc.dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"])
+    load_user(_RUN.value, f"sim-{attribute}", rm)
+    user = SimulatedUser(attribute)
+    rows[attribute] = {"preferences": len(rm.winners)}
+    for w in ws:
+      dec.w = w
+      wins = [user.wins(dec.generate(chat_ids(tok, q), rm, explore=False).exploit.strip(), b)
+              for q, b in zip(asked, base)]
+      rows[attribute][w] = {"win_rate": float(np.mean(wins)), "interval": interval(wins)}
+      print(f"{attribute} w={w}: {np.mean(wins):.3f}", flush=True)
+  out = {"run": _RUN.value, "split": split, "held_out": _HELD.value, "queries": len(asked),
+         "model": cfg["model"], "ws": ws, "rows": rows}
+  folder = _OUT.value or _RUN.value
+  os.makedirs(folder, exist_ok=True)
+  stem = os.path.join(folder, f"tpop_w_{split}")
+  keep_previous(stem)
+  with open(stem + ".json", "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=2)
+  lines = [f"T-POP exploit win rate vs greedy at serving weight w ({len(asked)} {split} queries"
+           f"{', the run held out' if _HELD.value else ''}; reward models of {_RUN.value}; "
+           "in brackets the 95% bootstrap interval)", "",
+           "| attribute (preferences) | " + " | ".join(f"w={w:g}" for w in ws) + " |",
+           "|---|" + "---|" * len(ws)]
+  for a, r in rows.items():
+    lines.append(f"| {a} ({r['preferences']}) | " + " | ".join(
+        f"{r[w]['win_rate']:.2f} [{r[w]['interval'][0]:.2f}, {r[w]['interval'][1]:.2f}]"
+        for w in ws) + " |")
+  with open(stem + ".md", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)
