@@ -7,7 +7,9 @@ DIR is a `tapper_jax.tpop.run` workdir (tpop.json + users/). Its config gives th
 encoder, top-k and lengths; --split names the questions file whose first --queries articles are
 asked (choose w on dev, then report the chosen w on the run's held-out test queries with
 --split=test --held_out). The queries asked never appear in the run's preference stream
-(checked). Output: OUT/tpop_w.{md,json} (earlier ones kept, renamed with their time).
+(checked). Beside it, how often each reward model orders a pair of the run's held-out answers
+(greedy and exploit) as the hidden rule does: whether it is the reward or the decoding that
+falls short. Output: OUT/tpop_w_SPLIT.{md,json} (earlier ones kept, renamed with their time).
 """
 
 from __future__ import annotations
@@ -45,6 +47,20 @@ def asked_queries(cfg: dict, split: str, n: int, held_out: bool) -> list[str]:
   return asked
 
 
+def agreement(rm, enc, attribute: str, texts: list[str]) -> tuple[float, int]:
+  """(share of pairs the reward model orders as the hidden rule does, pairs): every pair of
+  `texts` that the rule tells apart."""
+  import jax.numpy as jnp
+  from tapper_jax.tpop import reward as reward_lib
+  from tapper_jax.tpop.user import score
+  s = np.array([score(attribute, t) for t in texts])
+  r = np.asarray(reward_lib.reward(rm.params, jnp.asarray(enc.encode(texts))))
+  i, j = np.triu_indices(len(texts), 1)
+  apart = s[i] != s[j]
+  same = np.sign(r[i] - r[j])[apart] == np.sign(s[i] - s[j])[apart]
+  return float(same.mean()) if apart.any() else float("nan"), int(apart.sum())
+
+
 def main(argv):
   del argv
   from tapper_jax import models
@@ -72,6 +88,12 @@ def main(argv):
     load_user(_RUN.value, f"sim-{attribute}", rm)
     user = SimulatedUser(attribute)
     rows[attribute] = {"preferences": len(rm.winners)}
+    # Is it the reward model or the decoding? Its agreement with the hidden rule on every
+    # answer the run showed for its held-out queries (greedy and exploit, all attributes).
+    texts = sorted({h["greedy"] for h in run["held_out"]} | {
+        t for by_point in run["exploit_responses"].values() for ts in by_point.values()
+        for t in ts})
+    rows[attribute]["agreement"], rows[attribute]["pairs"] = agreement(rm, enc, attribute, texts)
     for w in ws:
       dec.w = w
       wins = [user.wins(dec.generate(chat_ids(tok, q), rm, explore=False).exploit.strip(), b)
@@ -89,10 +111,12 @@ def main(argv):
   lines = [f"T-POP exploit win rate vs greedy at serving weight w ({len(asked)} {split} queries"
            f"{', the run held out' if _HELD.value else ''}; reward models of {_RUN.value}; "
            "in brackets the 95% bootstrap interval)", "",
-           "| attribute (preferences) | " + " | ".join(f"w={w:g}" for w in ws) + " |",
-           "|---|" + "---|" * len(ws)]
+           "| attribute (preferences) | reward agrees with the rule | " + " | ".join(
+               f"w={w:g}" for w in ws) + " |",
+           "|---|---|" + "---|" * len(ws)]
   for a, r in rows.items():
-    lines.append(f"| {a} ({r['preferences']}) | " + " | ".join(
+    lines.append(f"| {a} ({r['preferences']}) | {r['agreement']:.2f} ({r['pairs']} pairs) | "
+                 + " | ".join(
         f"{r[w]['win_rate']:.2f} [{r[w]['interval'][0]:.2f}, {r[w]['interval'][1]:.2f}]"
         for w in ws) + " |")
   with open(stem + ".md", "w", encoding="utf-8") as f:

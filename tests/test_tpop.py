@@ -282,3 +282,26 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   (bad / "test_questions.json").write_text(_json.dumps([{"id": "x", "input": "no article"}]))
   with pytest.raises(ValueError, match="record 0.*field 'input'"):
     tpop_run.queries(str(bad), "test", 1, 1)
+
+
+def test_reward_agreement_with_the_rule_counts_the_pairs_it_orders_right():
+  """benchmarks/tpop_w.agreement against a hand count: a reward falling with the word count
+  orders every pair the concise rule tells apart as the rule does; its negation none."""
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "benchmarks", "tpop_w.py")
+  spec = importlib.util.spec_from_file_location("tpop_w", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+
+  class Words:  # embedding: the word count
+    def encode(self, texts):
+      return np.array([[len(t.split())] for t in texts], np.float32)
+
+  texts = ["a", "a b", "a b c", "x y"]  # concise scores -1, -2, -3, -2: 5 pairs apart
+  rm = rl.UserRewardModel(1, hidden=1)
+  for sign, want in ((-1.0, 1.0), (1.0, 0.0)):
+    rm.params = {"w1": jnp.ones((1, 1)), "b1": jnp.zeros((1,)), "w2": jnp.array([sign]),
+                 "b2": jnp.zeros(())}
+    assert mod.agreement(rm, Words(), "concise", texts) == (want, 5)
