@@ -47,20 +47,6 @@ def asked_queries(cfg: dict, split: str, n: int, held_out: bool) -> list[str]:
   return asked
 
 
-def agreement(rm, enc, attribute: str, texts: list[str]) -> tuple[float, int]:
-  """(share of pairs the reward model orders as the hidden rule does, pairs): every pair of
-  `texts` that the rule tells apart."""
-  import jax.numpy as jnp
-  from tapper_jax.tpop import reward as reward_lib
-  from tapper_jax.tpop.user import score
-  s = np.array([score(attribute, t) for t in texts])
-  r = np.asarray(reward_lib.reward(rm.params, jnp.asarray(enc.encode(texts))))
-  i, j = np.triu_indices(len(texts), 1)
-  apart = s[i] != s[j]
-  same = np.sign(r[i] - r[j])[apart] == np.sign(s[i] - s[j])[apart]
-  return float(same.mean()) if apart.any() else float("nan"), int(apart.sum())
-
-
 def main(argv):
   del argv
   from tapper_jax import models
@@ -69,7 +55,7 @@ def main(argv):
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
-  from tapper_jax.tpop.run import chat_ids, greedy_answer, interval, load_user
+  from tapper_jax.tpop.run import agreement, chat_ids, greedy_answer, interval, load_user
   from tapper_jax.tpop.user import SimulatedUser
   with open(os.path.join(_RUN.value, "tpop.json"), encoding="utf-8") as f:
     run = json.load(f)

@@ -285,15 +285,10 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
 
 
 def test_reward_agreement_with_the_rule_counts_the_pairs_it_orders_right():
-  """benchmarks/tpop_w.agreement against a hand count: a reward falling with the word count
-  orders every pair the concise rule tells apart as the rule does; its negation none."""
-  import importlib.util
-  import os
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "benchmarks", "tpop_w.py")
-  spec = importlib.util.spec_from_file_location("tpop_w", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  """run.agreement (benchmarks/tpop_w.py's diagnostic) against a hand count: a reward falling
+  with the word count orders every pair the concise rule tells apart as the rule does; its
+  negation none."""
+  from tapper_jax.tpop.run import agreement
 
   class Words:  # embedding: the word count
     def encode(self, texts):
@@ -304,4 +299,4 @@ def test_reward_agreement_with_the_rule_counts_the_pairs_it_orders_right():
   for sign, want in ((-1.0, 1.0), (1.0, 0.0)):
     rm.params = {"w1": jnp.ones((1, 1)), "b1": jnp.zeros((1,)), "w2": jnp.array([sign]),
                  "b2": jnp.zeros(())}
-    assert mod.agreement(rm, Words(), "concise", texts) == (want, 5)
+    assert agreement(rm, Words(), "concise", texts) == (want, 5)

@@ -101,6 +101,21 @@ def interval(wins, n: int = 1000, seed: int = 0) -> list[float]:
   return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def agreement(rm, enc, attribute: str, texts: list[str]) -> tuple[float, int]:
+  """(share of pairs the reward model orders as the hidden rule does, pairs): every pair of
+  `texts` that the rule tells apart."""
+  import jax.numpy as jnp
+
+  from tapper_jax.tpop import reward as reward_lib
+  from tapper_jax.tpop.user import score
+  s = np.array([score(attribute, t) for t in texts])
+  r = np.asarray(reward_lib.reward(rm.params, jnp.asarray(enc.encode(texts))))
+  i, j = np.triu_indices(len(texts), 1)
+  apart = s[i] != s[j]
+  same = np.sign(r[i] - r[j])[apart] == np.sign(s[i] - s[j])[apart]
+  return float(same.mean()) if apart.any() else float("nan"), int(apart.sum())
+
+
 def _counts_preferences(config) -> bool:
   """What `config.eval_after` counts: stated preferences (a tie states none, so a point can take
   many rounds) or rounds played."""
