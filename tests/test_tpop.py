@@ -258,6 +258,14 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   for a in ("concise", "numbers"):
     assert bench["rows"][a]["0.0"]["win_rate"] == 0.5
     assert bench["rows"][a]["1.0"]["win_rate"] == pytest.approx(out["win_rate"][a][4])
+  # The candidates benchmark re-reads the exploit decoding step by step (it asserts at every
+  # step that no rule-raising candidate's reward gap beats its LLM gap, as the argmax implies).
+  p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_candidates.py"),
+                      f"--run={tmp_path / 'wd'}", "--attributes=concise"],
+                     capture_output=True, text=True, cwd=REPO)
+  assert p.returncode == 0, p.stderr[-3000:]
+  cand = _json.loads((tmp_path / "wd" / "tpop_candidates.json").read_text())["rows"]["concise"]
+  assert cand["steps"] > 0 and 0 <= cand["steps_with_raising"] <= cand["steps"]
   # Counting preferences: each point reached is after exactly that many stated preferences, the
   # rounds it took are recorded, and a point is missing only where the stream ran out.
   c.count, c.attributes, c.eval_after = "preferences", ("concise",), (0, 1, 2)

@@ -1,0 +1,125 @@
+"""Why the exploit response does not follow a reward that has learned the rule: at every step of
+the exploit decoding of a run's held-out queries, is there a top-k candidate that would raise
+the hidden rule's score of the text so far above the chosen token's, does the reward prefer it,
+and by how much does the LLM term outweigh the reward term? (It always does where the raising
+candidate was not chosen: the exploit arm takes the best sum; checked at every step.)
+
+  python benchmarks/tpop_candidates.py --run=DIR --attributes=numbers,positive
+
+DIR is a `tapper_jax.tpop.run` workdir (its config, held-out queries and saved users). For each
+attribute, each step's chosen token c and its best "raising" candidate d (the highest exploit
+score among those whose text scores higher under the rule) are compared:
+  lm gap      LLM term(c) - LLM term(d)   (p or log p, the run's lm_score)
+  reward gap  w (sigmoid r(x + d) - sigmoid r(x + c))
+Output: DIR/tpop_candidates.{md,json} (earlier ones kept, renamed with their time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+_RUN = flags.DEFINE_string("run", None, "A finished tpop.run workdir.", required=True)
+_ATTRS = flags.DEFINE_list("attributes", [], "Users to look at (default: all of the run's).")
+
+
+def step_records(dec, rm, attribute: str, prompt_ids: list[int]) -> tuple[list[dict], int]:
+  """(one record per exploit step that has a rule-raising candidate in the top-k, steps)."""
+  import jax
+  import jax.numpy as jnp
+
+  from tapper_jax.tpop import reward as reward_lib
+  from tapper_jax.tpop.user import score
+  tok = dec.tokenizer
+  trace: list = []
+  resp = dec.generate(prompt_ids, rm, explore=False, trace=trace)
+  out = []
+  for i, lp in enumerate(trace[:len(resp.exploit_ids)]):
+    term = np.exp(lp) if dec.lm_score == "prob" else lp
+    prefix, chosen = resp.exploit_ids[:i], resp.exploit_ids[i]
+    top = np.argpartition(-term, dec.top_k)[:dec.top_k]
+    text = lambda c: tok.decode([t for t in prefix + [int(c)] if t not in dec.eos])  # noqa: E731
+    base = score(attribute, text(chosen))
+    raising = [int(c) for c in top if score(attribute, text(c)) > base]
+    if not raising:
+      continue
+    emb = jnp.asarray(dec._embed([(prefix, c) for c in [chosen] + raising]))
+    s = dec.w * np.asarray(jax.nn.sigmoid(reward_lib.reward(rm.params, emb)))
+    j = int(np.argmax(term[raising] + s[1:]))
+    rec = {"lm_gap": float(term[chosen] - term[raising[j]]), "reward_gap": float(s[1 + j] - s[0])}
+    # The decoder chose c as the best LLM term + reward: no candidate's reward gap can exceed
+    # its LLM gap. A check that this reading mirrors the decoding.
+    assert rec["reward_gap"] <= rec["lm_gap"] + 1e-5, rec
+    out.append(rec)
+  return out, len(resp.exploit_ids)
+
+
+def main(argv):
+  del argv
+  from tapper_jax import models
+  from tapper_jax.fileio import keep_previous
+  from tapper_jax.models import registry
+  from tapper_jax.models.bert import SentenceEncoder
+  from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.reward import UserRewardModel
+  from tapper_jax.tpop.run import chat_ids, load_user
+  with open(os.path.join(_RUN.value, "tpop.json"), encoding="utf-8") as f:
+    run = json.load(f)
+  cfg = run["config"]
+  llm, tok = models.load(cfg["model"])
+  enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
+  dec = TwoArmDecoder(llm, tok, enc, top_k=cfg["top_k"], w=cfg["w"], nu=cfg["nu"],
+                      max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"])
+  queries = [h["query"] for h in run["held_out"]]
+  rows = {}
+  for attribute in _ATTRS.value or cfg["attributes"]:
+    rm = UserRewardModel(enc.dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"])
+    load_user(_RUN.value, f"sim-{attribute}", rm)
+    steps, recs, with_any = 0, [], 0
+    for q in queries:
+      ids = chat_ids(tok, q)
+      r, n = step_records(dec, rm, attribute, ids)
+      steps += n
+      recs += r
+      with_any += bool(r)
+    lm = np.array([x["lm_gap"] for x in recs])
+    rw = np.array([x["reward_gap"] for x in recs])
+    rows[attribute] = {
+        "preferences": len(rm.winners), "steps": steps, "steps_with_raising": len(recs),
+        "queries_with_raising": with_any,
+        "reward_prefers_raising": float((rw > 0).mean()) if recs else None,
+        "median_lm_gap": float(np.median(lm)) if recs else None,
+        "median_reward_gap": float(np.median(rw)) if recs else None}
+    print(attribute, rows[attribute], flush=True)
+  out = {"run": _RUN.value, "queries": len(queries), "top_k": cfg["top_k"], "w": cfg["w"],
+         "lm_score": cfg["lm_score"], "rows": rows}
+  stem = os.path.join(_RUN.value, "tpop_candidates")
+  keep_previous(stem)
+  with open(stem + ".json", "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=2)
+  fmt = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+  lines = [f"Exploit decoding of {len(queries)} held-out queries ({_RUN.value}; top-{cfg['top_k']}, "
+           f"w={cfg['w']}, LLM term {cfg['lm_score']}): steps with a top-k candidate that raises "
+           "the rule's score over the chosen token's", "",
+           "| attribute (preferences) | steps | with a raising candidate | queries with one | "
+           "reward prefers it | median LLM gap | median reward gap |",
+           "|---|---|---|---|---|---|---|"]
+  for a, r in rows.items():
+    lines.append(f"| {a} ({r['preferences']}) | {r['steps']} | {r['steps_with_raising']} | "
+                 f"{r['queries_with_raising']} | {fmt(r['reward_prefers_raising'])} | "
+                 f"{fmt(r['median_lm_gap'])} | "
+                 f"{fmt(r['median_reward_gap'])} |")
+  with open(stem + ".md", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)
