@@ -11,6 +11,7 @@ attribute, each step's chosen token c and its best "raising" candidate d (the hi
 score among those whose text scores higher under the rule) are compared:
   lm gap      LLM term(c) - LLM term(d)   (p or log p, the run's lm_score)
   reward gap  w (sigmoid r(x + d) - sigmoid r(x + c))
+Beside it, the spread of r over the run's answers, at the saved fit and at init.
 Output: DIR/tpop_candidates.{md,json} (earlier ones kept, renamed with their time).
 """
 
@@ -63,8 +64,11 @@ def step_records(dec, rm, attribute: str, prompt_ids: list[int]) -> tuple[list[d
 
 def main(argv):
   del argv
+  import jax.numpy as jnp
+
   from tapper_jax import models
   from tapper_jax.fileio import keep_previous
+  from tapper_jax.tpop import reward as reward_lib
   from tapper_jax.models import registry
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop.decode import TwoArmDecoder
@@ -78,10 +82,18 @@ def main(argv):
   dec = TwoArmDecoder(llm, tok, enc, top_k=cfg["top_k"], w=cfg["w"], nu=cfg["nu"],
                       max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"])
   queries = [h["query"] for h in run["held_out"]]
+  # The reward's scale over every answer the run showed (greedy and exploit): where its spread
+  # is large, sigmoid(r) is 0 or 1 for most texts and cannot tell two continuations apart.
+  answers = sorted({h["greedy"] for h in run["held_out"]} | {
+      t for by_point in run["exploit_responses"].values() for ts in by_point.values() for t in ts})
+  emb = jnp.asarray(enc.encode(answers))
   rows = {}
   for attribute in _ATTRS.value or cfg["attributes"]:
-    rm = UserRewardModel(enc.dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"])
+    rm = UserRewardModel(enc.dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"],
+                         seed=cfg["seed"])  # the run's initial reward model
+    r_init = np.asarray(reward_lib.reward(rm.params, emb))
     load_user(_RUN.value, f"sim-{attribute}", rm)
+    r_fit = np.asarray(reward_lib.reward(rm.params, emb))
     steps, recs, with_any = 0, [], 0
     for q in queries:
       ids = chat_ids(tok, q)
@@ -96,7 +108,9 @@ def main(argv):
         "queries_with_raising": with_any,
         "reward_prefers_raising": float((rw > 0).mean()) if recs else None,
         "median_lm_gap": float(np.median(lm)) if recs else None,
-        "median_reward_gap": float(np.median(rw)) if recs else None}
+        "median_reward_gap": float(np.median(rw)) if recs else None,
+        "reward_std": float(r_fit.std()), "reward_std_at_init": float(r_init.std()),
+        "sigmoid_saturated": float(np.mean(np.abs(r_fit) > 4.6))}  # sigmoid < .01 or > .99
     print(attribute, rows[attribute], flush=True)
   out = {"run": _RUN.value, "queries": len(queries), "top_k": cfg["top_k"], "w": cfg["w"],
          "lm_score": cfg["lm_score"], "rows": rows}
@@ -109,13 +123,15 @@ def main(argv):
            f"w={cfg['w']}, LLM term {cfg['lm_score']}): steps with a top-k candidate that raises "
            "the rule's score over the chosen token's", "",
            "| attribute (preferences) | steps | with a raising candidate | queries with one | "
-           "reward prefers it | median LLM gap | median reward gap |",
-           "|---|---|---|---|---|---|---|"]
+           "reward prefers it | median LLM gap | median reward gap | r std (at init) | "
+           "sigmoid(r) < .01 or > .99 |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for a, r in rows.items():
     lines.append(f"| {a} ({r['preferences']}) | {r['steps']} | {r['steps_with_raising']} | "
                  f"{r['queries_with_raising']} | {fmt(r['reward_prefers_raising'])} | "
-                 f"{fmt(r['median_lm_gap'])} | "
-                 f"{fmt(r['median_reward_gap'])} |")
+                 f"{fmt(r['median_lm_gap'])} | {fmt(r['median_reward_gap'])} | "
+                 f"{r['reward_std']:.2f} ({r['reward_std_at_init']:.2f}) | "
+                 f"{r['sigmoid_saturated']:.2f} |")
   with open(stem + ".md", "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
