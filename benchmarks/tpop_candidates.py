@@ -51,7 +51,7 @@ def step_records(dec, rm, attribute: str, prompt_ids: list[int]) -> tuple[list[d
     raising = [int(c) for c in top if score(attribute, text(c)) > base]
     if not raising:
       continue
-    emb = jnp.asarray(dec._embed([(prefix, c) for c in [chosen] + raising]))
+    emb = jnp.asarray(dec.embed_candidates([prefix], np.asarray([chosen] + raising)))
     s = dec.w * np.asarray(jax.nn.sigmoid(reward_lib.reward(rm.params, emb)))
     j = int(np.argmax(term[raising] + s[1:]))
     rec = {"lm_gap": float(term[chosen] - term[raising[j]]), "reward_gap": float(s[1 + j] - s[0])}
