@@ -73,7 +73,7 @@ def main(argv):
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
-  from tapper_jax.tpop.run import chat_ids, load_user
+  from tapper_jax.tpop.run import chat_ids, load_user, shown_answers
   with open(os.path.join(_RUN.value, "tpop.json"), encoding="utf-8") as f:
     run = json.load(f)
   cfg = run["config"]
@@ -84,9 +84,7 @@ def main(argv):
   queries = [h["query"] for h in run["held_out"]]
   # The reward's scale over every answer the run showed (greedy and exploit): where its spread
   # is large, sigmoid(r) is 0 or 1 for most texts and cannot tell two continuations apart.
-  answers = sorted({h["greedy"] for h in run["held_out"]} | {
-      t for by_point in run["exploit_responses"].values() for ts in by_point.values() for t in ts})
-  emb = jnp.asarray(enc.encode(answers))
+  emb = jnp.asarray(enc.encode(shown_answers(run)))
   rows = {}
   for attribute in _ATTRS.value or cfg["attributes"]:
     rm = UserRewardModel(enc.dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"],
@@ -119,8 +117,8 @@ def main(argv):
   with open(stem + ".json", "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
   fmt = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-  lines = [f"Exploit decoding of {len(queries)} held-out queries ({_RUN.value}; top-{cfg['top_k']}, "
-           f"w={cfg['w']}, LLM term {cfg['lm_score']}): steps with a top-k candidate that raises "
+  lines = [f"Exploit decoding of {len(queries)} held-out queries ({_RUN.value}; "
+           f"top-{cfg['top_k']}, w={cfg['w']}, LLM term {cfg['lm_score']}): steps with a top-k candidate that raises "
            "the rule's score over the chosen token's", "",
            "| attribute (preferences) | steps | with a raising candidate | queries with one | "
            "reward prefers it | median LLM gap | median reward gap | r std (at init) | "

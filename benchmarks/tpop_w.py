@@ -55,7 +55,8 @@ def main(argv):
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
-  from tapper_jax.tpop.run import agreement, chat_ids, greedy_answer, interval, load_user
+  from tapper_jax.tpop.run import (agreement, chat_ids, greedy_answer, interval, load_user,
+                                    shown_answers)
   from tapper_jax.tpop.user import SimulatedUser
   with open(os.path.join(_RUN.value, "tpop.json"), encoding="utf-8") as f:
     run = json.load(f)
@@ -68,18 +69,17 @@ def main(argv):
   dec = TwoArmDecoder(llm, tok, enc, top_k=cfg["top_k"], w=cfg["w"], nu=cfg["nu"],
                       max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"])
   ws = [float(w) for w in _WS.value]
+  # Is it the reward model or the decoding? Each reward's agreement with its hidden rule on
+  # every answer the run showed for its held-out queries (greedy and exploit, all attributes).
+  texts = shown_answers(run)
+  emb = enc.encode(texts)
   rows = {}
   for attribute in cfg["attributes"]:
     rm = UserRewardModel(enc.dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"])
     load_user(_RUN.value, f"sim-{attribute}", rm)
     user = SimulatedUser(attribute)
     rows[attribute] = {"preferences": len(rm.winners)}
-    # Is it the reward model or the decoding? Its agreement with the hidden rule on every
-    # answer the run showed for its held-out queries (greedy and exploit, all attributes).
-    texts = sorted({h["greedy"] for h in run["held_out"]} | {
-        t for by_point in run["exploit_responses"].values() for ts in by_point.values()
-        for t in ts})
-    rows[attribute]["agreement"], rows[attribute]["pairs"] = agreement(rm, enc, attribute, texts)
+    rows[attribute]["agreement"], rows[attribute]["pairs"] = agreement(rm, attribute, texts, emb)
     for w in ws:
       dec.w = w
       wins = [user.wins(dec.generate(chat_ids(tok, q), rm, explore=False).exploit.strip(), b)

@@ -307,4 +307,4 @@ def test_reward_agreement_with_the_rule_counts_the_pairs_it_orders_right():
   for sign, want in ((-1.0, 1.0), (1.0, 0.0)):
     rm.params = {"w1": jnp.ones((1, 1)), "b1": jnp.zeros((1,)), "w2": jnp.array([sign]),
                  "b2": jnp.zeros(())}
-    assert agreement(rm, Words(), "concise", texts) == (want, 5)
+    assert agreement(rm, "concise", texts, Words().encode(texts)) == (want, 5)

@@ -101,15 +101,22 @@ def interval(wins, n: int = 1000, seed: int = 0) -> list[float]:
   return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def agreement(rm, enc, attribute: str, texts: list[str]) -> tuple[float, int]:
+def shown_answers(out: dict) -> list[str]:
+  """Every answer a run's tpop.json shows for its held-out queries: the greedy ones and each
+  attribute's exploit ones at every point, once each, sorted."""
+  return sorted({h["greedy"] for h in out["held_out"]} | {
+      t for by_point in out["exploit_responses"].values() for ts in by_point.values() for t in ts})
+
+
+def agreement(rm, attribute: str, texts: list[str], embeddings) -> tuple[float, int]:
   """(share of pairs the reward model orders as the hidden rule does, pairs): every pair of
-  `texts` that the rule tells apart."""
+  `texts` (embedded: `embeddings` [N,E]) that the rule tells apart."""
   import jax.numpy as jnp
 
   from tapper_jax.tpop import reward as reward_lib
   from tapper_jax.tpop.user import score
   s = np.array([score(attribute, t) for t in texts])
-  r = np.asarray(reward_lib.reward(rm.params, jnp.asarray(enc.encode(texts))))
+  r = np.asarray(reward_lib.reward(rm.params, jnp.asarray(embeddings)))
   i, j = np.triu_indices(len(texts), 1)
   apart = s[i] != s[j]
   same = np.sign(r[i] - r[j])[apart] == np.sign(s[i] - s[j])[apart]
@@ -150,7 +157,7 @@ def run(config, workdir: str) -> dict:
   clock = {"greedy": [0.0, 0], "tpop_exploit": [0.0, 0], "tpop_two_arm": [0.0, 0]}
   results, stated = {}, {}  # win rate, and preferences stated, at each point reached
   spread = {}  # attribute -> point -> 95% bootstrap interval of the win rate
-  answers = {}  # attribute -> rounds -> the exploit responses to the held-out queries
+  answers = {}  # attribute -> point -> the exploit responses to the held-out queries
   last = max(config.eval_after)
   rounds_at = {}  # attribute -> eval point -> rounds played to reach it
   for attribute in config.attributes:
@@ -185,8 +192,9 @@ def run(config, workdir: str) -> dict:
                      len(rm.winners), curve[point])
       if point >= last or r >= len(train_q):
         if point < last:
-          logging.warning("%s: the stream's %d queries ran out at %d preferences; points "
-                          "above it are not reached", attribute, len(train_q), point)
+          logging.warning("%s: the stream's %d queries ran out at %d %s; later points are "
+                          "not reached", attribute, len(train_q), point,
+                          "preferences" if by_preferences else "rounds")
         break
       resp = dec.generate(chat(train_q[r]), rm)
       r += 1
