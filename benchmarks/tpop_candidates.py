@@ -10,7 +10,8 @@ DIR is a `tapper_jax.tpop.run` workdir (its config, held-out queries and saved u
 attribute, each step's chosen token c and its best "raising" candidate d (the highest exploit
 score among those whose text scores higher under the rule) are compared:
   lm gap      LLM term(c) - LLM term(d)   (p or log p, the run's lm_score)
-  reward gap  w (sigmoid r(x + d) - sigmoid r(x + c))
+  reward gap  w (sigmoid r(x + d) - sigmoid r(x + c)) (the run's reward term: with "relative",
+              each r less that of the LLM's most likely candidate)
 Beside it, the spread of r over the run's answers, at the saved fit and at init.
 Output: DIR/tpop_candidates.{md,json} (earlier ones kept, renamed with their time).
 """
@@ -33,10 +34,9 @@ _ATTRS = flags.DEFINE_list("attributes", [], "Users to look at (default: all of 
 
 def step_records(dec, rm, attribute: str, prompt_ids: list[int]) -> tuple[list[dict], int]:
   """(one record per exploit step that has a rule-raising candidate in the top-k, steps)."""
-  import jax
   import jax.numpy as jnp
 
-  from tapper_jax.tpop import reward as reward_lib
+  from tapper_jax.tpop.decode import reward_term
   from tapper_jax.tpop.user import score
   tok = dec.tokenizer
   trace: list = []
@@ -51,8 +51,9 @@ def step_records(dec, rm, attribute: str, prompt_ids: list[int]) -> tuple[list[d
     raising = [int(c) for c in top if score(attribute, text(c)) > base]
     if not raising:
       continue
-    emb = jnp.asarray(dec.embed_candidates([prefix], np.asarray([chosen] + raising)))
-    s = dec.w * np.asarray(jax.nn.sigmoid(reward_lib.reward(rm.params, emb)))
+    anchor = int(top[np.argmax(term[top])])  # the LLM's most likely candidate
+    emb = jnp.asarray(dec.embed_candidates([prefix], np.asarray([chosen] + raising + [anchor])))
+    s = dec.w * np.asarray(reward_term(rm.params, emb[:-1], emb[-1], relative=dec.relative))
     j = int(np.argmax(term[raising] + s[1:]))
     rec = {"lm_gap": float(term[chosen] - term[raising[j]]), "reward_gap": float(s[1 + j] - s[0])}
     # The decoder chose c as the best LLM term + reward: no candidate's reward gap can exceed
@@ -80,7 +81,8 @@ def main(argv):
   llm, tok = models.load(cfg["model"])
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
   dec = TwoArmDecoder(llm, tok, enc, top_k=cfg["top_k"], w=cfg["w"], nu=cfg["nu"],
-                      max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"])
+                      max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"],
+                      reward_term=cfg.get("reward_term", "absolute"))
   queries = [h["query"] for h in run["held_out"]]
   # The reward's scale over every answer the run showed (greedy and exploit): where its spread
   # is large, sigmoid(r) is 0 or 1 for most texts and cannot tell two continuations apart.
@@ -111,15 +113,17 @@ def main(argv):
         "sigmoid_saturated": float(np.mean(np.abs(r_fit) > 4.6))}  # sigmoid < .01 or > .99
     print(attribute, rows[attribute], flush=True)
   out = {"run": _RUN.value, "queries": len(queries), "top_k": cfg["top_k"], "w": cfg["w"],
-         "lm_score": cfg["lm_score"], "rows": rows}
+         "lm_score": cfg["lm_score"], "reward_term": cfg.get("reward_term", "absolute"),
+         "reg": cfg.get("reg", 0.0), "rows": rows}
   stem = os.path.join(_RUN.value, "tpop_candidates")
   keep_previous(stem)
   with open(stem + ".json", "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
   fmt = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
   lines = [f"Exploit decoding of {len(queries)} held-out queries ({_RUN.value}; "
-           f"top-{cfg['top_k']}, w={cfg['w']}, LLM term {cfg['lm_score']}): steps with a top-k candidate that raises "
-           "the rule's score over the chosen token's", "",
+           f"top-{cfg['top_k']}, w={cfg['w']}, LLM term {cfg['lm_score']}, reward term "
+           f"{cfg.get('reward_term', 'absolute')}, reg {cfg.get('reg', 0.0)}): steps with a "
+           "top-k candidate that raises the rule's score over the chosen token's", "",
            "| attribute (preferences) | steps | with a raising candidate | queries with one | "
            "reward prefers it | median LLM gap | median reward gap | r std (at init) | "
            "sigmoid(r) < .01 or > .99 |",

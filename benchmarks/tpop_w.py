@@ -1,7 +1,8 @@
 """T-POP serving weight: the exploit response's win rate against greedy decoding at several w,
 each user's reward model as a finished run saved it (no refit, no rounds).
 
-  python benchmarks/tpop_w.py --run=DIR --split=dev --queries=30 --ws=0.5,1,2,4
+  python benchmarks/tpop_w.py --run=DIR --split=dev --queries=30 --ws=0.5,1,2,4 \
+      [--terms=absolute,relative] [--regs=saved,0,1]
 
 DIR is a `tapper_jax.tpop.run` workdir (tpop.json + users/). Its config gives the model,
 encoder, top-k and lengths; --split names the questions file whose first --queries articles are
@@ -9,7 +10,10 @@ asked (choose w on dev, then report the chosen w on the run's held-out test quer
 --split=test --held_out). The queries asked never appear in the run's preference stream
 (checked). Beside it, how often each reward model orders a pair of the run's held-out answers
 (greedy and exploit) as the hidden rule does: whether it is the reward or the decoding that
-falls short. Output: OUT/tpop_w_SPLIT.{md,json} (earlier ones kept, renamed with their time).
+falls short. --terms sweeps the reward term (decode.py), --regs the refit's pull to init:
+"saved" is the run's own fit, a number replays the run's preferences in their order through the
+run's refits with that reg (the reward model the run would have ended with, had it shown the same
+pairs). Output: OUT/tpop_w_SPLIT.{md,json} (earlier ones kept, renamed with their time).
 """
 
 from __future__ import annotations
@@ -30,6 +34,22 @@ _QUERIES = flags.DEFINE_integer("queries", 30, "Articles asked.")
 _HELD = flags.DEFINE_bool("held_out", False, "Ask the run's own held-out queries (its split).")
 _WS = flags.DEFINE_list("ws", ["0.5", "1", "2", "4"], "Serving weights w of the reward.")
 _OUT = flags.DEFINE_string("output", "", "Output folder (default: the run's folder).")
+_TERMS = flags.DEFINE_list("terms", [], "Reward terms (default: the run's).")
+_REGS = flags.DEFINE_list("regs", ["saved"], "'saved' or refit pulls to init, replayed.")
+
+
+def replayed(saved, cfg: dict, reg: float):
+  """A reward model fed `saved`'s preferences in order, refit after each as the run did, with
+  pull `reg`. The stored pairs are already in the order the run fit them (flipped under
+  official_sign), so they are replayed unflipped."""
+  from tapper_jax.tpop.reward import UserRewardModel
+  m = UserRewardModel(saved.embed_dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"],
+                      reg=reg, seed=cfg["seed"], official_covariance=cfg["official_covariance"],
+                      refit_from_init=cfg.get("refit_from_init", False))
+  for win, lose in zip(saved.winners, saved.losers):
+    m.add(win, lose)
+    m.refit()
+  return m
 
 
 def asked_queries(cfg: dict, split: str, n: int, held_out: bool) -> list[str]:
@@ -66,28 +86,38 @@ def main(argv):
   llm, tok = models.load(cfg["model"])
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
   base = [greedy_answer(llm, tok, q, max_new_tokens=cfg["max_new_tokens"])[0] for q in asked]
-  dec = TwoArmDecoder(llm, tok, enc, top_k=cfg["top_k"], w=cfg["w"], nu=cfg["nu"],
-                      max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"])
+  terms = _TERMS.value or [cfg.get("reward_term", "absolute")]
+  decs = {t: TwoArmDecoder(llm, tok, enc, top_k=cfg["top_k"], w=cfg["w"], nu=cfg["nu"],
+                           max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"],
+                           reward_term=t) for t in terms}
   ws = [float(w) for w in _WS.value]
   # Is it the reward model or the decoding? Each reward's agreement with its hidden rule on
   # every answer the run showed for its held-out queries (greedy and exploit, all attributes).
   texts = shown_answers(run)
   emb = enc.encode(texts)
-  rows = {}
+  import jax.numpy as jnp
+
+  from tapper_jax.tpop import reward as reward_lib
+  rows = {}  # "attribute" or "attribute reg=R" -> agreement and {term: {w: win rate}}
   for attribute in cfg["attributes"]:
-    rm = UserRewardModel(enc.dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"])
-    load_user(_RUN.value, f"sim-{attribute}", rm)
+    saved = UserRewardModel(enc.dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"])
+    load_user(_RUN.value, f"sim-{attribute}", saved)
     user = SimulatedUser(attribute)
-    rows[attribute] = {"preferences": len(rm.winners)}
-    rows[attribute]["agreement"], rows[attribute]["pairs"] = agreement(rm, attribute, texts, emb)
-    for w in ws:
-      dec.w = w
-      wins = [user.wins(dec.generate(chat_ids(tok, q), rm, explore=False).exploit.strip(), b)
-              for q, b in zip(asked, base)]
-      rows[attribute][w] = {"win_rate": float(np.mean(wins)), "interval": interval(wins)}
-      print(f"{attribute} w={w}: {np.mean(wins):.3f}", flush=True)
+    for reg in _REGS.value:
+      rm = saved if reg == "saved" else replayed(saved, cfg, float(reg))
+      key = attribute if reg == "saved" else f"{attribute} reg={float(reg):g}"
+      row = rows[key] = {"attribute": attribute, "reg": reg, "preferences": len(rm.winners)}
+      row["agreement"], row["pairs"] = agreement(rm, attribute, texts, emb)
+      row["reward_std"] = float(np.std(np.asarray(reward_lib.reward(rm.params, jnp.asarray(emb)))))
+      for t, dec in decs.items():
+        for w in ws:
+          dec.w = w
+          wins = [user.wins(dec.generate(chat_ids(tok, q), rm, explore=False).exploit.strip(), b)
+                  for q, b in zip(asked, base)]
+          row.setdefault(t, {})[w] = {"win_rate": float(np.mean(wins)), "interval": interval(wins)}
+          print(f"{key} {t} w={w}: {np.mean(wins):.3f}", flush=True)
   out = {"run": _RUN.value, "split": split, "held_out": _HELD.value, "queries": len(asked),
-         "model": cfg["model"], "ws": ws, "rows": rows}
+         "model": cfg["model"], "ws": ws, "terms": terms, "rows": rows}
   folder = _OUT.value or _RUN.value
   os.makedirs(folder, exist_ok=True)
   stem = os.path.join(folder, f"tpop_w_{split}")
@@ -97,14 +127,14 @@ def main(argv):
   lines = [f"T-POP exploit win rate vs greedy at serving weight w ({len(asked)} {split} queries"
            f"{', the run held out' if _HELD.value else ''}; reward models of {_RUN.value}; "
            "in brackets the 95% bootstrap interval)", "",
-           "| attribute (preferences) | reward agrees with the rule | " + " | ".join(
-               f"w={w:g}" for w in ws) + " |",
-           "|---|---|" + "---|" * len(ws)]
+           "| attribute (preferences) | reward agrees with the rule | r std | " + " | ".join(
+               f"{t} w={w:g}" for t in terms for w in ws) + " |",
+           "|---|---|---|" + "---|" * (len(ws) * len(terms))]
   for a, r in rows.items():
     lines.append(f"| {a} ({r['preferences']}) | {r['agreement']:.2f} ({r['pairs']} pairs) | "
-                 + " | ".join(
-        f"{r[w]['win_rate']:.2f} [{r[w]['interval'][0]:.2f}, {r[w]['interval'][1]:.2f}]"
-        for w in ws) + " |")
+                 f"{r['reward_std']:.2f} | " + " | ".join(
+        f"{r[t][w]['win_rate']:.2f} [{r[t][w]['interval'][0]:.2f}, {r[t][w]['interval'][1]:.2f}]"
+        for t in terms for w in ws) + " |")
   with open(stem + ".md", "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

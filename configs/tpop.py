@@ -33,10 +33,14 @@ def get_config(arg: str = ""):
   # (huffpost_2N dev articles, 16 held-out, k=10, concise user after 25 preferences): win rate
   # 0.53 with logprob (w=3), 0.72 with prob (w=1).
   c.lm_score = "prob"
+  # The reward term: "absolute" sigmoid(r(x + c)) (the method as written) or "relative"
+  # sigmoid(r(x + c) - r(x + c*)), c* the LLM's most likely candidate (decode.py says why).
+  c.reward_term = "absolute"
   c.nu = 0.5  # weight of the exploration bonus (arm 2)
   c.max_new_tokens = 24  # a headline
   c.hidden = 1024  # reward MLP width (embed -> hidden -> 1)
   c.lr = 1e-3  # refit: Adam learning rate (200 steps per refit)
+  c.reg = 0.0  # refit: (reg / 2) ||theta - theta_0||^2 beside the Bradley-Terry loss
   # Each refit starts from the reward MLP's initial parameters (the public code's choice), not
   # from the last fit's. Not yet compared on dev: the measured runs used False.
   c.refit_from_init = False

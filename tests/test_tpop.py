@@ -38,6 +38,41 @@ def test_refit_ranks_the_preferred_side_higher_unless_the_sign_is_flipped(offici
     assert agree > 0.8, agree
 
 
+def test_refit_objective_is_the_bt_loss_plus_the_pull_to_init_by_hand():
+  """reward.objective against numpy: (sum_i w_i softplus(-(r(a_i) - r(b_i))) + reg/2 ||theta -
+  theta_0||^2) / sum_i w_i, padding rows (weight 0) ignored."""
+  _, a, b = _toy(5)
+  p0 = rl.init_params(jax.random.PRNGKey(0), E, 16)
+  p = jax.tree.map(lambda x: x + 0.1, p0)
+  weights = np.asarray([1, 1, 1, 0, 0], np.float32)
+  r = lambda q, e: np.asarray(rl.reward(q, jnp.asarray(e)), np.float64)  # noqa: E731
+  margin = r(p, a) - r(p, b)
+  drift = sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2))
+              for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(p0)))
+  for reg in (0.0, 2.5):
+    want = (np.sum(weights * np.log1p(np.exp(-margin))) + 0.5 * reg * drift) / 3
+    got = rl.objective(p, p0, jnp.asarray(a), jnp.asarray(b), jnp.asarray(weights), reg)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_the_pull_to_init_bounds_the_reward_and_keeps_its_order():
+  """Separable preferences: the plain fit drives the reward's spread up; with reg the spread
+  stays a fraction of it and the held-out order is still learned."""
+  u, a, b = _toy(48)
+  spread, agree = {}, {}
+  _, ta, tb = _toy(200, seed=1)
+  for reg in (0.0, 10.0):
+    m = rl.UserRewardModel(E, hidden=32, lr=1e-2, reg=reg)
+    for x, y in zip(a, b):
+      m.add(*((x, y) if x @ u > y @ u else (y, x)))
+    m.refit()
+    spread[reg] = float(np.std(np.asarray(rl.reward(m.params, ta))))
+    agree[reg] = float(np.mean(np.asarray(rl.reward(m.params, ta) > rl.reward(m.params, tb))
+                               == (ta @ u > tb @ u)))
+  assert spread[10.0] < 0.5 * spread[0.0], spread  # measured: 1.6 vs 8.5
+  assert agree[10.0] > 0.8, agree  # measured: 0.89
+
+
 @pytest.mark.parametrize("official_covariance", [False, True])
 def test_the_bonus_of_a_fixed_candidate_shrinks_as_preferences_arrive(official_covariance):
   _, a, b = _toy(30)
@@ -140,11 +175,13 @@ def test_w0_nu0_exploit_arm_is_greedy_and_the_arms_differ(decoder_parts):
   assert r.explore_ids != r.exploit_ids
 
 
-@pytest.mark.parametrize("lm_score", ["logprob", "prob"])
-def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score):
+@pytest.mark.parametrize("lm_score,reward_term", [("logprob", "absolute"), ("prob", "absolute"),
+                                                 ("logprob", "relative"), ("prob", "relative")])
+def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score, reward_term):
   """Arm 1 against a plain reference: at every step the full forward over prompt + text so far
   (no cache, no padding), the top-k, every candidate embedded and scored, the argmax. Catches a
-  wrong cache slot or position, the left padding, and a pruning that is not exact."""
+  wrong cache slot or position, the left padding, a wrong anchor of the relative term, and a
+  pruning that is not exact."""
   from tapper_jax.tpop.decode import TwoArmDecoder
   llm, tok, enc = decoder_parts
   rm = rl.UserRewardModel(enc.dim, hidden=64, seed=3)
@@ -156,7 +193,8 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score):
   k, w = 12, 0.6  # top-1 leads by ~0.4: others win only where pruning keeps them
   if lm_score == "prob":  # p ~ 5e-5 here: a w of that size keeps the LLM in the decision
     w = 2e-5
-  dec = TwoArmDecoder(llm, tok, enc, top_k=k, w=w, nu=0.5, max_new_tokens=5, lm_score=lm_score)
+  dec = TwoArmDecoder(llm, tok, enc, top_k=k, w=w, nu=0.5, max_new_tokens=5, lm_score=lm_score,
+                      reward_term=reward_term)
   ids = tok.encode("Write a headline for: rain over the hills")
   out, want_lp = [], []
   for _ in range(5):
@@ -166,7 +204,10 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score):
     cands = np.sort(np.argsort(-lp)[:k])
     emb = enc.encode([tok.decode(out + [int(c)]) for c in cands])
     lm = np.exp(lp[cands]) if lm_score == "prob" else lp[cands]
-    score = lm + w * np.asarray(jax.nn.sigmoid(rl.reward(rm.params, jnp.asarray(emb))))
+    r = np.asarray(rl.reward(rm.params, jnp.asarray(emb)), np.float64)
+    if reward_term == "relative":  # against the LLM's most likely candidate's reward
+      r = r - r[int(np.argmax(lp[cands]))]
+    score = lm + w * (1 / (1 + np.exp(-r)))
     out.append(int(cands[int(np.argmax(score))]))
   trace = []
   alone = dec.generate(ids, rm, explore=False, trace=trace)
@@ -190,18 +231,22 @@ def test_batched_candidate_scoring_equals_one_by_one(decoder_parts):
   lp = jnp.asarray(np.random.default_rng(0).normal(size=4), jnp.float32)
   v = jnp.asarray(rm.v_inverse())
   ref = jnp.asarray(batched[4])
-  ex, ep = (_scores(rm.params, jnp.asarray(batched[:4]), v, ref, lp, 1.0, 0.5, explore=x)
-            for x in (False, True))
-  for i in range(4):
-    e1, p1 = (_scores(rm.params, jnp.asarray(batched[i:i + 1]), v, ref, lp[i:i + 1], 1.0, 0.5,
-                      explore=x) for x in (False, True))
-    np.testing.assert_allclose([ex[i], ep[i]], [e1[0], p1[0]], rtol=1e-5, atol=1e-6)
-  # By hand: exploit = log p + w sigmoid(r); explore adds nu sqrt(d^T V^-1 d).
+  anchor = jnp.asarray(batched[5])
   r = rl.reward(rm.params, jnp.asarray(batched[:4]))
   d = rl.features(rm.params, jnp.asarray(batched[:4])) - rl.features(rm.params, ref)[None]
-  np.testing.assert_allclose(ex, lp + jax.nn.sigmoid(r), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(ep - ex, 0.5 * jnp.sqrt(jnp.sum(d * d * v, -1)), rtol=1e-4,
-                             atol=1e-6)
+  for relative in (False, True):
+    ex, ep = (_scores(rm.params, jnp.asarray(batched[:4]), v, ref, anchor, lp, 1.0, 0.5,
+                      explore=x, relative=relative) for x in (False, True))
+    for i in range(4):
+      e1, p1 = (_scores(rm.params, jnp.asarray(batched[i:i + 1]), v, ref, anchor, lp[i:i + 1],
+                        1.0, 0.5, explore=x, relative=relative) for x in (False, True))
+      np.testing.assert_allclose([ex[i], ep[i]], [e1[0], p1[0]], rtol=1e-5, atol=1e-6)
+    # By hand: exploit = log p + w sigmoid(r) (relative: r minus the anchor's r); explore adds
+    # nu sqrt(d^T V^-1 d).
+    shift = rl.reward(rm.params, anchor) if relative else 0.0
+    np.testing.assert_allclose(ex, lp + jax.nn.sigmoid(r - shift), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ep - ex, 0.5 * jnp.sqrt(jnp.sum(d * d * v, -1)), rtol=1e-4,
+                               atol=1e-6)
 
 
 def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
@@ -248,16 +293,21 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   assert lo <= out["win_rate"]["concise"][4] <= hi
   assert tpop_run.interval([1.0] * 5) == [1.0, 1.0]
   # The serving-weight benchmark on this run's held-out queries: w = 0 is greedy decoding (every
-  # answer ties), and w = the run's w reproduces the run's last figure with its saved models.
+  # answer ties), and w = the run's w reproduces the run's last figure with its saved models, as
+  # does the run's preferences replayed through refits with the run's reg (0).
   import subprocess
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_w.py"),
-                      f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1"],
+                      f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1", "--regs=saved,0,5"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
   bench = _json.loads((tmp_path / "wd" / "tpop_w_test.json").read_text())
   for a in ("concise", "numbers"):
-    assert bench["rows"][a]["0.0"]["win_rate"] == 0.5
-    assert bench["rows"][a]["1.0"]["win_rate"] == pytest.approx(out["win_rate"][a][4])
+    for key in (a, f"{a} reg=0"):
+      assert bench["rows"][key]["absolute"]["0.0"]["win_rate"] == 0.5
+      assert bench["rows"][key]["absolute"]["1.0"]["win_rate"] == pytest.approx(
+          out["win_rate"][a][4])
+    assert bench["rows"][f"{a} reg=0"]["reward_std"] == pytest.approx(bench["rows"][a]["reward_std"],
+                                                                     rel=1e-5)
   # The candidates benchmark re-reads the exploit decoding step by step (it asserts at every
   # step that no rule-raising candidate's reward gap beats its LLM gap, as the argmax implies).
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_candidates.py"),

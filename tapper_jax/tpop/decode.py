@@ -7,7 +7,11 @@ user's reward model in one batched call. Then
   arm 1 (exploit):  argmax_c  log p(c | x1) + w sigmoid(r(x1 + c))
   arm 2 (explore):  argmax_c  log p(c | x2) + w sigmoid(r(x2 + c)) + nu bonus(x2 + c; x1 + c1)
 (`lm_score="prob"`: p in place of log p, as the public code does; then the reward can outweigh
-the LLM anywhere in the top-k, not only among candidates within w nats of the best.)
+the LLM anywhere in the top-k, not only among candidates within w nats of the best.
+`reward_term="relative"`: sigmoid(r(x + c) - r(x + c*)) in place of sigmoid(r(x + c)), c* the
+arm's most likely candidate: the Bradley-Terry probability that the user prefers x + c to the
+LLM's own choice. The Bradley-Terry fit leaves r's offset free, so sigmoid(r) can sit at 0 or 1
+for every candidate of a step and tell none apart; the difference cannot.)
 with c1 arm 1's choice and bonus the dueling-bandit term (reward.UserRewardModel.bonus); while
 arm 2's text equals arm 1's, c1 is excluded from arm 2's candidates, so the two responses
 differ. With w = 0 and nu = 0, arm 1 is greedy decoding. No LLM weight changes.
@@ -52,22 +56,35 @@ def _step(graphdef, state, tok, cache, kv_mask, positions, index):
   return jax.nn.log_softmax(model.logits(h[:, 0]).astype(jnp.float32)), cache
 
 
-@functools.partial(jax.jit, static_argnames=("explore",))
-def _scores(params, emb, v_inv, ref, logp, w, nu, *, explore: bool):
+REWARD_TERMS = ("absolute", "relative")
+
+
+def reward_term(params, emb, anchor, *, relative: bool):
+  """The reward's part of a candidate's score, before w: sigmoid(r(e)) [C] for embeddings e
+  [C,E], or with `relative` sigmoid(r(e) - r(anchor)) (anchor [E])."""
+  r = reward_lib.reward(params, emb)
+  return jax.nn.sigmoid(r - reward_lib.reward(params, anchor) if relative else r)
+
+
+@functools.partial(jax.jit, static_argnames=("explore", "relative"))
+def _scores(params, emb, v_inv, ref, anchor, logp, w, nu, *, explore: bool, relative: bool):
   """Scores [C] of candidates (embeddings [C,E]) for one arm: the exploit score, plus nu times
-  the exploration bonus against `ref` for the explore arm (only that arm computes it)."""
-  score = logp + w * jax.nn.sigmoid(reward_lib.reward(params, emb))
+  the exploration bonus against `ref` [E] for the explore arm (only that arm computes it). With
+  `relative`, the reward term is sigmoid(r(e) - r(anchor)) (anchor [E]: the arm's most likely
+  candidate), else sigmoid(r(e))."""
+  score = logp + w * reward_term(params, emb, anchor, relative=relative)
   return score + nu * reward_lib.bonus(params, emb, ref, v_inv) if explore else score
 
 
-def _padded_scores(params, emb, v_inv, ref, logp, w, nu, *, explore: bool) -> np.ndarray:
+def _padded_scores(params, emb, v_inv, ref, anchor, logp, w, nu, *, explore: bool,
+                   relative: bool) -> np.ndarray:
   """`_scores` on C candidates padded to a power of two (log-prob -inf): few compiled shapes."""
   c = len(logp)
   size = bucket_length(c, smallest=8)
   emb = np.concatenate([emb, np.zeros((size - c, emb.shape[1]), emb.dtype)])
   logp = np.concatenate([np.asarray(logp, np.float32), np.full((size - c,), -np.inf, np.float32)])
-  return np.array(_scores(params, jnp.asarray(emb), v_inv, jnp.asarray(ref), jnp.asarray(logp),
-                          w, nu, explore=explore))[:c]
+  return np.array(_scores(params, jnp.asarray(emb), v_inv, jnp.asarray(ref), jnp.asarray(anchor),
+                          jnp.asarray(logp), w, nu, explore=explore, relative=relative))[:c]
 
 
 @dataclasses.dataclass
@@ -81,15 +98,18 @@ class Responses:
 
 
 class TwoArmDecoder:
-  """Arm 1 needs only the candidates within `w` of its best log-probability (sigmoid(r) lies in
-  (0, 1), so no other can win): exact, and most steps then embed a few texts, not 2k."""
+  """Arm 1 needs only the candidates within `w` of its best LLM term (sigmoid lies in (0, 1),
+  so no other can win), within `w / 2` with the relative term (the most likely candidate's is
+  1/2): exact, and most steps then embed a few texts, not 2k."""
 
   def __init__(self, llm: LlamaForCausalLM, tokenizer, encoder, *, top_k: int = 40,
                w: float = 1.0, nu: float = 1.0, max_new_tokens: int = 32,
-               lm_score: str = "logprob"):
+               lm_score: str = "logprob", reward_term: str = "absolute"):
     if lm_score not in ("logprob", "prob"):
       raise ValueError(f"lm_score must be 'logprob' or 'prob', got {lm_score!r}")
-    self.lm_score = lm_score
+    if reward_term not in REWARD_TERMS:
+      raise ValueError(f"reward_term must be one of {REWARD_TERMS}, got {reward_term!r}")
+    self.lm_score, self.relative = lm_score, reward_term == "relative"
     self.llm, self.tokenizer, self.encoder = llm, tokenizer, encoder
     self.top_k, self.w, self.nu, self.max_new_tokens = top_k, w, nu, max_new_tokens
     self.graphdef, self.state = nnx.split(llm)
@@ -127,8 +147,9 @@ class TwoArmDecoder:
         lp = np.exp(lp)
       top = np.argpartition(-lp, self.top_k, axis=1)[:, : self.top_k]
       cands = np.unique(top)  # [C]: the union of the arms' top-k
-      best = lp[0, cands].max()
-      near = cands[lp[0, cands] >= best - self.w] if self.w > 0 else cands[[lp[0, cands].argmax()]]
+      top1 = cands[lp[0, cands].argmax()]  # arm 1's most likely candidate (its anchor)
+      reach = self.w / 2 if self.relative else self.w
+      near = cands[lp[0, cands] >= lp[0, top1] - reach] if self.w > 0 else np.asarray([top1])
       together = explore and out[1] == out[0]  # same text: arm 2 reuses arm 1's embeddings
       first = cands if together else near
       pairs = [(out[0], c) for c in first] + ([] if together or not explore
@@ -136,15 +157,17 @@ class TwoArmDecoder:
       emb = self._embed(pairs)
       e1 = emb[:len(first)]
       sel = np.isin(first, near)
-      ex1 = _padded_scores(rm.params, e1[sel], v_inv, e1[0], lp[0, first[sel]], self.w,
-                           self.nu, explore=False)
+      at = lambda c: int(np.flatnonzero(first == c)[0])  # noqa: E731  row of e1
+      ex1 = _padded_scores(rm.params, e1[sel], v_inv, e1[0], e1[at(top1)], lp[0, first[sel]],
+                           self.w, self.nu, explore=False, relative=self.relative)
       c1 = int(first[sel][int(np.argmax(ex1))])
       toks = [c1]
       if explore:
         e2 = e1 if together else emb[len(first):]
-        ref = e1[int(np.flatnonzero(first == c1)[0])]
-        ex2 = _padded_scores(rm.params, e2, v_inv, ref, lp[1, cands], self.w, self.nu,
-                             explore=True)
+        ref = e1[at(c1)]
+        anchor = e2[int(lp[1, cands].argmax())]  # arm 2's most likely candidate
+        ex2 = _padded_scores(rm.params, e2, v_inv, ref, anchor, lp[1, cands], self.w, self.nu,
+                             explore=True, relative=self.relative)
         if together:  # not yet apart: arm 2 must take another token
           ex2[cands == c1] = -np.inf
         toks.append(int(cands[int(np.argmax(ex2))]))

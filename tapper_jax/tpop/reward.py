@@ -2,7 +2,10 @@
 
 r(e) = w2 . gelu(W1 e + b1) + b2 on a sentence embedding e [E] (E -> H -> 1, H = 1024). It is
 fitted to a user's pairwise preferences with the Bradley-Terry (logistic) loss on the score
-margin: P(a preferred to b) = sigmoid(r(e_a) - r(e_b)), loss -log sigmoid(r(winner) - r(loser)).
+margin: P(a preferred to b) = sigmoid(r(e_a) - r(e_b)), loss -log sigmoid(r(winner) - r(loser)),
+plus, with `reg` > 0, the neural dueling bandit's (reg / 2) ||theta - theta_0||^2 (theta_0 the
+initial parameters). Without it a few dozen separable preferences drive |r| to ~10 and more:
+sigmoid(r) saturates and stops telling candidates apart.
 
 Exploration (neural-linear UCB): the gradient of r with respect to its last layer is
 g(e) = [gelu(W1 e + b1), 1]. V = lam I + sum over preferences of (g_a - g_b)(g_a - g_b)^T, kept
@@ -59,14 +62,21 @@ def bt_loss(params, winners, losers):
   return -jnp.mean(jax.nn.log_sigmoid(reward(params, winners) - reward(params, losers)))
 
 
-@jax.jit
-def _fit(params, winners, losers, weights, lr):
-  """200 Adam steps on the weighted Bradley-Terry loss (weight 0: padding)."""
-  tx = optax.adam(lr)
+def objective(params, init, winners, losers, weights, reg):
+  """The refit's loss: (sum_i weights_i BT_i + (reg / 2) ||params - init||^2) / sum_i weights_i,
+  BT_i = -log sigmoid(r(winner_i) - r(loser_i)) (weight 0: padding)."""
+  margin = reward(params, winners) - reward(params, losers)
+  drift = sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(params),
+                                                   jax.tree.leaves(init)))
+  return (-jnp.sum(weights * jax.nn.log_sigmoid(margin)) + 0.5 * reg * drift) / jnp.maximum(
+      jnp.sum(weights), 1.0)
 
-  def loss(p):
-    margin = reward(p, winners) - reward(p, losers)
-    return -jnp.sum(weights * jax.nn.log_sigmoid(margin)) / jnp.maximum(jnp.sum(weights), 1.0)
+
+@jax.jit
+def _fit(params, init, winners, losers, weights, lr, reg):
+  """200 Adam steps on `objective`."""
+  tx = optax.adam(lr)
+  loss = lambda p: objective(p, init, winners, losers, weights, reg)  # noqa: E731
 
   def step(carry, _):
     p, opt = carry
@@ -85,6 +95,7 @@ class UserRewardModel:
   hidden: int = 1024
   lam: float = 1.0
   lr: float = 1e-3
+  reg: float = 0.0  # (reg / 2) ||theta - theta_0||^2 in the refit (0: the plain BT fit)
   seed: int = 0
   official_sign: bool = False
   official_covariance: bool = False
@@ -93,7 +104,8 @@ class UserRewardModel:
   refit_from_init: bool = False
 
   def __post_init__(self):
-    self.params = init_params(jax.random.PRNGKey(self.seed), self.embed_dim, self.hidden)
+    self.init = init_params(jax.random.PRNGKey(self.seed), self.embed_dim, self.hidden)
+    self.params = self.init
     self.v_diag = np.full((self.hidden + 1,), self.lam, np.float32)  # V (or V^-1: official)
     self.winners: list[np.ndarray] = []
     self.losers: list[np.ndarray] = []
@@ -117,14 +129,14 @@ class UserRewardModel:
     if not self.winners:
       return
     if self.refit_from_init:
-      self.params = init_params(jax.random.PRNGKey(self.seed), self.embed_dim, self.hidden)
+      self.params = self.init
     n = len(self.winners)
     size = -(-n // self._BUCKET) * self._BUCKET
     pad = lambda xs: np.concatenate([np.stack(xs), np.zeros((size - n, self.embed_dim),  # noqa: E731
                                                             np.float32)])
     weights = (np.arange(size) < n).astype(np.float32)
-    self.params = _fit(self.params, jnp.asarray(pad(self.winners)), jnp.asarray(pad(self.losers)),
-                       jnp.asarray(weights), self.lr)
+    self.params = _fit(self.params, self.init, jnp.asarray(pad(self.winners)),
+                       jnp.asarray(pad(self.losers)), jnp.asarray(weights), self.lr, self.reg)
 
   def v_inverse(self) -> np.ndarray:
     return self.v_diag if self.official_covariance else 1.0 / self.v_diag

@@ -151,7 +151,8 @@ def run(config, workdir: str) -> dict:
   base = [greedy(q)[0] for q in held_q]  # the reference answers (and every shape compiled)
   dec = TwoArmDecoder(llm, tok, enc, top_k=config.top_k, w=config.w, nu=config.nu,
                       max_new_tokens=config.max_new_tokens,
-                      lm_score=config.get("lm_score", "logprob"))
+                      lm_score=config.get("lm_score", "logprob"),
+                      reward_term=config.get("reward_term", "absolute"))
   # Latency per generated token, timed at every evaluation after the first (compiled by then),
   # greedy and T-POP interleaved so that both see the same load on the machine.
   clock = {"greedy": [0.0, 0], "tpop_exploit": [0.0, 0], "tpop_two_arm": [0.0, 0]}
@@ -163,7 +164,8 @@ def run(config, workdir: str) -> dict:
   for attribute in config.attributes:
     user = SimulatedUser(attribute, noise=config.noise, seed=config.seed)
     rm = UserRewardModel(enc.dim, hidden=config.hidden, lam=config.lam, lr=config.lr,
-                         seed=config.seed, official_sign=config.official_sign,
+                         reg=config.get("reg", 0.0), seed=config.seed,
+                         official_sign=config.official_sign,
                          official_covariance=config.official_covariance,
                          refit_from_init=config.get("refit_from_init", False))
     curve, r = {}, 0
