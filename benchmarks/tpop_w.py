@@ -36,6 +36,7 @@ _WS = flags.DEFINE_list("ws", ["0.5", "1", "2", "4"], "Serving weights w of the 
 _OUT = flags.DEFINE_string("output", "", "Output folder (default: the run's folder).")
 _TERMS = flags.DEFINE_list("terms", [], "Reward terms (default: the run's).")
 _REGS = flags.DEFINE_list("regs", ["saved"], "'saved' or refit pulls to init, replayed.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Candidates per arm (default: the run's).")
 
 
 def replayed(saved, cfg: dict, reg: float):
@@ -87,7 +88,8 @@ def main(argv):
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
   base = [greedy_answer(llm, tok, q, max_new_tokens=cfg["max_new_tokens"])[0] for q in asked]
   terms = _TERMS.value or [cfg.get("reward_term", "absolute")]
-  decs = {t: TwoArmDecoder(llm, tok, enc, top_k=cfg["top_k"], w=cfg["w"], nu=cfg["nu"],
+  top_k = _TOP_K.value or cfg["top_k"]
+  decs = {t: TwoArmDecoder(llm, tok, enc, top_k=top_k, w=cfg["w"], nu=cfg["nu"],
                            max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"],
                            reward_term=t) for t in terms}
   ws = [float(w) for w in _WS.value]
@@ -117,7 +119,7 @@ def main(argv):
           row.setdefault(t, {})[w] = {"win_rate": float(np.mean(wins)), "interval": interval(wins)}
           print(f"{key} {t} w={w}: {np.mean(wins):.3f}", flush=True)
   out = {"run": _RUN.value, "split": split, "held_out": _HELD.value, "queries": len(asked),
-         "model": cfg["model"], "ws": ws, "terms": terms, "rows": rows}
+         "model": cfg["model"], "top_k": top_k, "ws": ws, "terms": terms, "rows": rows}
   folder = _OUT.value or _RUN.value
   os.makedirs(folder, exist_ok=True)
   stem = os.path.join(folder, f"tpop_w_{split}")
@@ -125,7 +127,8 @@ def main(argv):
   with open(stem + ".json", "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
   lines = [f"T-POP exploit win rate vs greedy at serving weight w ({len(asked)} {split} queries"
-           f"{', the run held out' if _HELD.value else ''}; reward models of {_RUN.value}; "
+           f"{', the run held out' if _HELD.value else ''}; top-{top_k}; reward models of "
+           f"{_RUN.value}; "
            "in brackets the 95% bootstrap interval)", "",
            "| attribute (preferences) | reward agrees with the rule | r std | " + " | ".join(
                f"{t} w={w:g}" for t in terms for w in ws) + " |",
