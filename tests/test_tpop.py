@@ -126,6 +126,8 @@ def test_simulated_user_rules_and_noise():
   assert SimulatedUser("concise").prefers_first("Short one.", "A much longer answer here.")
   assert SimulatedUser("numbers").prefers_first("In 2024, 3 wins.", "Many wins.")
   assert SimulatedUser("formal").prefers_first("The results are final.", "I'm sure it's great!")
+  assert SimulatedUser("casual").prefers_first("I'm sure it's great!", "The results are final.")
+  assert score("casual", "Yeah, I'm in!") == -score("formal", "Yeah, I'm in!") == 3
   assert SimulatedUser("positive").prefers_first("A great win.", "A terrible loss.")
   assert SimulatedUser("topic:space").prefers_first("A space mission", "A trip")
   assert not SimulatedUser("concise").prefers_first("same", "same")  # ties: a must be better

@@ -6,6 +6,7 @@ Attributes:
   concise   fewer words
   numbers   more digits
   formal    fewer informal marks (contractions, '!', first person singular, slang)
+  casual    more informal marks (formal's mirror: a user who likes a conversational tone)
   positive  more positive than negative words (a small fixed lexicon)
   topic:X   mentions X (case-insensitive), then fewer words
 """
@@ -25,7 +26,7 @@ NEGATIVE = frozenset("bad worst hate sad lose loses lost fail fails failure dark
                      "weak".split())
 INFORMAL = re.compile(r"(\w+'(s|re|ll|ve|d|t|m)\b)|!|\b(i|me|my|lol|gonna|wanna|yeah|ok|okay)\b",
                       re.IGNORECASE)
-ATTRIBUTES = ("concise", "numbers", "formal", "positive")
+ATTRIBUTES = ("concise", "numbers", "formal", "casual", "positive")
 
 
 def _words(text: str) -> list[str]:
@@ -39,8 +40,9 @@ def score(attribute: str, text: str) -> float:
     return -float(len(words))
   if attribute == "numbers":
     return float(sum(ch.isdigit() for ch in text))
-  if attribute == "formal":
-    return -float(len(INFORMAL.findall(text)))
+  if attribute in ("formal", "casual"):
+    informal = float(len(INFORMAL.findall(text)))
+    return -informal if attribute == "formal" else informal
   if attribute == "positive":
     return float(sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words))
   if attribute.startswith("topic:"):
