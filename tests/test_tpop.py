@@ -219,6 +219,40 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score, rew
   assert dec.generate(ids, rm).exploit_ids == out
 
 
+def test_reach_counts_the_steps_a_top_k_token_raises_the_rule_against_full_forwards(
+    decoder_parts):
+  """benchmarks/tpop_reach.reach against a plain reference: the greedy path by full forwards (no
+  cache), each step's top-k, each candidate's text scored by the rule. k = 1 (the greedy token
+  alone) never raises; a topic word that is the runner-up at step 0 raises there."""
+  import os
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+  from tpop_reach import reach
+
+  from tapper_jax.tpop.decode import TwoArmDecoder
+  llm, tok, enc = decoder_parts
+  ids = tok.encode("Write a headline for: rain over the hills")
+  lp0 = np.asarray(llm(jnp.asarray([ids]))[0][0, -1], np.float32)
+  runner_up = tok.decode([int(np.argsort(-lp0, kind="stable")[1])]).strip().lower()
+  attributes = ["concise", "numbers", f"topic:{runner_up}"]
+  ks = [1, 3, 12]
+  dec = TwoArmDecoder(llm, tok, enc, top_k=12, w=0.0, nu=0.0, max_new_tokens=6)
+  got, n = reach(dec, ids, attributes, ks)
+  want, out = {(a, k): 0 for a in attributes for k in ks}, []
+  for _ in range(6):
+    lp = np.asarray(llm(jnp.asarray([ids + out]))[0][0, -1], np.float32)
+    order = np.argsort(-lp, kind="stable")
+    text = lambda c: tok.decode(out + [int(c)])  # noqa: E731
+    for a in attributes:
+      for k in ks:
+        want[(a, k)] += any(score(a, text(c)) > score(a, text(order[0])) for c in order[:k])
+    out.append(int(order[0]))
+  assert n == 6 and got == want
+  assert all(got[(a, 1)] == 0 for a in attributes)
+  if runner_up and runner_up not in tok.decode([int(np.argmax(lp0))]).lower():
+    assert got[(f"topic:{runner_up}", 3)] >= 1
+
+
 def test_batched_candidate_scoring_equals_one_by_one(decoder_parts):
   from tapper_jax.tpop.decode import TwoArmDecoder, _scores
   llm, tok, enc = decoder_parts
