@@ -33,29 +33,6 @@ _NEW = flags.DEFINE_integer("max_new_tokens", 20, "Length of the greedy answers.
 _OUT = flags.DEFINE_string("output", "bench_out/tpop", "Output folder.")
 
 
-def reach(dec, prompt_ids: list[int], attributes: list[str], ks: list[int]) -> dict:
-  """{(attribute, k): steps of the greedy answer where a top-k token raises the rule's score over
-  the greedy token's}, and the number of steps, for one prompt. `dec` decodes with w = nu = 0
-  (greedy), its top_k at least max(ks)."""
-  from tapper_jax.tpop.reward import UserRewardModel
-  from tapper_jax.tpop.user import score
-  trace: list = []
-  rm = UserRewardModel(dec.encoder.dim, hidden=8)  # w = 0: its scores do not count
-  ids = dec.generate(prompt_ids, rm, explore=False, trace=trace).exploit_ids
-  out = {(a, k): 0 for a in attributes for k in ks}
-  for i, lp in enumerate(trace[:len(ids)]):
-    order = np.argsort(-lp, kind="stable")[:max(ks)]
-    text = lambda c: dec.tokenizer.decode([t for t in ids[:i] + [int(c)]  # noqa: E731
-                                           if t not in dec.eos])
-    texts = [text(c) for c in order]
-    base = text(ids[i])
-    for a in attributes:
-      s = np.array([score(a, t) for t in texts])
-      for k in ks:
-        out[(a, k)] += bool((s[:k] > score(a, base)).any())
-  return out, len(ids)
-
-
 def main(argv):
   del argv
   from tapper_jax import models
@@ -63,6 +40,7 @@ def main(argv):
   from tapper_jax.models import registry
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.reach import reach
   from tapper_jax.tpop.run import chat_ids, queries
   ks = sorted(int(k) for k in _KS.value)
   attributes = list(_ATTRS.value)

@@ -221,15 +221,12 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score, rew
 
 def test_reach_counts_the_steps_a_top_k_token_raises_the_rule_against_full_forwards(
     decoder_parts):
-  """benchmarks/tpop_reach.reach against a plain reference: the greedy path by full forwards (no
-  cache), each step's top-k, each candidate's text scored by the rule. k = 1 (the greedy token
-  alone) never raises; a topic word that is the runner-up at step 0 raises there."""
-  import os
-  import sys
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-  from tpop_reach import reach
-
+  """tpop.reach.reach (benchmarks/tpop_reach.py) against a plain reference: the greedy path by
+  full forwards (no cache), each step's top-k, each candidate's text scored by the rule. k = 1
+  (the greedy token alone) never raises; a topic word that is the runner-up at step 0 raises
+  there."""
   from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.reach import reach
   llm, tok, enc = decoder_parts
   ids = tok.encode("Write a headline for: rain over the hills")
   lp0 = np.asarray(llm(jnp.asarray([ids]))[0][0, -1], np.float32)
@@ -342,8 +339,8 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
       assert bench["rows"][key]["absolute"]["0.0"]["win_rate"] == 0.5
       assert bench["rows"][key]["absolute"]["1.0"]["win_rate"] == pytest.approx(
           out["win_rate"][a][4])
-    assert bench["rows"][f"{a} reg=0"]["reward_std"] == pytest.approx(bench["rows"][a]["reward_std"],
-                                                                     rel=1e-5)
+    assert bench["rows"][f"{a} reg=0"]["reward_std"] == pytest.approx(
+        bench["rows"][a]["reward_std"], rel=1e-5)
   # The candidates benchmark re-reads the exploit decoding step by step (it asserts at every
   # step that no rule-raising candidate's reward gap beats its LLM gap, as the argmax implies).
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_candidates.py"),
