@@ -5,6 +5,7 @@ import shutil
 
 import jax
 import numpy as np
+from tables import assert_trained_close
 import pytest
 
 from tapper_jax import models
@@ -74,7 +75,7 @@ def test_host_table_trains_as_the_row_wise_table_on_device(synth_folder, model_c
     out[memory] = _state_with_table(run, state)
   dev, host = out["device"], out["host"]
   for a, b in zip(jax.tree.leaves(dev), jax.tree.leaves(host), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    assert_trained_close(a, b, rtol=1e-6, atol=1e-8)
   touched = np.unique(np.concatenate([b["user_row"] for b in batches]))
   touched = touched[touched >= 0]
   table, init_table = jax.tree.leaves(host["table"])[0], jax.tree.leaves(init["table"])[0]
@@ -105,8 +106,8 @@ def test_host_table_checkpoints_resume_on_host_or_on_device(synth_folder, model_
                     _state_with_table(run, {k: v for k, v in state.items() if k != "table"}))
   (hp, ht, hs), (dp, dt, ds_) = ends["host"], ends["device"]
   for a, b in zip(jax.tree.leaves(hp), jax.tree.leaves(dp), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
-  np.testing.assert_allclose(ht, dt, rtol=1e-6, atol=1e-8)
+    assert_trained_close(a, b, rtol=1e-6, atol=1e-8)
+  assert_trained_close(ht, dt, rtol=1e-6, atol=1e-8)
   np.testing.assert_array_equal(np.asarray(hs["sparse"]["last"][...]),
                                 np.asarray(ds_["sparse"]["last"][...]))
   assert np.asarray(hs["sparse"]["last"][...]).max() == 4
