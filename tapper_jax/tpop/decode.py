@@ -123,6 +123,33 @@ class TwoArmDecoder:
     """[N, E]: the texts prefix + candidate for (prefix, candidate) pairs, in one encoder call."""
     return self.encoder.encode([self.tokenizer.decode(p + [int(c)]) for p, c in pairs])
 
+  def _pick(self, rm, v_inv, lp, cands, near, top1, out, explore: bool) -> list[int]:
+    """Each arm's next token: arm 1 scores the candidates `near` that can still win, arm 2 (with
+    `explore`) every candidate plus its exploration bonus, all embedded in one encoder call.
+    lp [A,V] LLM terms, cands [C] the union of the arms' top-k, top1 arm 1's most likely."""
+    together = explore and out[1] == out[0]  # same text: arm 2 reuses arm 1's embeddings
+    first = cands if together else near
+    pairs = [(out[0], c) for c in first] + ([] if together or not explore
+                                            else [(out[1], c) for c in cands])
+    emb = self._embed(pairs)
+    e1 = emb[:len(first)]
+    sel = np.isin(first, near)
+    at = lambda c: int(np.flatnonzero(first == c)[0])  # noqa: E731  row of e1
+    ex1 = _padded_scores(rm.params, e1[sel], v_inv, e1[0], e1[at(top1)], lp[0, first[sel]],
+                         self.w, self.nu, explore=False, relative=self.relative)
+    c1 = int(first[sel][int(np.argmax(ex1))])
+    toks = [c1]
+    if explore:
+      e2 = e1 if together else emb[len(first):]
+      ref = e1[at(c1)]
+      anchor = e2[int(lp[1, cands].argmax())]  # arm 2's most likely candidate
+      ex2 = _padded_scores(rm.params, e2, v_inv, ref, anchor, lp[1, cands], self.w, self.nu,
+                           explore=True, relative=self.relative)
+      if together:  # not yet apart: arm 2 must take another token
+        ex2[cands == c1] = -np.inf
+      toks.append(int(cands[int(np.argmax(ex2))]))
+    return toks
+
   def generate(self, prompt_ids: list[int], rm: reward_lib.UserRewardModel, *,
                explore: bool = True, trace: list | None = None) -> Responses:
     """Both arms (a preference round), or with `explore=False` arm 1 alone (serving).
@@ -150,27 +177,10 @@ class TwoArmDecoder:
       top1 = cands[lp[0, cands].argmax()]  # arm 1's most likely candidate (its anchor)
       reach = self.w / 2 if self.relative else self.w
       near = cands[lp[0, cands] >= lp[0, top1] - reach] if self.w > 0 else np.asarray([top1])
-      together = explore and out[1] == out[0]  # same text: arm 2 reuses arm 1's embeddings
-      first = cands if together else near
-      pairs = [(out[0], c) for c in first] + ([] if together or not explore
-                                              else [(out[1], c) for c in cands])
-      emb = self._embed(pairs)
-      e1 = emb[:len(first)]
-      sel = np.isin(first, near)
-      at = lambda c: int(np.flatnonzero(first == c)[0])  # noqa: E731  row of e1
-      ex1 = _padded_scores(rm.params, e1[sel], v_inv, e1[0], e1[at(top1)], lp[0, first[sel]],
-                           self.w, self.nu, explore=False, relative=self.relative)
-      c1 = int(first[sel][int(np.argmax(ex1))])
-      toks = [c1]
-      if explore:
-        e2 = e1 if together else emb[len(first):]
-        ref = e1[at(c1)]
-        anchor = e2[int(lp[1, cands].argmax())]  # arm 2's most likely candidate
-        ex2 = _padded_scores(rm.params, e2, v_inv, ref, anchor, lp[1, cands], self.w, self.nu,
-                             explore=True, relative=self.relative)
-        if together:  # not yet apart: arm 2 must take another token
-          ex2[cands == c1] = -np.inf
-        toks.append(int(cands[int(np.argmax(ex2))]))
+      if explore or len(near) > 1:
+        toks = self._pick(rm, v_inv, lp, cands, near, top1, out, explore)
+      else:  # serving, and only the most likely candidate can win: nothing to embed or score
+        toks = [int(top1)]
       for a, c in enumerate(toks):
         if not done[a]:
           out[a].append(c)
