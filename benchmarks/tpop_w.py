@@ -70,10 +70,13 @@ def asked_queries(cfg: dict, split: str, n: int, held_out: bool) -> list[str]:
 
 def main(argv):
   del argv
+  import jax.numpy as jnp
+
   from tapper_jax import models
   from tapper_jax.fileio import keep_previous
   from tapper_jax.models import registry
   from tapper_jax.models.bert import SentenceEncoder
+  from tapper_jax.tpop import reward as reward_lib
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.run import (agreement, chat_ids, greedy_answer, interval, load_user,
@@ -97,9 +100,6 @@ def main(argv):
   # every answer the run showed for its held-out queries (greedy and exploit, all attributes).
   texts = shown_answers(run)
   emb = enc.encode(texts)
-  import jax.numpy as jnp
-
-  from tapper_jax.tpop import reward as reward_lib
   rows = {}  # "attribute" or "attribute reg=R" -> agreement and {term: {w: win rate}}
   for attribute in cfg["attributes"]:
     saved = UserRewardModel(enc.dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"])

@@ -5,8 +5,8 @@ import shutil
 
 import jax
 import numpy as np
-from tables import assert_trained_close
 import pytest
+from tables import assert_trained_close
 
 from tapper_jax import models
 from tapper_jax.training.host_table import HostTable

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import numpy as np
-from tables import assert_trained_close
 import pytest
+from tables import assert_trained_close
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.slow  # two multi-process runs and a reference: ~2 minutes

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-from tables import assert_trained_close
 import pytest
+from tables import assert_trained_close
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Sharded reductions (the batch mean, FSDP-gathered matmuls) sum in another order than one

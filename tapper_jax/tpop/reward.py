@@ -57,11 +57,6 @@ def bonus(params, candidates, reference, v_inv):
   return jnp.sqrt(jnp.sum(d * d * v_inv, axis=-1))
 
 
-def bt_loss(params, winners, losers):
-  """Mean -log sigmoid(r(winner) - r(loser)) over preferences ([P, E] each)."""
-  return -jnp.mean(jax.nn.log_sigmoid(reward(params, winners) - reward(params, losers)))
-
-
 def objective(params, init, winners, losers, weights, reg):
   """The refit's loss: (sum_i weights_i BT_i + (reg / 2) ||params - init||^2) / sum_i weights_i,
   BT_i = -log sigmoid(r(winner_i) - r(loser_i)) (weight 0: padding)."""
