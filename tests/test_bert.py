@@ -124,3 +124,26 @@ def test_minilm_matches_hf_and_sentence_transformers():
 def test_unknown_encoder_name():
   with pytest.raises(ValueError, match="unknown encoder"):
     registry.encoder_folder("no-such-encoder")
+
+
+def test_encode_embeds_texts_that_tokenize_alike_once(tiny):
+  """Texts with equal token ids (an uncased model: "The" and "the") are embedded once, and each
+  text's row equals that text embedded alone (its own padded length)."""
+  from tokenizers import Tokenizer, models as tm, normalizers, pre_tokenizers, processors
+  vocab = {w: i for i, w in enumerate("[PAD] [UNK] [CLS] [SEP] the cat a dog sat".split())}
+  tk = Tokenizer(tm.WordLevel(vocab, unk_token="[UNK]"))
+  tk.normalizer = normalizers.Lowercase()
+  tk.pre_tokenizer = pre_tokenizers.Whitespace()
+  tk.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+  enc = SentenceEncoder(tiny[1], tk, max_seq_length=40)
+  texts = ["The cat", "the  cat", "a dog sat", "THE CAT", "the cat sat", "a dog sat"]
+  rows = []
+  embed = enc._embed
+  enc._embed = lambda ids, mask: rows.append(int((mask.sum(1) > 0).sum())) or embed(ids, mask)
+  got = enc.encode(texts)
+  assert rows == [3]  # three distinct token sequences, one call
+  alone = np.concatenate([enc.encode([t]) for t in texts])
+  assert np.abs(got - alone).max() <= TOL
+  assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[3])
+  assert np.abs(got[0] - got[4]).max() > 1e-3  # and distinct texts stay distinct
