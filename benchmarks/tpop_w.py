@@ -53,21 +53,6 @@ def replayed(saved, cfg: dict, reg: float):
   return m
 
 
-def asked_queries(cfg: dict, split: str, n: int, held_out: bool) -> list[str]:
-  """The articles asked, disjoint from the run's preference stream."""
-  from tapper_jax.tpop.run import queries
-  stream, held = queries(cfg["data_folder"], cfg["split"], cfg["train_queries"],
-                         cfg["eval_queries"])
-  if held_out:
-    asked = held
-  else:
-    asked = queries(cfg["data_folder"], split, 0, n)[1]
-  if set(asked) & set(stream):
-    raise ValueError(f"{split}: {len(set(asked) & set(stream))} asked queries are in the "
-                     "run's preference stream")
-  return asked
-
-
 def main(argv):
   del argv
   import jax.numpy as jnp
@@ -79,8 +64,8 @@ def main(argv):
   from tapper_jax.tpop import reward as reward_lib
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
-  from tapper_jax.tpop.run import (agreement, chat_ids, greedy_answer, interval, load_user,
-                                    shown_answers)
+  from tapper_jax.tpop.run import (agreement, asked_queries, chat_ids, greedy_answer,
+                                    interval, load_user, shown_answers)
   from tapper_jax.tpop.user import SimulatedUser
   with open(os.path.join(_RUN.value, "tpop.json"), encoding="utf-8") as f:
     run = json.load(f)

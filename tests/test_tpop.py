@@ -349,6 +349,19 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   assert p.returncode == 0, p.stderr[-3000:]
   cand = _json.loads((tmp_path / "wd" / "tpop_candidates.json").read_text())["rows"]["concise"]
   assert cand["steps"] > 0 and 0 <= cand["steps_with_raising"] <= cand["steps"]
+  # The latency benchmark: per-token times of the same decodings, their ratios, and the
+  # encoder's rows and tokens padded to multiples of 8, at most one call per exploit token.
+  p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_latency.py"),
+                      f"--run={tmp_path / 'wd'}", "--held_out"],
+                     capture_output=True, text=True, cwd=REPO)
+  assert p.returncode == 0, p.stderr[-3000:]
+  lat = _json.loads((tmp_path / "wd" / "tpop_latency_test.json").read_text())["rows"]
+  assert set(lat) == {"concise", "numbers"}
+  for r in lat.values():
+    ms, x = r["ms_per_token"], r["exploit_encoder"]
+    assert r["ratio"]["exploit"] == pytest.approx(ms["exploit"] / ms["greedy"])
+    assert 0 < x["forward_share"] <= x["share"] < 1 and 0 < x["calls_per_token"] <= 1
+    assert x["rows"] % 8 == 0 and x["padded_tokens"] % 64 == 0 and x["rows"] >= x["calls"]
   # Counting preferences: each point reached is after exactly that many stated preferences, the
   # rounds it took are recorded, and a point is missing only where the stream ran out.
   c.count, c.attributes, c.eval_after = "preferences", ("concise",), (0, 1, 2)

@@ -54,6 +54,21 @@ def queries(folder: str, split: str, n_train: int, n_eval: int) -> tuple[list[st
   return train, held
 
 
+def asked_queries(cfg: dict, split: str, n: int, held_out: bool) -> list[str]:
+  """The first n articles of `split` (or the run's own held-out ones), checked disjoint from the
+  preference stream of the run whose config is `cfg`: what the benchmarks of a finished run ask."""
+  stream, held = queries(cfg["data_folder"], cfg["split"], cfg["train_queries"],
+                         cfg["eval_queries"])
+  if held_out:
+    asked = held
+  else:
+    asked = queries(cfg["data_folder"], split, 0, n)[1]
+  if set(asked) & set(stream):
+    raise ValueError(f"{split}: {len(set(asked) & set(stream))} asked queries are in the "
+                     "run's preference stream")
+  return asked
+
+
 def save_user(folder: str, user_id: str, rm, meta: dict) -> str:
   """WORKDIR/users/<id>/ (state.npz + meta.json), written to a temporary folder and renamed."""
   from tapper_jax.fileio import atomic_folder, slug
