@@ -388,6 +388,52 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
     tpop_run.queries(str(bad), "test", 1, 1)
 
 
+def test_tpop_run_stopped_and_continued_equals_one_run(tmp_path, model_cache):
+  """A run stopped after some rounds (in the first attribute, then in the second) and continued
+  reaches what one uninterrupted run does: the same curves, answers and preferences, with a
+  noisy user (its random state is part of the progress). A finished run continued plays
+  nothing; another config is refused."""
+  import json as _json
+  import os
+  import sys
+  REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import tpop as tpop_config
+  from tapper_jax.tpop import run as tpop_run
+  from tapper_jax.tpop.reward import UserRewardModel
+  folder = tmp_path / "data"
+  folder.mkdir()
+  rows = [{"id": str(i), "input": f"Which category? categories: [a, b] article: News item {i} "
+           f"about topic {i % 3}.", "profile": []} for i in range(8)]
+  (folder / "test_questions.json").write_text(_json.dumps(rows))
+  c = tpop_config.get_config("tiny")
+  c.data_folder, c.noise = str(folder), 0.5
+  one = tpop_run.run(c, str(tmp_path / "one"))
+  wd = str(tmp_path / "parts")
+  assert tpop_run.run(c, wd, stop_after_rounds=2) is None  # inside the first attribute
+  assert not os.path.exists(os.path.join(wd, "tpop.json"))
+  assert tpop_run.run(c, wd, stop_after_rounds=1) is None
+  assert tpop_run.run(c, wd, stop_after_rounds=2) is None  # across into the second
+  progress = sorted(os.listdir(os.path.join(wd, "progress")))
+  assert sum(p.startswith("concise-") for p in progress) == 2  # the two latest kept
+  assert any(p.startswith("numbers-") for p in progress)
+  parts = tpop_run.run(c, wd)
+  for key in ("win_rate", "interval", "preferences_stated", "rounds", "exploit_responses"):
+    assert parts[key] == one[key], key
+  for a in c.attributes:
+    ra, rb = UserRewardModel(384, hidden=32), UserRewardModel(384, hidden=32)
+    tpop_run.load_user(str(tmp_path / "one"), f"sim-{a}", ra)
+    tpop_run.load_user(wd, f"sim-{a}", rb)
+    np.testing.assert_array_equal(ra.state()["winners"], rb.state()["winners"])
+    for k in ra.params:
+      np.testing.assert_array_equal(np.asarray(ra.params[k]), np.asarray(rb.params[k]))
+  again = tpop_run.run(c, wd, stop_after_rounds=1)  # finished: nothing to play, no stop
+  assert again is not None and again["win_rate"] == one["win_rate"]
+  c.w = 2.0
+  with pytest.raises(ValueError, match=r"progress\.json: field 'config' differs.*'w'"):
+    tpop_run.run(c, wd)
+
+
 def test_reward_agreement_with_the_rule_counts_the_pairs_it_orders_right():
   """run.agreement (benchmarks/tpop_w.py's diagnostic) against a hand count: a reward falling
   with the word count orders every pair the concise rule tells apart as the rule does; its

@@ -12,7 +12,9 @@ rounds played) the exploit arm answers every held-out query and the user judges 
 base model's greedy answer (win 1, tie 0.5, loss 0). Each stream query is asked once: a user
 whose stream runs out first has no figure for the later points.
 Outputs in DIR: tpop.{json,md,png}, and users/<user id>/ (reward model + preferences +
-covariance: `UserRewardModel.state`), from which a user continues later.
+covariance: `UserRewardModel.state`), from which a user continues later. A run stopped early
+(`config.time_budget_s`, or killed) continues where it stopped when the same command is run
+again: DIR/progress/ holds each attribute's state after every round.
 """
 
 from __future__ import annotations
@@ -69,26 +71,85 @@ def asked_queries(cfg: dict, split: str, n: int, held_out: bool) -> list[str]:
   return asked
 
 
+def _write_state(folder: str, rm) -> None:
+  s = rm.state()
+  np.savez(os.path.join(folder, "state.npz"), v_diag=s["v_diag"], winners=s["winners"],
+           losers=s["losers"], **{f"params.{k}": v for k, v in s["params"].items()})
+
+
+def _read_state(folder: str, rm) -> None:
+  with np.load(os.path.join(folder, "state.npz")) as z:
+    rm.load_state({"params": {k.split(".", 1)[1]: z[k] for k in z.files if k.startswith("params.")},
+                   "v_diag": z["v_diag"], "winners": z["winners"], "losers": z["losers"]})
+
+
 def save_user(folder: str, user_id: str, rm, meta: dict) -> str:
   """WORKDIR/users/<id>/ (state.npz + meta.json), written to a temporary folder and renamed."""
   from tapper_jax.fileio import atomic_folder, slug
   out = os.path.join(folder, "users", slug(user_id))
   if os.path.exists(out):
     os.replace(out, f"{out}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")  # kept
-  s = rm.state()
   with atomic_folder(out) as tmp:
-    np.savez(os.path.join(tmp, "state.npz"), v_diag=s["v_diag"], winners=s["winners"],
-             losers=s["losers"], **{f"params.{k}": v for k, v in s["params"].items()})
+    _write_state(tmp, rm)
     with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-      json.dump({"user": user_id, "preferences": len(s["winners"]), **meta}, f, indent=2)
+      json.dump({"user": user_id, "preferences": len(rm.winners), **meta}, f, indent=2)
   return out
 
 
 def load_user(folder: str, user_id: str, rm) -> None:
   from tapper_jax.fileio import slug
-  with np.load(os.path.join(folder, "users", slug(user_id), "state.npz")) as z:
-    rm.load_state({"params": {k.split(".", 1)[1]: z[k] for k in z.files if k.startswith("params.")},
-                   "v_diag": z["v_diag"], "winners": z["winners"], "losers": z["losers"]})
+  _read_state(os.path.join(folder, "users", slug(user_id)), rm)
+
+
+# A run continues where it stopped (config.time_budget_s, or a killed process): after every
+# round and every evaluation, each attribute's progress (reward model, rounds played, the curve
+# so far, the latency clock, the simulated user's random state) is written to
+# WORKDIR/progress/<attribute>-<number>/, a new folder each time (the two latest kept).
+_UNCHECKED = ("time_budget_s",)  # config fields a continued run may change
+
+
+def _save_progress(workdir: str, attribute: str, rm, progress: dict) -> None:
+  import shutil
+
+  from tapper_jax.fileio import atomic_folder, slug
+  root = os.path.join(workdir, "progress")
+  before = _progress_folders(root, attribute)
+  seq = int(before[-1].rsplit("-", 1)[1]) + 1 if before else 0
+  with atomic_folder(os.path.join(root, f"{slug(attribute)}-{seq:06d}")) as tmp:
+    _write_state(tmp, rm)
+    with open(os.path.join(tmp, "progress.json"), "w", encoding="utf-8") as f:
+      json.dump(progress, f)
+  for old in _progress_folders(root, attribute)[:-2]:
+    shutil.rmtree(os.path.join(root, old))
+
+
+def _progress_folders(root: str, attribute: str) -> list[str]:
+  """An attribute's complete progress folders, oldest first."""
+  from tapper_jax.fileio import slug
+  if not os.path.isdir(root):
+    return []
+  pre = slug(attribute) + "-"
+  return sorted(f for f in os.listdir(root) if f.startswith(pre) and f[len(pre):].isdigit())
+
+
+def _load_progress(workdir: str, attribute: str, rm, config) -> dict | None:
+  """The latest progress of `attribute` (rm restored), or None; a different config fails."""
+  root = os.path.join(workdir, "progress")
+  folders = _progress_folders(root, attribute)
+  if not folders:
+    return None
+  path = os.path.join(root, folders[-1], "progress.json")
+  with open(path, encoding="utf-8") as f:
+    progress = json.load(f)
+  now = json.loads(json.dumps(config.to_dict()))
+  was = progress["config"]
+  changed = sorted(k for k in set(now) | set(was)
+                   if k not in _UNCHECKED and now.get(k) != was.get(k))
+  if changed:
+    raise ValueError(f"{path}: field 'config' differs from this run's in {changed}: continue "
+                     "with the same config, or use another workdir")
+  _read_state(os.path.dirname(path), rm)
+  return progress
 
 
 def chat_ids(tok, query: str) -> list[int]:
@@ -147,7 +208,10 @@ def _counts_preferences(config) -> bool:
   return count == "preferences"
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict | None:
+  """The rounds and evaluations of every attribute; the results (also written to workdir), or
+  None where it stopped early (config.time_budget_s, or `stop_after_rounds` played in this
+  call: for tests) with its progress saved: the same call continues it."""
   from tapper_jax import models
   from tapper_jax.models import registry
   from tapper_jax.models.bert import SentenceEncoder
@@ -155,6 +219,8 @@ def run(config, workdir: str) -> dict:
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.user import SimulatedUser, ceiling
   by_preferences = _counts_preferences(config)  # before anything loads
+  started, played = time.perf_counter(), 0
+  budget = config.get("time_budget_s", 0.0)
   os.makedirs(workdir, exist_ok=True)
   llm, tok = models.load(config.model)
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(config.encoder), batch_size=128)
@@ -183,8 +249,25 @@ def run(config, workdir: str) -> dict:
                          official_sign=config.official_sign,
                          official_covariance=config.official_covariance,
                          refit_from_init=config.get("refit_from_init", False))
-    curve, r = {}, 0
-    while True:
+    curve, r, done = {}, 0, False
+    parts = (curve, spread.setdefault(attribute, {}), answers.setdefault(attribute, {}),
+             stated.setdefault(attribute, {}), rounds_at.setdefault(attribute, {}))
+    saved = _load_progress(workdir, attribute, rm, config)
+    if saved is not None:
+      r, done = saved["rounds"], saved["done"]
+      for part, key in zip(parts, ("curve", "interval", "answers", "stated", "rounds_at")):
+        part.update({int(k): v for k, v in saved[key].items()})  # JSON keys are strings
+      clock.update(saved["clock"])
+      user.rng.bit_generator.state = saved["user_rng"]
+      logging.info("%s: continued from %d rounds (%d preferences)", attribute, r, len(rm.winners))
+
+    def save(done=False):
+      _save_progress(workdir, attribute, rm, {  # noqa: B023  (the loop's current attribute)
+          "rounds": r, "done": done, "clock": clock, "user_rng": user.rng.bit_generator.state,
+          "config": config.to_dict(), **dict(zip(
+              ("curve", "interval", "answers", "stated", "rounds_at"), parts))})
+
+    while not done:
       # One round adds at most one preference, so counting either way no point is skipped.
       point = len(rm.winners) if by_preferences else r
       if point in config.eval_after and point not in curve:
@@ -201,20 +284,24 @@ def run(config, workdir: str) -> dict:
             clock["tpop_exploit"][0] += resp.seconds
             clock["tpop_exploit"][1] += resp.tokens
         curve[point] = float(np.mean(wins))
-        spread.setdefault(attribute, {})[point] = interval(wins)
-        answers.setdefault(attribute, {})[point] = shown
-        stated.setdefault(attribute, {})[point] = len(rm.winners)
-        rounds_at.setdefault(attribute, {})[point] = r
+        spread[attribute][point] = interval(wins)
+        answers[attribute][point] = shown
+        stated[attribute][point] = len(rm.winners)
+        rounds_at[attribute][point] = r
         logging.info("%s: %d rounds (%d preferences), win rate %.3f", attribute, r,
                      len(rm.winners), curve[point])
+        save()
       if point >= last or r >= len(train_q):
         if point < last:
           logging.warning("%s: the stream's %d queries ran out at %d %s; later points are "
                           "not reached", attribute, len(train_q), point,
                           "preferences" if by_preferences else "rounds")
+        save_user(workdir, f"sim-{attribute}", rm, {"attribute": attribute})
+        save(done=True)
         break
       resp = dec.generate(chat(train_q[r]), rm)
       r += 1
+      played += 1
       if r > 1:  # the first round compiles
         clock["tpop_two_arm"][0] += resp.seconds
         clock["tpop_two_arm"][1] += resp.tokens / 2  # per token of one response
@@ -227,7 +314,12 @@ def run(config, workdir: str) -> dict:
         else:
           rm.add(eb, ea)
         rm.refit()
-    save_user(workdir, f"sim-{attribute}", rm, {"attribute": attribute})
+      save()
+      if (budget and time.perf_counter() - started > budget) or played == stop_after_rounds:
+        logging.warning("%s: stopped after %d rounds (%d preferences); the same command "
+                        "continues from %s", attribute, r, len(rm.winners),
+                        os.path.join(workdir, "progress"))
+        return None
     results[attribute] = curve
   per_token = {k: s / max(n, 1) for k, (s, n) in clock.items()}
   out = {"model": config.model, "encoder": config.encoder, "queries": {
@@ -301,9 +393,8 @@ def _write(workdir: str, out: dict, config) -> None:
 
 def main(argv):
   del argv
-  out = run(_CONFIG.value, _WORKDIR.value)
-  print(open(os.path.join(_WORKDIR.value, "tpop.md"), encoding="utf-8").read())
-  del out
+  if run(_CONFIG.value, _WORKDIR.value) is not None:
+    print(open(os.path.join(_WORKDIR.value, "tpop.md"), encoding="utf-8").read())
 
 
 if __name__ == "__main__":
