@@ -94,9 +94,9 @@ def main(argv):
     encoder = {"seconds": 0.0, "calls": 0, "forward_seconds": 0.0, "rows": 0, "tokens": 0}
     for q in asked:
       t0 = time.perf_counter()
-      _, n = greedy(q)
+      _, g = greedy(q)
       s["greedy"][0] += time.perf_counter() - t0
-      s["greedy"][1] += n
+      s["greedy"][1] += len(g)
       clock.reset()
       r = dec.generate(chat_ids(tok, q), rm, explore=False)
       s["exploit"][0] += r.seconds

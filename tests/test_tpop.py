@@ -215,6 +215,9 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score, rew
   alone = dec.generate(ids, rm, explore=False, trace=trace)
   assert alone.exploit_ids == out and alone.explore_ids == []
   np.testing.assert_allclose(np.stack(trace), np.stack(want_lp), atol=1e-4)  # cache, positions
+  # The fluency measure: the LLM's mean log p of the steered answer, from the same forwards.
+  assert dec.mean_logprob(ids, out) == pytest.approx(
+      np.mean([lp[t] for lp, t in zip(want_lp, out)]), abs=1e-4)
   # Arm 1 does not depend on arm 2: the same response in a preference round.
   assert dec.generate(ids, rm).exploit_ids == out
 
@@ -314,6 +317,17 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   assert out["win_rate"]["concise"][4] == pytest.approx(  # the curve scores what was shown
       np.mean([SimulatedUser("concise").wins(a, b) for a, b in zip(shown, held_answers)]))
   assert set(out["latency_ratio"]) == {"tpop_exploit", "tpop_two_arm"}
+  # Fluency: the greedy answers' mean log p per token, against full forwards of prompt + answer.
+  from tapper_jax import models
+  llm, tok = models.load(c.model)
+  want = []
+  for q in held:
+    prompt = tpop_run.chat_ids(tok, q)
+    ans = tpop_run.greedy_answer(llm, tok, q, max_new_tokens=c.max_new_tokens)[1]
+    lp = jax.nn.log_softmax(llm(jnp.asarray([prompt + ans]))[0][0].astype(jnp.float32))
+    want.append(np.mean([lp[len(prompt) - 1 + i, t] for i, t in enumerate(ans)]))
+  assert out["mean_logprob"]["greedy"] == pytest.approx(np.mean(want), abs=1e-4)
+  assert set(out["mean_logprob"]["exploit"]["concise"]) == {0, 2, 4}
   assert all(v > 0 for v in out["latency_ratio"].values())
   for f in ("tpop.json", "tpop.md", "tpop.png"):
     assert (tmp_path / "wd" / f).is_file()

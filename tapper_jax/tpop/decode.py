@@ -56,6 +56,15 @@ def _step(graphdef, state, tok, cache, kv_mask, positions, index):
   return jax.nn.log_softmax(model.logits(h[:, 0]).astype(jnp.float32)), cache
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _token_logprobs(graphdef, state, ids, mask):
+  """log p of each token of right-padded rows ids [B,T] given the ones before it: [B,T-1]."""
+  model: LlamaForCausalLM = nnx.merge(graphdef, state)
+  h, _ = model.hidden_states(ids, attention_mask=mask)
+  lp = jax.nn.log_softmax(model.logits(h[:, :-1]).astype(jnp.float32))
+  return jnp.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
+
+
 REWARD_TERMS = ("absolute", "relative")
 
 
@@ -114,6 +123,18 @@ class TwoArmDecoder:
     self.top_k, self.w, self.nu, self.max_new_tokens = top_k, w, nu, max_new_tokens
     self.graphdef, self.state = nnx.split(llm)
     self.eos = set(llm.config.eos_token_ids)
+
+  def mean_logprob(self, prompt_ids: list[int], answer_ids: list[int]) -> float:
+    """Mean log p_LLM per token of an answer after its prompt (teacher-forced; nan if empty):
+    how likely the frozen LLM finds what the reward steered it to write."""
+    if not answer_ids:
+      return float("nan")
+    seq = list(prompt_ids) + list(answer_ids)
+    ids, mask = self.tokenizer.pad([seq], side="right", length=bucket_length(len(seq), smallest=32))
+    lp = np.asarray(_token_logprobs(self.graphdef, self.state, jnp.asarray(ids),
+                                    jnp.asarray(mask)))[0]
+    p = len(prompt_ids)
+    return float(lp[p - 1:p - 1 + len(answer_ids)].mean())
 
   def embed_candidates(self, prefixes: list[list[int]], candidates: np.ndarray) -> np.ndarray:
     """[A*C, E]: every arm's text extended by every candidate token, embedded in one call."""

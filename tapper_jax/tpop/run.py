@@ -106,6 +106,7 @@ def load_user(folder: str, user_id: str, rm) -> None:
 # so far, the latency clock, the simulated user's random state) is written to
 # WORKDIR/progress/<attribute>-<number>/, a new folder each time (the two latest kept).
 _UNCHECKED = ("time_budget_s",)  # config fields a continued run may change
+PARTS = ("curve", "interval", "answers", "stated", "rounds_at", "logprob")  # per point
 
 
 def _save_progress(workdir: str, attribute: str, rm, progress: dict) -> None:
@@ -157,16 +158,18 @@ def chat_ids(tok, query: str) -> list[int]:
   return tok.encode(tok.apply_chat_template([{"role": "user", "content": query}]))
 
 
-def greedy_answer(llm, tok, query: str, *, max_new_tokens: int) -> tuple[str, int]:
-  """The base model's greedy answer and its token count (EOS included), the prompt left-padded
-  to a bucket (few compilations)."""
+def greedy_answer(llm, tok, query: str, *, max_new_tokens: int) -> tuple[str, list[int]]:
+  """The base model's greedy answer and its generated ids (EOS included where it stopped), the
+  prompt left-padded to a bucket (few compilations)."""
   from tapper_jax.models import greedy_generate
   from tapper_jax.models.tokenizer import bucket_length
   ids = chat_ids(tok, query)
   row, mask = tok.pad([ids], side="left", length=bucket_length(len(ids), smallest=32))
   out = np.asarray(greedy_generate(llm, row, mask, max_new_tokens=max_new_tokens))[0]
-  kept = [int(t) for t in out if t not in llm.config.eos_token_ids and t != tok.pad_id]
-  return tok.decode(kept).strip(), len(kept) + (len(kept) < len(out))
+  eos = llm.config.eos_token_ids
+  kept = [int(t) for t in out if t not in eos and t != tok.pad_id]
+  stop = [int(t) for t in out if t in eos][:1]
+  return tok.decode(kept).strip(), kept + stop
 
 
 def interval(wins, n: int = 1000, seed: int = 0) -> list[float]:
@@ -229,7 +232,8 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
   chat = functools.partial(chat_ids, tok)
   greedy = functools.partial(greedy_answer, llm, tok, max_new_tokens=config.max_new_tokens)
 
-  base = [greedy(q)[0] for q in held_q]  # the reference answers (and every shape compiled)
+  # The reference answers (and every shape compiled), and how likely the LLM finds them.
+  base, base_ids = map(list, zip(*[greedy(q) for q in held_q]))
   dec = TwoArmDecoder(llm, tok, enc, top_k=config.top_k, w=config.w, nu=config.nu,
                       max_new_tokens=config.max_new_tokens,
                       lm_score=config.get("lm_score", "logprob"),
@@ -242,6 +246,10 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
   answers = {}  # attribute -> point -> the exploit responses to the held-out queries
   last = max(config.eval_after)
   rounds_at = {}  # attribute -> eval point -> rounds played to reach it
+  # attribute -> point -> the LLM's mean log p per token of the exploit answers (fluency)
+  fluency = {}
+  base_logprob = float(np.nanmean([dec.mean_logprob(chat(q), g)
+                                   for q, g in zip(held_q, base_ids)]))
   for attribute in config.attributes:
     user = SimulatedUser(attribute, noise=config.noise, seed=config.seed)
     rm = UserRewardModel(enc.dim, hidden=config.hidden, lam=config.lam, lr=config.lr,
@@ -251,12 +259,14 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
                          refit_from_init=config.get("refit_from_init", False))
     curve, r, done = {}, 0, False
     parts = (curve, spread.setdefault(attribute, {}), answers.setdefault(attribute, {}),
-             stated.setdefault(attribute, {}), rounds_at.setdefault(attribute, {}))
+             stated.setdefault(attribute, {}), rounds_at.setdefault(attribute, {}),
+             fluency.setdefault(attribute, {}))
     saved = _load_progress(workdir, attribute, rm, config)
     if saved is not None:
       r, done = saved["rounds"], saved["done"]
-      for part, key in zip(parts, ("curve", "interval", "answers", "stated", "rounds_at")):
-        part.update({int(k): v for k, v in saved[key].items()})  # JSON keys are strings
+      for part, key in zip(parts, PARTS):
+        # JSON keys are strings; a part that progress from an older run lacks stays empty.
+        part.update({int(k): v for k, v in saved.get(key, {}).items()})
       clock.update(saved["clock"])
       user.rng.bit_generator.state = saved["user_rng"]
       logging.info("%s: continued from %d rounds (%d preferences)", attribute, r, len(rm.winners))
@@ -265,27 +275,29 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
       _save_progress(workdir, attribute, rm, {  # noqa: B023  (the loop's current attribute)
           "rounds": r, "done": done, "clock": clock, "user_rng": user.rng.bit_generator.state,
           "config": config.to_dict(), **dict(zip(
-              ("curve", "interval", "answers", "stated", "rounds_at"), parts))})
+              PARTS, parts))})
 
     while not done:
       # One round adds at most one preference, so counting either way no point is skipped.
       point = len(rm.winners) if by_preferences else r
       if point in config.eval_after and point not in curve:
-        wins, shown = [], []
+        wins, shown, lps = [], [], []
         for q, b in zip(held_q, base):
           resp = dec.generate(chat(q), rm, explore=False)
           shown.append(resp.exploit.strip())
+          lps.append(dec.mean_logprob(chat(q), resp.exploit_ids))
           wins.append(user.wins(shown[-1], b))
           if r > 0:
             t0 = time.perf_counter()
-            _, n = greedy(q)
+            _, g = greedy(q)
             clock["greedy"][0] += time.perf_counter() - t0
-            clock["greedy"][1] += n
+            clock["greedy"][1] += len(g)
             clock["tpop_exploit"][0] += resp.seconds
             clock["tpop_exploit"][1] += resp.tokens
         curve[point] = float(np.mean(wins))
         spread[attribute][point] = interval(wins)
         answers[attribute][point] = shown
+        fluency[attribute][point] = float(np.nanmean(lps))
         stated[attribute][point] = len(rm.winners)
         rounds_at[attribute][point] = r
         logging.info("%s: %d rounds (%d preferences), win rate %.3f", attribute, r,
@@ -337,7 +349,10 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
                            for k in ("tpop_exploit", "tpop_two_arm")},
          "config": config.to_dict(),
          "held_out": [{"query": q, "greedy": b} for q, b in zip(held_q, base)],
-         "exploit_responses": answers}
+         "exploit_responses": answers,
+         # The frozen LLM's mean log p per token of the held-out answers, greedy's and the
+         # exploit arm's at each point: what the reward's steering costs in fluency.
+         "mean_logprob": {"greedy": base_logprob, "exploit": fluency}}
   _write(workdir, out, config)
   return out
 
@@ -369,6 +384,11 @@ def _write(workdir: str, out: dict, config) -> None:
     lo, hi = out["interval"][a][p]
     lines.append(f"- {a} after {p} {unit}: 95% bootstrap interval over the held-out queries "
                  f"[{lo:.2f}, {hi:.2f}]")
+  lp = out["mean_logprob"]
+  lines += ["", f"The LLM's mean log p per token of the held-out answers (fluency): greedy "
+            f"{lp['greedy']:.2f}; " + "; ".join(
+                f"{a} " + ", ".join(f"{v:.2f} ({p})" for p, v in sorted(by.items()))
+                for a, by in lp["exploit"].items()) + " (in brackets, the point)."]
   t, ratio = out["s_per_token"], out["latency_ratio"]
   lines += ["", f"Latency per generated token: greedy {t['greedy'] * 1e3:.1f} ms; T-POP exploit "
             f"response {t['tpop_exploit'] * 1e3:.1f} ms ({ratio['tpop_exploit']:.2f}x); a "
