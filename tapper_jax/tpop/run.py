@@ -274,8 +274,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
     def save(done=False):
       _save_progress(workdir, attribute, rm, {  # noqa: B023  (the loop's current attribute)
           "rounds": r, "done": done, "clock": clock, "user_rng": user.rng.bit_generator.state,
-          "config": config.to_dict(), **dict(zip(
-              PARTS, parts))})
+          "config": config.to_dict(), **dict(zip(PARTS, parts))})
 
     while not done:
       # One round adds at most one preference, so counting either way no point is skipped.
