@@ -2,7 +2,7 @@
 each user's reward model as a finished run saved it (no refit, no rounds).
 
   python benchmarks/tpop_w.py --run=DIR --split=dev --queries=30 --ws=0.5,1,2,4 \
-      [--terms=absolute,relative] [--regs=saved,0,1]
+      [--terms=absolute,relative] [--lm_scores=prob,logprob] [--regs=saved,0,1]
 
 DIR is a `tapper_jax.tpop.run` workdir (tpop.json + users/). Its config gives the model,
 encoder, top-k and lengths; --split names the questions file whose first --queries articles are
@@ -10,7 +10,9 @@ asked (choose w on dev, then report the chosen w on the run's held-out test quer
 --split=test --held_out). The queries asked never appear in the run's preference stream
 (checked). Beside it, how often each reward model orders a pair of the run's held-out answers
 (greedy and exploit) as the hidden rule does: whether it is the reward or the decoding that
-falls short. --terms sweeps the reward term (decode.py), --regs the refit's pull to init:
+falls short; and each setting's fluency, the frozen LLM's mean log p per token of its answers
+(greedy's beside it). --terms sweeps the reward term, --lm_scores the LLM term (decode.py),
+--regs the refit's pull to init:
 "saved" is the run's own fit, a number replays the run's preferences in their order through the
 run's refits with that reg (the reward model the run would have ended with, had it shown the same
 pairs). Output: OUT/tpop_w_SPLIT.{md,json} (earlier ones kept, renamed with their time).
@@ -37,6 +39,7 @@ _OUT = flags.DEFINE_string("output", "", "Output folder (default: the run's fold
 _TERMS = flags.DEFINE_list("terms", [], "Reward terms (default: the run's).")
 _REGS = flags.DEFINE_list("regs", ["saved"], "'saved' or refit pulls to init, replayed.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Candidates per arm (default: the run's).")
+_LM_SCORES = flags.DEFINE_list("lm_scores", [], "LLM terms, prob or logprob (default: the run's).")
 
 
 def replayed(saved, cfg: dict, reg: float):
@@ -74,12 +77,20 @@ def main(argv):
   asked = asked_queries(cfg, split, _QUERIES.value, _HELD.value)
   llm, tok = models.load(cfg["model"])
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
-  base = [greedy_answer(llm, tok, q, max_new_tokens=cfg["max_new_tokens"])[0] for q in asked]
-  terms = _TERMS.value or [cfg.get("reward_term", "absolute")]
+  base, base_ids = zip(*[greedy_answer(llm, tok, q, max_new_tokens=cfg["max_new_tokens"])
+                         for q in asked])
   top_k = _TOP_K.value or cfg["top_k"]
-  decs = {t: TwoArmDecoder(llm, tok, enc, top_k=top_k, w=cfg["w"], nu=cfg["nu"],
-                           max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"],
-                           reward_term=t) for t in terms}
+  # A setting: a reward term, named with its LLM term where that is not the run's.
+  settings = {t if lm == cfg["lm_score"] else f"{t} {lm}": TwoArmDecoder(
+      llm, tok, enc, top_k=top_k, w=cfg["w"], nu=cfg["nu"], max_new_tokens=cfg["max_new_tokens"],
+      lm_score=lm, reward_term=t)
+      for lm in (_LM_SCORES.value or [cfg["lm_score"]])
+      for t in (_TERMS.value or [cfg.get("reward_term", "absolute")])}
+  terms = list(settings)
+  dec0 = next(iter(settings.values()))
+  # Fluency: the frozen LLM's mean log p per token of the answers (greedy's here).
+  greedy_lp = float(np.nanmean([dec0.mean_logprob(chat_ids(tok, q), g)
+                                for q, g in zip(asked, base_ids)]))
   ws = [float(w) for w in _WS.value]
   # Is it the reward model or the decoding? Each reward's agreement with its hidden rule on
   # every answer the run showed for its held-out queries (greedy and exploit, all attributes).
@@ -96,15 +107,20 @@ def main(argv):
       row = rows[key] = {"attribute": attribute, "reg": reg, "preferences": len(rm.winners)}
       row["agreement"], row["pairs"] = agreement(rm, attribute, texts, emb)
       row["reward_std"] = float(np.std(np.asarray(reward_lib.reward(rm.params, jnp.asarray(emb)))))
-      for t, dec in decs.items():
+      for t, dec in settings.items():
         for w in ws:
           dec.w = w
-          wins = [user.wins(dec.generate(chat_ids(tok, q), rm, explore=False).exploit.strip(), b)
-                  for q, b in zip(asked, base)]
-          row.setdefault(t, {})[w] = {"win_rate": float(np.mean(wins)), "interval": interval(wins)}
-          print(f"{key} {t} w={w}: {np.mean(wins):.3f}", flush=True)
+          wins, lps = [], []
+          for q, b in zip(asked, base):
+            resp = dec.generate(chat_ids(tok, q), rm, explore=False)
+            wins.append(user.wins(resp.exploit.strip(), b))
+            lps.append(dec.mean_logprob(chat_ids(tok, q), resp.exploit_ids))
+          row.setdefault(t, {})[w] = {"win_rate": float(np.mean(wins)), "interval": interval(wins),
+                                      "logprob": float(np.nanmean(lps))}
+          print(f"{key} {t} w={w}: {np.mean(wins):.3f}, log p {np.nanmean(lps):.2f}", flush=True)
   out = {"run": _RUN.value, "split": split, "held_out": _HELD.value, "queries": len(asked),
-         "model": cfg["model"], "top_k": top_k, "ws": ws, "terms": terms, "rows": rows}
+         "model": cfg["model"], "top_k": top_k, "ws": ws, "terms": terms,
+         "greedy_logprob": greedy_lp, "rows": rows}
   folder = _OUT.value or _RUN.value
   os.makedirs(folder, exist_ok=True)
   stem = os.path.join(folder, f"tpop_w_{split}")
@@ -113,8 +129,8 @@ def main(argv):
     json.dump(out, f, indent=2)
   lines = [f"T-POP exploit win rate vs greedy at serving weight w ({len(asked)} {split} queries"
            f"{', the run held out' if _HELD.value else ''}; top-{top_k}; reward models of "
-           f"{_RUN.value}; "
-           "in brackets the 95% bootstrap interval)", "",
+           f"{_RUN.value}; in brackets the 95% bootstrap interval; then the LLM's mean log p per "
+           f"token of the answers, greedy's {greedy_lp:.2f})", "",
            "| attribute (preferences) | reward agrees with the rule | r std | " + " | ".join(
                f"{t} w={w:g}" for t in terms for w in ws) + " |",
            "|---|---|---|" + "---|" * (len(ws) * len(terms))]
@@ -122,7 +138,7 @@ def main(argv):
     lines.append(f"| {a} ({r['preferences']}) | {r['agreement']:.2f} ({r['pairs']} pairs) | "
                  f"{r['reward_std']:.2f} | " + " | ".join(
         f"{r[t][w]['win_rate']:.2f} [{r[t][w]['interval'][0]:.2f}, {r[t][w]['interval'][1]:.2f}]"
-        for t in terms for w in ws) + " |")
+        f" {r[t][w]['logprob']:.2f}" for t in terms for w in ws) + " |")
   with open(stem + ".md", "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

@@ -344,7 +344,8 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   # does the run's preferences replayed through refits with the run's reg (0).
   import subprocess
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_w.py"),
-                      f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1", "--regs=saved,0,5"],
+                      f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1", "--regs=saved,0,5",
+                      "--lm_scores=prob,logprob"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
   bench = _json.loads((tmp_path / "wd" / "tpop_w_test.json").read_text())
@@ -353,6 +354,10 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
       assert bench["rows"][key]["absolute"]["0.0"]["win_rate"] == 0.5
       assert bench["rows"][key]["absolute"]["1.0"]["win_rate"] == pytest.approx(
           out["win_rate"][a][4])
+    for setting in ("absolute", "absolute logprob"):  # w = 0: greedy, its answers and fluency
+      assert bench["rows"][a][setting]["0.0"]["win_rate"] == 0.5
+      assert bench["rows"][a][setting]["0.0"]["logprob"] == pytest.approx(
+          out["mean_logprob"]["greedy"], abs=1e-5)
     assert bench["rows"][f"{a} reg=0"]["reward_std"] == pytest.approx(
         bench["rows"][a]["reward_std"], rel=1e-5)
   # The candidates benchmark re-reads the exploit decoding step by step (it asserts at every
