@@ -68,7 +68,7 @@ def main(argv):
   import jax.numpy as jnp
 
   from tapper_jax import models
-  from tapper_jax.fileio import keep_previous
+  from tapper_jax.fileio import write_report
   from tapper_jax.tpop import reward as reward_lib
   from tapper_jax.models import registry
   from tapper_jax.models.bert import SentenceEncoder
@@ -116,9 +116,6 @@ def main(argv):
          "lm_score": cfg["lm_score"], "reward_term": cfg.get("reward_term", "absolute"),
          "reg": cfg.get("reg", 0.0), "rows": rows}
   stem = os.path.join(_RUN.value, "tpop_candidates")
-  keep_previous(stem)
-  with open(stem + ".json", "w", encoding="utf-8") as f:
-    json.dump(out, f, indent=2)
   fmt = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
   lines = [f"Exploit decoding of {len(queries)} held-out queries ({_RUN.value}; "
            f"top-{cfg['top_k']}, w={cfg['w']}, LLM term {cfg['lm_score']}, reward term "
@@ -134,9 +131,7 @@ def main(argv):
                  f"{fmt(r['median_lm_gap'])} | {fmt(r['median_reward_gap'])} | "
                  f"{r['reward_std']:.2f} ({r['reward_std_at_init']:.2f}) | "
                  f"{r['sigmoid_saturated']:.2f} |")
-  with open(stem + ".md", "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  write_report(stem, out, lines)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class EncoderClock:
 def main(argv):
   del argv
   from tapper_jax import models
-  from tapper_jax.fileio import keep_previous
+  from tapper_jax.fileio import write_report
   from tapper_jax.models import registry
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop.decode import TwoArmDecoder
@@ -126,11 +126,7 @@ def main(argv):
          "machine": f"{os.cpu_count()} CPUs, jax {jax.__version__} {jax.default_backend()}",
          "rows": rows}
   folder = _OUT.value or _RUN.value
-  os.makedirs(folder, exist_ok=True)
   stem = os.path.join(folder, f"tpop_latency_{split}")
-  keep_previous(stem)
-  with open(stem + ".json", "w", encoding="utf-8") as f:
-    json.dump(out, f, indent=2)
   lines = [f"T-POP latency per generated token vs greedy decoding ({len(asked)} {split} "
            f"queries, {cfg['model']}, top-{top_k}, w={cfg['w']:g}, LLM term {cfg['lm_score']}, "
            f"reward term {out['reward_term']}; {out['machine']}; users of {_RUN.value})", "",
@@ -144,9 +140,7 @@ def main(argv):
                  f"({r['ratio']['round']:.2f}x) | "
                  f"{x['share']:.2f} ({x['forward_share']:.2f}) | {x['calls_per_token']:.2f} | "
                  f"{x['rows_per_call']:.1f}, {x['padded_tokens_per_call']:.0f} |")
-  with open(stem + ".md", "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  write_report(stem, out, lines)
 
 
 if __name__ == "__main__":

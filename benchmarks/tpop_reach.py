@@ -12,7 +12,6 @@ Output: OUT/tpop_reach_SPLIT.{md,json} (earlier ones kept, renamed with their ti
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -36,7 +35,7 @@ _OUT = flags.DEFINE_string("output", "bench_out/tpop", "Output folder.")
 def main(argv):
   del argv
   from tapper_jax import models
-  from tapper_jax.fileio import keep_previous
+  from tapper_jax.fileio import write_report
   from tapper_jax.models import registry
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop.decode import TwoArmDecoder
@@ -61,11 +60,7 @@ def main(argv):
               for k in ks} for a in attributes}
   out = {"data": _DATA.value, "split": _SPLIT.value, "queries": len(asked), "steps": steps,
          "model": _MODEL.value, "ks": ks, "rows": rows}
-  os.makedirs(_OUT.value, exist_ok=True)
   stem = os.path.join(_OUT.value, f"tpop_reach_{_SPLIT.value}")
-  keep_previous(stem)
-  with open(stem + ".json", "w", encoding="utf-8") as f:
-    json.dump(out, f, indent=2)
   lines = [f"Greedy answers of {_MODEL.value} to {len(asked)} {_SPLIT.value} queries "
            f"({steps} steps): queries (steps) where a top-k token raises the rule's score over "
            "the greedy token's", "",
@@ -74,9 +69,7 @@ def main(argv):
   for a, r in rows.items():
     lines.append(f"| {a} | " + " | ".join(
         f"{r[k]['queries_with']} of {len(asked)} ({r[k]['steps_with']})" for k in ks) + " |")
-  with open(stem + ".md", "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  write_report(stem, out, lines)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def main(argv):
   import jax.numpy as jnp
 
   from tapper_jax import models
-  from tapper_jax.fileio import keep_previous
+  from tapper_jax.fileio import write_report
   from tapper_jax.models import registry
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop import reward as reward_lib
@@ -122,11 +122,7 @@ def main(argv):
          "model": cfg["model"], "top_k": top_k, "ws": ws, "terms": terms,
          "greedy_logprob": greedy_lp, "rows": rows}
   folder = _OUT.value or _RUN.value
-  os.makedirs(folder, exist_ok=True)
   stem = os.path.join(folder, f"tpop_w_{split}")
-  keep_previous(stem)
-  with open(stem + ".json", "w", encoding="utf-8") as f:
-    json.dump(out, f, indent=2)
   lines = [f"T-POP exploit win rate vs greedy at serving weight w ({len(asked)} {split} queries"
            f"{', the run held out' if _HELD.value else ''}; top-{top_k}; reward models of "
            f"{_RUN.value}; in brackets the 95% bootstrap interval; then the LLM's mean log p per "
@@ -139,9 +135,7 @@ def main(argv):
                  f"{r['reward_std']:.2f} | " + " | ".join(
         f"{r[t][w]['win_rate']:.2f} [{r[t][w]['interval'][0]:.2f}, {r[t][w]['interval'][1]:.2f}]"
         f" {r[t][w]['logprob']:.2f}" for t in terms for w in ws) + " |")
-  with open(stem + ".md", "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  write_report(stem, out, lines)
 
 
 if __name__ == "__main__":

@@ -49,3 +49,15 @@ def keep_previous(stem: str, exts=(".md", ".json", ".png")) -> None:
 def slug(name: str) -> str:
   """A row or method name as a file-name part: lower case, runs of other characters as '_'."""
   return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+def write_report(stem: str, out: dict, lines: list[str]) -> None:
+  """A benchmark's STEM.json (`out`) and STEM.md (`lines`, also printed); earlier ones kept
+  (`keep_previous`)."""
+  os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+  keep_previous(stem)
+  with open(stem + ".json", "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=2)
+  with open(stem + ".md", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
