@@ -285,6 +285,17 @@ def test_batched_candidate_scoring_equals_one_by_one(decoder_parts):
                                atol=1e-6)
 
 
+def _questions_folder(tmp_path):
+  """A LaMP-2N-style test_questions.json of 8 short articles (the tiny runs' queries)."""
+  import json
+  folder = tmp_path / "data"
+  folder.mkdir()
+  rows = [{"id": str(i), "input": f"Which category? categories: [a, b] article: News item {i} "
+           f"about topic {i % 3}.", "profile": []} for i in range(8)]
+  (folder / "test_questions.json").write_text(json.dumps(rows))
+  return folder
+
+
 def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   """The CLI's run on the tiny variant: held-out queries never in the stream, a win-rate curve
   per attribute, latency against greedy, and each user's state restorable to continue."""
@@ -296,11 +307,7 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   import tpop as tpop_config
   from tapper_jax.tpop import run as tpop_run
   from tapper_jax.tpop.reward import UserRewardModel
-  folder = tmp_path / "data"
-  folder.mkdir()
-  rows = [{"id": str(i), "input": f"Which category? categories: [a, b] article: News item {i} "
-           f"about topic {i % 3}.", "profile": []} for i in range(8)]
-  (folder / "test_questions.json").write_text(_json.dumps(rows))
+  folder = _questions_folder(tmp_path)
   c = tpop_config.get_config("tiny")
   c.data_folder = str(folder)
   train, held = tpop_run.queries(str(folder), "test", 4, 2)
@@ -412,7 +419,6 @@ def test_tpop_run_stopped_and_continued_equals_one_run(tmp_path, model_cache):
   reaches what one uninterrupted run does: the same curves, answers and preferences, with a
   noisy user (its random state is part of the progress). A finished run continued plays
   nothing; another config is refused."""
-  import json as _json
   import os
   import sys
   REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -420,11 +426,7 @@ def test_tpop_run_stopped_and_continued_equals_one_run(tmp_path, model_cache):
   import tpop as tpop_config
   from tapper_jax.tpop import run as tpop_run
   from tapper_jax.tpop.reward import UserRewardModel
-  folder = tmp_path / "data"
-  folder.mkdir()
-  rows = [{"id": str(i), "input": f"Which category? categories: [a, b] article: News item {i} "
-           f"about topic {i % 3}.", "profile": []} for i in range(8)]
-  (folder / "test_questions.json").write_text(_json.dumps(rows))
+  folder = _questions_folder(tmp_path)
   c = tpop_config.get_config("tiny")
   c.data_folder, c.noise = str(folder), 0.5
   one = tpop_run.run(c, str(tmp_path / "one"))
