@@ -12,6 +12,7 @@ setup(
         "optax>=0.2.5", "orbax-checkpoint>=0.11", "ml-collections>=1.0", "absl-py>=2.1",
         "grain>=0.2.12", "tensorflow-datasets>=4.9.9", "array-record>=0.8",
         "importlib_resources",  # tensorflow-datasets needs it without TensorFlow
+        "vaderSentiment==3.3.2",  # the "vader" simulated user of tpop (a fixed sentiment scorer)
         "tokenizers>=0.21", "safetensors>=0.5", "gguf>=0.17", "rouge-score>=0.1.2", "rank-bm25>=0.2.2",
         "numpy>=2.0", "jinja2>=3.1", "tqdm>=4.66", "tensorboardX>=2.6", "matplotlib>=3.8",
     ],

@@ -130,6 +130,14 @@ def test_simulated_user_rules_and_noise():
   assert score("casual", "Yeah, I'm in!") == -score("formal", "Yeah, I'm in!") == 3
   assert SimulatedUser("positive").prefers_first("A great win.", "A terrible loss.")
   assert SimulatedUser("topic:space").prefers_first("A space mission", "A trip")
+  # VADER's compound is x / sqrt(x^2 + 15) of the summed valences (lexicon: good 1.9, bad
+  # -2.5); "not" flips and damps a valence (x -0.74); a text without lexicon words scores 0.
+  assert score("vader", "A good day") == pytest.approx(1.9 / np.sqrt(1.9**2 + 15), abs=1e-4)
+  assert score("vader", "A bad day") == pytest.approx(-2.5 / np.sqrt(2.5**2 + 15), abs=1e-4)
+  assert score("vader", "Not a good day") == pytest.approx(
+      -0.74 * 1.9 / np.sqrt((0.74 * 1.9)**2 + 15), abs=1e-4)
+  assert SimulatedUser("vader").preference("Markets rise on Monday", "Markets on Monday") is None
+  assert SimulatedUser("vader").prefers_first("A great win.", "A terrible loss.")
   assert not SimulatedUser("concise").prefers_first("same", "same")  # ties: a must be better
   # A tie states no preference (recording one would teach noise); a stated one has a side.
   assert SimulatedUser("formal", noise=0.5).preference("Two words.", "Other two.") is None

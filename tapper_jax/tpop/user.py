@@ -8,12 +8,17 @@ Attributes:
   formal    fewer informal marks (contractions, '!', first person singular, slang)
   casual    more informal marks (formal's mirror: a user who likes a conversational tone)
   positive  more positive than negative words (a small fixed lexicon)
+  vader     a more positive VADER compound score (Hutto & Gilbert, ICWSM 2014: a published
+            7,500-entry valence lexicon with negation, intensifier and "but" rules): positive
+            tone judged by a fixed scorer that tells most headlines apart, where the small
+            lexicon above ties four pairs in five
   topic:X   mentions X (case-insensitive), then fewer words
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 import numpy as np
@@ -26,7 +31,13 @@ NEGATIVE = frozenset("bad worst hate sad lose loses lost fail fails failure dark
                      "weak".split())
 INFORMAL = re.compile(r"(\w+'(s|re|ll|ve|d|t|m)\b)|!|\b(i|me|my|lol|gonna|wanna|yeah|ok|okay)\b",
                       re.IGNORECASE)
-ATTRIBUTES = ("concise", "numbers", "formal", "casual", "positive")
+ATTRIBUTES = ("concise", "numbers", "formal", "casual", "positive", "vader")
+
+
+@functools.cache
+def _vader():
+  from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+  return SentimentIntensityAnalyzer()
 
 
 def _words(text: str) -> list[str]:
@@ -45,6 +56,8 @@ def score(attribute: str, text: str) -> float:
     return -informal if attribute == "formal" else informal
   if attribute == "positive":
     return float(sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words))
+  if attribute == "vader":
+    return float(_vader().polarity_scores(text)["compound"])
   if attribute.startswith("topic:"):
     topic = attribute.split(":", 1)[1].lower()
     return (1000.0 if topic in text.lower() else 0.0) - len(words)
