@@ -335,14 +335,25 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   # Fluency: the greedy answers' mean log p per token, against full forwards of prompt + answer.
   from tapper_jax import models
   llm, tok = models.load(c.model)
-  want = []
+  want, stops, lengths = [], [], []
   for q in held:
     prompt = tpop_run.chat_ids(tok, q)
     ans = tpop_run.greedy_answer(llm, tok, q, max_new_tokens=c.max_new_tokens)[1]
+    stops.append(ans[-1] in llm.config.eos_token_ids)
+    lengths.append(len(ans) - stops[-1])
     lp = jax.nn.log_softmax(llm(jnp.asarray([prompt + ans]))[0][0].astype(jnp.float32))
     want.append(np.mean([lp[len(prompt) - 1 + i, t] for i, t in enumerate(ans)]))
   assert out["mean_logprob"]["greedy"] == pytest.approx(np.mean(want), abs=1e-4)
   assert set(out["mean_logprob"]["exploit"]["concise"]) == {0, 2, 4}
+  # How the answers end: counted here from the greedy ids (an answer shorter than the cap must
+  # have stopped by EOS), and words per token with the rules' own word count.
+  from tapper_jax.tpop.user import words
+  shape = out["answer_shape"]["greedy"]
+  assert shape["stopped"] == np.mean(stops) and shape["tokens"] == np.mean(lengths)
+  assert all(n == c.max_new_tokens for n, s in zip(lengths, stops) if not s)
+  assert shape["words_per_token"] == pytest.approx(
+      sum(len(words(a)) for a in held_answers) / sum(lengths))
+  assert set(out["answer_shape"]["exploit"]["concise"]) == {0, 2, 4}
   assert all(v > 0 for v in out["latency_ratio"].values())
   for f in ("tpop.json", "tpop.md", "tpop.png"):
     assert (tmp_path / "wd" / f).is_file()

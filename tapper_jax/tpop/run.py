@@ -106,7 +106,7 @@ def load_user(folder: str, user_id: str, rm) -> None:
 # so far, the latency clock, the simulated user's random state) is written to
 # WORKDIR/progress/<attribute>-<number>/, a new folder each time (the two latest kept).
 _UNCHECKED = ("time_budget_s",)  # config fields a continued run may change
-PARTS = ("curve", "interval", "answers", "stated", "rounds_at", "logprob")  # per point
+PARTS = ("curve", "interval", "answers", "stated", "rounds_at", "logprob", "shape")  # per point
 
 
 def _save_progress(workdir: str, attribute: str, rm, progress: dict) -> None:
@@ -202,6 +202,19 @@ def agreement(rm, attribute: str, texts: list[str], embeddings) -> tuple[float, 
   return float(same.mean()) if apart.any() else float("nan"), int(apart.sum())
 
 
+def answer_shape(answers_ids: list[list[int]], texts: list[str], eos) -> dict:
+  """How a set of answers ends and how wordy its tokens are: the share that stopped by an EOS
+  (the rest ran to max_new_tokens), mean tokens (EOS excluded), and words (user.py's count) per
+  token. Under a token cap a rule that counts words can be won by rarer, longer tokens
+  ("Unsuspicious Footpolly") as well as by stopping sooner; this tells the two apart."""
+  from tapper_jax.tpop.user import words
+  eos = set(eos)
+  tokens = [sum(t not in eos for t in ids) for ids in answers_ids]
+  return {"stopped": float(np.mean([any(t in eos for t in ids) for ids in answers_ids])),
+          "tokens": float(np.mean(tokens)),
+          "words_per_token": sum(len(words(t)) for t in texts) / max(sum(tokens), 1)}
+
+
 def _counts_preferences(config) -> bool:
   """What `config.eval_after` counts: stated preferences (a tie states none, so a point can take
   many rounds) or rounds played."""
@@ -248,6 +261,9 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
   rounds_at = {}  # attribute -> eval point -> rounds played to reach it
   # attribute -> point -> the LLM's mean log p per token of the exploit answers (fluency)
   fluency = {}
+  shape = {}  # attribute -> point -> answer_shape of the exploit answers
+  eos = llm.config.eos_token_ids
+  base_shape = answer_shape(base_ids, base, eos)
   base_logprob = float(np.nanmean([dec.mean_logprob(chat(q), g)
                                    for q, g in zip(held_q, base_ids)]))
   for attribute in config.attributes:
@@ -260,7 +276,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
     curve, r, done = {}, 0, False
     parts = (curve, spread.setdefault(attribute, {}), answers.setdefault(attribute, {}),
              stated.setdefault(attribute, {}), rounds_at.setdefault(attribute, {}),
-             fluency.setdefault(attribute, {}))
+             fluency.setdefault(attribute, {}), shape.setdefault(attribute, {}))
     saved = _load_progress(workdir, attribute, rm, config)
     if saved is not None:
       r, done = saved["rounds"], saved["done"]
@@ -280,10 +296,11 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
       # One round adds at most one preference, so counting either way no point is skipped.
       point = len(rm.winners) if by_preferences else r
       if point in config.eval_after and point not in curve:
-        wins, shown, lps = [], [], []
+        wins, shown, lps, shown_ids = [], [], [], []
         for q, b in zip(held_q, base):
           resp = dec.generate(chat(q), rm, explore=False)
           shown.append(resp.exploit.strip())
+          shown_ids.append(resp.exploit_ids)
           lps.append(dec.mean_logprob(chat(q), resp.exploit_ids))
           wins.append(user.wins(shown[-1], b))
           if r > 0:
@@ -297,6 +314,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
         spread[attribute][point] = interval(wins)
         answers[attribute][point] = shown
         fluency[attribute][point] = float(np.nanmean(lps))
+        shape[attribute][point] = answer_shape(shown_ids, shown, eos)
         stated[attribute][point] = len(rm.winners)
         rounds_at[attribute][point] = r
         logging.info("%s: %d rounds (%d preferences), win rate %.3f", attribute, r,
@@ -351,7 +369,10 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
          "exploit_responses": answers,
          # The frozen LLM's mean log p per token of the held-out answers, greedy's and the
          # exploit arm's at each point: what the reward's steering costs in fluency.
-         "mean_logprob": {"greedy": base_logprob, "exploit": fluency}}
+         "mean_logprob": {"greedy": base_logprob, "exploit": fluency},
+         # answer_shape: whether a rule counting words was won by stopping sooner or by wordier
+         # tokens under the max_new_tokens cap.
+         "answer_shape": {"greedy": base_shape, "exploit": shape}}
   _write(workdir, out, config)
   return out
 
@@ -388,6 +409,13 @@ def _write(workdir: str, out: dict, config) -> None:
             f"{lp['greedy']:.2f}; " + "; ".join(
                 f"{a} " + ", ".join(f"{v:.2f} ({p})" for p, v in sorted(by.items()))
                 for a, by in lp["exploit"].items()) + " (in brackets, the point)."]
+  sh = out["answer_shape"]
+  fmt = lambda d: (f"{d['stopped']:.2f} stopped by EOS, {d['tokens']:.1f} tokens, "  # noqa: E731
+                   f"{d['words_per_token']:.2f} words per token")
+  lines += ["", f"How the held-out answers end (the rest ran to max_new_tokens="
+            f"{config.max_new_tokens}): greedy {fmt(sh['greedy'])}; " + "; ".join(
+                f"{a} at {p}: {fmt(d)}" for a, by in sh["exploit"].items()
+                for p, d in sorted(by.items()) if p == max(by)) + "."]
   t, ratio = out["s_per_token"], out["latency_ratio"]
   lines += ["", f"Latency per generated token: greedy {t['greedy'] * 1e3:.1f} ms; T-POP exploit "
             f"response {t['tpop_exploit'] * 1e3:.1f} ms ({ratio['tpop_exploit']:.2f}x); a "

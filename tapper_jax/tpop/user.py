@@ -40,27 +40,28 @@ def _vader():
   return SentimentIntensityAnalyzer()
 
 
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
+  """The words a rule counts: runs of letters, digits and apostrophes."""
   return re.findall(r"[a-z0-9']+", text.lower())
 
 
 def score(attribute: str, text: str) -> float:
   """The hidden rule's score of one response (higher is preferred)."""
-  words = _words(text)
+  ws = words(text)
   if attribute == "concise":
-    return -float(len(words))
+    return -float(len(ws))
   if attribute == "numbers":
     return float(sum(ch.isdigit() for ch in text))
   if attribute in ("formal", "casual"):
     informal = float(len(INFORMAL.findall(text)))
     return -informal if attribute == "formal" else informal
   if attribute == "positive":
-    return float(sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words))
+    return float(sum(w in POSITIVE for w in ws) - sum(w in NEGATIVE for w in ws))
   if attribute == "vader":
     return float(_vader().polarity_scores(text)["compound"])
   if attribute.startswith("topic:"):
     topic = attribute.split(":", 1)[1].lower()
-    return (1000.0 if topic in text.lower() else 0.0) - len(words)
+    return (1000.0 if topic in text.lower() else 0.0) - len(ws)
   raise ValueError(f"unknown attribute {attribute!r}; known: {ATTRIBUTES} and topic:WORD")
 
 
