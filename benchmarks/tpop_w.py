@@ -2,7 +2,7 @@
 each user's reward model as a finished run saved it (no refit, no rounds).
 
   python benchmarks/tpop_w.py --run=DIR --split=dev --queries=30 --ws=0.5,1,2,4 \
-      [--terms=absolute,relative] [--lm_scores=prob,logprob] [--regs=saved,0,1]
+      [--terms=absolute,relative] [--lm_scores=prob,logprob] [--min_ps=0,0.1] [--regs=saved,0,1]
 
 DIR is a `tapper_jax.tpop.run` workdir (tpop.json + users/). Its config gives the model,
 encoder, top-k and lengths; --split names the questions file whose first --queries articles are
@@ -11,7 +11,9 @@ asked (choose w on dev, then report the chosen w on the run's held-out test quer
 (checked). Beside it, how often each reward model orders a pair of the run's held-out answers
 (greedy and exploit) as the hidden rule does: whether it is the reward or the decoding that
 falls short; and each setting's fluency, the frozen LLM's mean log p per token of its answers
-(greedy's beside it). --terms sweeps the reward term, --lm_scores the LLM term (decode.py),
+(greedy's beside it), and how the answers end (run.answer_shape: stopped by EOS, or run to the
+token cap; words per token). --terms sweeps the reward term, --lm_scores the LLM term, --min_ps
+the candidate filter (decode.py),
 --regs the refit's pull to init:
 "saved" is the run's own fit, a number replays the run's preferences in their order through the
 run's refits with that reg (the reward model the run would have ended with, had it shown the same
@@ -40,6 +42,7 @@ _TERMS = flags.DEFINE_list("terms", [], "Reward terms (default: the run's).")
 _REGS = flags.DEFINE_list("regs", ["saved"], "'saved' or refit pulls to init, replayed.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Candidates per arm (default: the run's).")
 _LM_SCORES = flags.DEFINE_list("lm_scores", [], "LLM terms, prob or logprob (default: the run's).")
+_MIN_PS = flags.DEFINE_list("min_ps", [], "Candidate filters min_p (default: the run's).")
 
 
 def replayed(saved, cfg: dict, reg: float):
@@ -67,8 +70,8 @@ def main(argv):
   from tapper_jax.tpop import reward as reward_lib
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
-  from tapper_jax.tpop.run import (agreement, asked_queries, chat_ids, greedy_answer,
-                                    interval, load_user, shown_answers)
+  from tapper_jax.tpop.run import (agreement, answer_shape, asked_queries, chat_ids,
+                                    greedy_answer, interval, load_user, shown_answers)
   from tapper_jax.tpop.user import SimulatedUser
   with open(os.path.join(_RUN.value, "tpop.json"), encoding="utf-8") as f:
     run = json.load(f)
@@ -80,12 +83,15 @@ def main(argv):
   base, base_ids = zip(*[greedy_answer(llm, tok, q, max_new_tokens=cfg["max_new_tokens"])
                          for q in asked])
   top_k = _TOP_K.value or cfg["top_k"]
-  # A setting: a reward term, named with its LLM term where that is not the run's.
-  settings = {t if lm == cfg["lm_score"] else f"{t} {lm}": TwoArmDecoder(
+  # A setting: a reward term, named with its LLM term and min_p where those are not the run's.
+  run_min_p = cfg.get("min_p", 0.0)
+  settings = {t + ("" if lm == cfg["lm_score"] else f" {lm}")
+              + ("" if mp == run_min_p else f" min_p={mp:g}"): TwoArmDecoder(
       llm, tok, enc, top_k=top_k, w=cfg["w"], nu=cfg["nu"], max_new_tokens=cfg["max_new_tokens"],
-      lm_score=lm, reward_term=t)
+      lm_score=lm, reward_term=t, min_p=mp)
       for lm in (_LM_SCORES.value or [cfg["lm_score"]])
-      for t in (_TERMS.value or [cfg.get("reward_term", "absolute")])}
+      for t in (_TERMS.value or [cfg.get("reward_term", "absolute")])
+      for mp in ([float(m) for m in _MIN_PS.value] or [run_min_p])}
   terms = list(settings)
   dec0 = next(iter(settings.values()))
   # Fluency: the frozen LLM's mean log p per token of the answers (greedy's here).
@@ -110,17 +116,21 @@ def main(argv):
       for t, dec in settings.items():
         for w in ws:
           dec.w = w
-          wins, lps = [], []
+          wins, lps, shown, shown_ids = [], [], [], []
           for q, b in zip(asked, base):
             resp = dec.generate(chat_ids(tok, q), rm, explore=False)
-            wins.append(user.wins(resp.exploit.strip(), b))
+            shown.append(resp.exploit.strip())
+            shown_ids.append(resp.exploit_ids)
+            wins.append(user.wins(shown[-1], b))
             lps.append(dec.mean_logprob(chat_ids(tok, q), resp.exploit_ids))
           row.setdefault(t, {})[w] = {"win_rate": float(np.mean(wins)), "interval": interval(wins),
-                                      "logprob": float(np.nanmean(lps))}
+                                      "logprob": float(np.nanmean(lps)),
+                                      "shape": answer_shape(shown_ids, shown, dec.eos)}
           print(f"{key} {t} w={w}: {np.mean(wins):.3f}, log p {np.nanmean(lps):.2f}", flush=True)
   out = {"run": _RUN.value, "split": split, "held_out": _HELD.value, "queries": len(asked),
          "model": cfg["model"], "top_k": top_k, "ws": ws, "terms": terms,
-         "greedy_logprob": greedy_lp, "rows": rows}
+         "greedy_logprob": greedy_lp, "rows": rows,
+         "greedy_shape": answer_shape(base_ids, base, dec0.eos)}
   folder = _OUT.value or _RUN.value
   stem = os.path.join(folder, f"tpop_w_{split}")
   lines = [f"T-POP exploit win rate vs greedy at serving weight w ({len(asked)} {split} queries"
@@ -135,6 +145,16 @@ def main(argv):
                  f"{r['reward_std']:.2f} | " + " | ".join(
         f"{r[t][w]['win_rate']:.2f} [{r[t][w]['interval'][0]:.2f}, {r[t][w]['interval'][1]:.2f}]"
         f" {r[t][w]['logprob']:.2f}" for t in terms for w in ws) + " |")
+  g = out["greedy_shape"]
+  lines += ["", f"How the answers end: share stopped by EOS (the rest ran to the cap of "
+            f"{cfg['max_new_tokens']} tokens) / words per token; greedy {g['stopped']:.2f} / "
+            f"{g['words_per_token']:.2f}", "",
+            "| attribute | " + " | ".join(f"{t} w={w:g}" for t in terms for w in ws) + " |",
+            "|---|" + "---|" * (len(ws) * len(terms))]
+  for a, r in rows.items():
+    lines.append(f"| {a} | " + " | ".join(
+        f"{r[t][w]['shape']['stopped']:.2f} / {r[t][w]['shape']['words_per_token']:.2f}"
+        for t in terms for w in ws) + " |")
   write_report(stem, out, lines)
 
 

@@ -36,6 +36,9 @@ def get_config(arg: str = ""):
   # The reward term: "absolute" sigmoid(r(x + c)) (the method as written) or "relative"
   # sigmoid(r(x + c) - r(x + c*)), c* the LLM's most likely candidate (decode.py says why).
   c.reward_term = "absolute"
+  # Each arm steers only among candidates with p >= min_p * its most likely one (decode.py):
+  # 0 lets the reward pick tokens the LLM gives ~0 probability.
+  c.min_p = 0.0
   c.nu = 0.5  # weight of the exploration bonus (arm 2)
   c.max_new_tokens = 24  # a headline
   c.hidden = 1024  # reward MLP width (embed -> hidden -> 1)

@@ -230,6 +230,51 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score, rew
   assert dec.generate(ids, rm).exploit_ids == out
 
 
+def test_min_p_steers_only_among_plausible_tokens_against_a_brute_force_reference(decoder_parts):
+  """min_p: arm 1 against full forwards, the top-k cut to p >= min_p * max p, every survivor
+  embedded and scored. At a w where the reward outweighs the LLM anywhere in the top-k, the
+  filter must change the answer (it binds), min_p = 1 must give greedy decoding, and arm 2 must
+  still differ from arm 1."""
+  from tapper_jax.tpop.decode import TwoArmDecoder
+  llm, tok, enc = decoder_parts
+  rm = rl.UserRewardModel(enc.dim, hidden=64, seed=3)
+  rng = np.random.default_rng(0)
+  for _ in range(4):
+    rm.add(rng.normal(size=enc.dim).astype(np.float32), rng.normal(size=enc.dim).astype(np.float32))
+  rm.refit()
+  rm.params = {**rm.params, "w2": rm.params["w2"] * 1000}  # sigmoid(r) near 0 or 1
+  # The tiny random LLM's top-12 lie within ~0.4 nats: min_p = 0.85 (-0.16 nats) cuts into them.
+  k, w, n = 12, 8.0, 5
+  ids = tok.encode("Write a headline for: rain over the hills")
+
+  def reference(min_p):
+    out = []
+    for _ in range(n):
+      lp = np.asarray(jax.nn.log_softmax(llm(jnp.asarray([ids + out]))[0][0, -1].astype(
+          jnp.float32)))
+      cands = np.sort(np.argsort(-lp)[:k])
+      cands = cands[lp[cands] >= lp[cands].max() + np.log(min_p)] if min_p else cands
+      emb = enc.encode([tok.decode(out + [int(c)]) for c in cands])
+      r = np.asarray(rl.reward(rm.params, jnp.asarray(emb)), np.float64)
+      out.append(int(cands[int(np.argmax(lp[cands] + w / (1 + np.exp(-r))))]))
+    return out
+
+  def decode(min_p, explore=False):
+    return TwoArmDecoder(llm, tok, enc, top_k=k, w=w, nu=0.5, max_new_tokens=n,
+                         min_p=min_p).generate(ids, rm, explore=explore)
+
+  free, filtered = decode(0.0).exploit_ids, decode(0.85).exploit_ids
+  assert filtered == reference(0.85) and free == reference(0.0)
+  assert filtered != free  # the filter binds at this w
+  greedy = TwoArmDecoder(llm, tok, enc, top_k=k, w=0.0, nu=0.0, max_new_tokens=n).generate(
+      ids, rm, explore=False).exploit_ids
+  assert decode(1.0).exploit_ids == greedy
+  both = decode(1.0, explore=True)  # nothing left but arm 1's token: arm 2 falls back
+  assert both.exploit_ids == greedy and both.explore_ids != both.exploit_ids
+  with pytest.raises(ValueError, match="min_p"):
+    decode(1.5)
+
+
 def test_reach_counts_the_steps_a_top_k_token_raises_the_rule_against_full_forwards(
     decoder_parts):
   """tpop.reach.reach (benchmarks/tpop_reach.py) against a plain reference: the greedy path by
@@ -371,7 +416,7 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   import subprocess
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_w.py"),
                       f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1", "--regs=saved,0,5",
-                      "--lm_scores=prob,logprob"],
+                      "--lm_scores=prob,logprob", "--min_ps=0,1"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
   bench = _json.loads((tmp_path / "wd" / "tpop_w_test.json").read_text())
@@ -384,6 +429,9 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
       assert bench["rows"][a][setting]["0.0"]["win_rate"] == 0.5
       assert bench["rows"][a][setting]["0.0"]["logprob"] == pytest.approx(
           out["mean_logprob"]["greedy"], abs=1e-5)
+    # min_p = 1 leaves the LLM's most likely token alone: greedy's answers whatever w.
+    assert bench["rows"][a]["absolute min_p=1"]["1.0"]["win_rate"] == 0.5
+    assert bench["rows"][a]["absolute min_p=1"]["1.0"]["shape"] == bench["greedy_shape"]
     assert bench["rows"][f"{a} reg=0"]["reward_std"] == pytest.approx(
         bench["rows"][a]["reward_std"], rel=1e-5)
   # The candidates benchmark re-reads the exploit decoding step by step (it asserts at every

@@ -15,6 +15,12 @@ for every candidate of a step and tell none apart; the difference cannot.)
 with c1 arm 1's choice and bonus the dueling-bandit term (reward.UserRewardModel.bonus); while
 arm 2's text equals arm 1's, c1 is excluded from arm 2's candidates, so the two responses
 differ. With w = 0 and nu = 0, arm 1 is greedy decoding. No LLM weight changes.
+`min_p` > 0 keeps, for each arm, only the candidates whose probability is at least min_p times
+that arm's most likely one (min-p sampling's filter, applied to the steering): the reward then
+chooses among tokens the LLM finds plausible, and cannot buy a rule's score with tokens of
+near-zero probability ("Unsuspicious Footpolly"). min_p = 1 leaves the most likely token alone:
+greedy decoding whatever w. Arm 2 falls back to its best other candidate where the filter
+leaves it none apart from arm 1's token.
 
 Shapes: A arms (2), P prompt length, N new tokens, V vocabulary, C candidates, E embedding.
 """
@@ -113,7 +119,10 @@ class TwoArmDecoder:
 
   def __init__(self, llm: LlamaForCausalLM, tokenizer, encoder, *, top_k: int = 40,
                w: float = 1.0, nu: float = 1.0, max_new_tokens: int = 32,
-               lm_score: str = "logprob", reward_term: str = "absolute"):
+               lm_score: str = "logprob", reward_term: str = "absolute", min_p: float = 0.0):
+    if not 0.0 <= min_p <= 1.0:
+      raise ValueError(f"min_p must lie in [0, 1], got {min_p}")
+    self.min_p = min_p
     if lm_score not in ("logprob", "prob"):
       raise ValueError(f"lm_score must be 'logprob' or 'prob', got {lm_score!r}")
     if reward_term not in REWARD_TERMS:
@@ -144,10 +153,12 @@ class TwoArmDecoder:
     """[N, E]: the texts prefix + candidate for (prefix, candidate) pairs, in one encoder call."""
     return self.encoder.encode([self.tokenizer.decode(p + [int(c)]) for p, c in pairs])
 
-  def _pick(self, rm, v_inv, lp, cands, near, top1, out, explore: bool) -> list[int]:
+  def _pick(self, rm, v_inv, lp, cands, near, top1, out, explore: bool,
+            allowed2=None) -> list[int]:
     """Each arm's next token: arm 1 scores the candidates `near` that can still win, arm 2 (with
     `explore`) every candidate plus its exploration bonus, all embedded in one encoder call.
-    lp [A,V] LLM terms, cands [C] the union of the arms' top-k, top1 arm 1's most likely."""
+    lp [A,V] LLM terms, cands [C] the union of the arms' top-k, top1 arm 1's most likely,
+    allowed2 [C] (bool, None: all) the candidates min_p leaves arm 2."""
     together = explore and out[1] == out[0]  # same text: arm 2 reuses arm 1's embeddings
     first = cands if together else near
     pairs = [(out[0], c) for c in first] + ([] if together or not explore
@@ -166,8 +177,12 @@ class TwoArmDecoder:
       anchor = e2[int(lp[1, cands].argmax())]  # arm 2's most likely candidate
       ex2 = _padded_scores(rm.params, e2, v_inv, ref, anchor, lp[1, cands], self.w, self.nu,
                            explore=True, relative=self.relative)
+      if allowed2 is not None:
+        ex2 = np.where(allowed2, ex2, -np.inf)
       if together:  # not yet apart: arm 2 must take another token
         ex2[cands == c1] = -np.inf
+        if np.isneginf(ex2).all():  # min_p left none: the most likely other token
+          ex2 = np.where(cands == c1, -np.inf, lp[1, cands])
       toks.append(int(cands[int(np.argmax(ex2))]))
     return toks
 
@@ -188,7 +203,7 @@ class TwoArmDecoder:
     done = [False] * arms
     v_inv = jnp.asarray(rm.v_inverse())
     for i in range(n):
-      lp = np.asarray(logp)
+      lp = raw = np.asarray(logp)
       if trace is not None:
         trace.append(lp[0])
       if self.lm_score == "prob":  # the public code's LLM term: p, not log p
@@ -198,8 +213,14 @@ class TwoArmDecoder:
       top1 = cands[lp[0, cands].argmax()]  # arm 1's most likely candidate (its anchor)
       reach = self.w / 2 if self.relative else self.w
       near = cands[lp[0, cands] >= lp[0, top1] - reach] if self.w > 0 else np.asarray([top1])
+      allowed2 = None
+      if self.min_p > 0:  # [A,C] plausible enough: p >= min_p * the arm's highest p
+        floor = raw[:, cands].max(1, keepdims=True) + np.log(self.min_p)
+        plausible = raw[:, cands] >= floor
+        near = near[np.isin(near, cands[plausible[0]])]
+        allowed2 = plausible[-1]
       if explore or len(near) > 1:
-        toks = self._pick(rm, v_inv, lp, cands, near, top1, out, explore)
+        toks = self._pick(rm, v_inv, lp, cands, near, top1, out, explore, allowed2)
       else:  # serving, and only the most likely candidate can win: nothing to embed or score
         toks = [int(top1)]
       for a, c in enumerate(toks):

@@ -106,6 +106,8 @@ def load_user(folder: str, user_id: str, rm) -> None:
 # so far, the latency clock, the simulated user's random state) is written to
 # WORKDIR/progress/<attribute>-<number>/, a new folder each time (the two latest kept).
 _UNCHECKED = ("time_budget_s",)  # config fields a continued run may change
+# Fields added since progress was first saved, with the value an older run had in effect.
+_ADDED = {"min_p": 0.0}
 PARTS = ("curve", "interval", "answers", "stated", "rounds_at", "logprob", "shape")  # per point
 
 
@@ -145,7 +147,7 @@ def _load_progress(workdir: str, attribute: str, rm, config) -> dict | None:
   now = json.loads(json.dumps(config.to_dict()))
   was = progress["config"]
   changed = sorted(k for k in set(now) | set(was)
-                   if k not in _UNCHECKED and now.get(k) != was.get(k))
+                   if k not in _UNCHECKED and now.get(k) != was.get(k, _ADDED.get(k)))
   if changed:
     raise ValueError(f"{path}: field 'config' differs from this run's in {changed}: continue "
                      "with the same config, or use another workdir")
@@ -250,7 +252,8 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
   dec = TwoArmDecoder(llm, tok, enc, top_k=config.top_k, w=config.w, nu=config.nu,
                       max_new_tokens=config.max_new_tokens,
                       lm_score=config.get("lm_score", "logprob"),
-                      reward_term=config.get("reward_term", "absolute"))
+                      reward_term=config.get("reward_term", "absolute"),
+                      min_p=config.get("min_p", 0.0))
   # Latency per generated token, timed at every evaluation after the first (compiled by then),
   # greedy and T-POP interleaved so that both see the same load on the machine.
   clock = {"greedy": [0.0, 0], "tpop_exploit": [0.0, 0], "tpop_two_arm": [0.0, 0]}
