@@ -17,7 +17,10 @@ the candidate filter (decode.py),
 --regs the refit's pull to init:
 "saved" is the run's own fit, a number replays the run's preferences in their order through the
 run's refits with that reg (the reward model the run would have ended with, had it shown the same
-pairs). Output: OUT/tpop_w_SPLIT.{md,json} (earlier ones kept, renamed with their time).
+pairs); "negated" is the saved reward times -1, a control: the same steering strength in the
+opposite direction. A rule that the negated reward wins as well is won by moving away from greedy,
+not by what the reward learned. Output: OUT/tpop_w_SPLIT.{md,json} (earlier ones kept, renamed
+with their time).
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ _HELD = flags.DEFINE_bool("held_out", False, "Ask the run's own held-out queries
 _WS = flags.DEFINE_list("ws", ["0.5", "1", "2", "4"], "Serving weights w of the reward.")
 _OUT = flags.DEFINE_string("output", "", "Output folder (default: the run's folder).")
 _TERMS = flags.DEFINE_list("terms", [], "Reward terms (default: the run's).")
-_REGS = flags.DEFINE_list("regs", ["saved"], "'saved' or refit pulls to init, replayed.")
+_REGS = flags.DEFINE_list("regs", ["saved"], "'saved', 'negated' (the saved reward times -1: "
+                          "a control) or refit pulls to init, replayed.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Candidates per arm (default: the run's).")
 _LM_SCORES = flags.DEFINE_list("lm_scores", [], "LLM terms, prob or logprob (default: the run's).")
 _MIN_PS = flags.DEFINE_list("min_ps", [], "Candidate filters min_p (default: the run's).")
@@ -56,6 +60,14 @@ def replayed(saved, cfg: dict, reg: float):
   for win, lose in zip(saved.winners, saved.losers):
     m.add(win, lose)
     m.refit()
+  return m
+
+
+def negated(saved):
+  """A copy of `saved` whose reward is -r (output layer negated): the opposite preference."""
+  import copy
+  m = copy.copy(saved)
+  m.params = {**saved.params, "w2": -saved.params["w2"], "b2": -saved.params["b2"]}
   return m
 
 
@@ -108,8 +120,12 @@ def main(argv):
     load_user(_RUN.value, f"sim-{attribute}", saved)
     user = SimulatedUser(attribute)
     for reg in _REGS.value:
-      rm = saved if reg == "saved" else replayed(saved, cfg, float(reg))
-      key = attribute if reg == "saved" else f"{attribute} reg={float(reg):g}"
+      if reg in ("saved", "negated"):
+        rm, key = saved, attribute
+        if reg == "negated":
+          rm, key = negated(saved), f"{attribute} negated"
+      else:
+        rm, key = replayed(saved, cfg, float(reg)), f"{attribute} reg={float(reg):g}"
       row = rows[key] = {"attribute": attribute, "reg": reg, "preferences": len(rm.winners)}
       row["agreement"], row["pairs"] = agreement(rm, attribute, texts, emb)
       row["reward_std"] = float(np.std(np.asarray(reward_lib.reward(rm.params, jnp.asarray(emb)))))

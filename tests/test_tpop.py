@@ -415,7 +415,7 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   # does the run's preferences replayed through refits with the run's reg (0).
   import subprocess
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_w.py"),
-                      f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1", "--regs=saved,0,5",
+                      f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1", "--regs=saved,0,5,negated",
                       "--lm_scores=prob,logprob", "--min_ps=0,1"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
@@ -429,6 +429,11 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
       assert bench["rows"][a][setting]["0.0"]["win_rate"] == 0.5
       assert bench["rows"][a][setting]["0.0"]["logprob"] == pytest.approx(
           out["mean_logprob"]["greedy"], abs=1e-5)
+    # The negated control orders every pair the other way round.
+    ours, neg = bench["rows"][a], bench["rows"][f"{a} negated"]
+    assert neg["pairs"] == ours["pairs"] and neg["reward_std"] == pytest.approx(ours["reward_std"])
+    if ours["pairs"]:  # no reward ties on distinct embeddings
+      assert neg["agreement"] == pytest.approx(1 - ours["agreement"])
     # min_p = 1 leaves the LLM's most likely token alone: greedy's answers whatever w.
     assert bench["rows"][a]["absolute min_p=1"]["1.0"]["win_rate"] == 0.5
     assert bench["rows"][a]["absolute min_p=1"]["1.0"]["shape"] == bench["greedy_shape"]
