@@ -490,7 +490,7 @@ def test_tpop_run_stopped_and_continued_equals_one_run(tmp_path, model_cache):
   """A run stopped after some rounds (in the first attribute, then in the second) and continued
   reaches what one uninterrupted run does: the same curves, answers and preferences, with a
   noisy user (its random state is part of the progress). A finished run continued plays
-  nothing; another config is refused."""
+  nothing, unless later evaluation points are asked; another config is refused."""
   import os
   import sys
   REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -522,6 +522,17 @@ def test_tpop_run_stopped_and_continued_equals_one_run(tmp_path, model_cache):
       np.testing.assert_array_equal(np.asarray(ra.params[k]), np.asarray(rb.params[k]))
   again = tpop_run.run(c, wd, stop_after_rounds=1)  # finished: nothing to play, no stop
   assert again is not None and again["win_rate"] == one["win_rate"]
+  # A finished run carried on to a later point equals one run to that point from the start.
+  short, c.eval_after = tuple(c.eval_after), tuple(c.eval_after)[:-1]
+  assert tpop_run.run(c, str(tmp_path / "short"))["win_rate"] != one["win_rate"]
+  c.eval_after = short
+  longer = tpop_run.run(c, str(tmp_path / "short"))
+  for key in ("win_rate", "interval", "preferences_stated", "rounds", "exploit_responses"):
+    assert longer[key] == one[key], key
+  c.eval_after = short[:1] + short[2:]  # drops a point: refused
+  with pytest.raises(ValueError, match=r"differs.*'eval_after'"):
+    tpop_run.run(c, str(tmp_path / "short"))
+  c.eval_after = short
   c.w = 2.0
   with pytest.raises(ValueError, match=r"progress\.json: field 'config' differs.*'w'"):
     tpop_run.run(c, wd)

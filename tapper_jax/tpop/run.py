@@ -147,12 +147,20 @@ def _load_progress(workdir: str, attribute: str, rm, config) -> dict | None:
   now = json.loads(json.dumps(config.to_dict()))
   was = progress["config"]
   changed = sorted(k for k in set(now) | set(was)
-                   if k not in _UNCHECKED and now.get(k) != was.get(k, _ADDED.get(k)))
+                   if k not in _UNCHECKED and now.get(k) != was.get(k, _ADDED.get(k))
+                   and not (k == "eval_after" and _extends(now[k], was[k])))
   if changed:
     raise ValueError(f"{path}: field 'config' differs from this run's in {changed}: continue "
                      "with the same config, or use another workdir")
   _read_state(os.path.dirname(path), rm)
   return progress
+
+
+def _extends(now, was) -> bool:
+  """Whether evaluation points `now` keep every point of `was` and add only later ones: a
+  finished run may then be carried on to them (to 100 preferences after 50)."""
+  now, was = sorted(now), sorted(was)
+  return now[:len(was)] == was and all(p > was[-1] for p in now[len(was):])
 
 
 def chat_ids(tok, query: str) -> list[int]:
@@ -283,6 +291,8 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
     saved = _load_progress(workdir, attribute, rm, config)
     if saved is not None:
       r, done = saved["rounds"], saved["done"]
+      # Finished at its last point, but later points are asked now (eval_after extended).
+      done = done and not (last > max(saved["config"]["eval_after"]) and r < len(train_q))
       for part, key in zip(parts, PARTS):
         # JSON keys are strings; a part that progress from an older run lacks stays empty.
         part.update({int(k): v for k, v in saved.get(key, {}).items()})
