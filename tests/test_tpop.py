@@ -185,6 +185,18 @@ def test_w0_nu0_exploit_arm_is_greedy_and_the_arms_differ(decoder_parts):
   assert r.explore_ids != r.exploit_ids
 
 
+def _sharp_random_reward(dim: int):
+  """A reward fit on 4 random preferences, its scale x1000: sigmoid(r) near 0 or 1, so the
+  reward term moves candidates wherever the decoder lets it."""
+  rm = rl.UserRewardModel(dim, hidden=64, seed=3)
+  rng = np.random.default_rng(0)
+  for _ in range(4):
+    rm.add(rng.normal(size=dim).astype(np.float32), rng.normal(size=dim).astype(np.float32))
+  rm.refit()
+  rm.params = {**rm.params, "w2": rm.params["w2"] * 1000}
+  return rm
+
+
 @pytest.mark.parametrize("lm_score,reward_term", [("logprob", "absolute"), ("prob", "absolute"),
                                                  ("logprob", "relative"), ("prob", "relative")])
 def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score, reward_term):
@@ -194,12 +206,7 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score, rew
   pruning that is not exact."""
   from tapper_jax.tpop.decode import TwoArmDecoder
   llm, tok, enc = decoder_parts
-  rm = rl.UserRewardModel(enc.dim, hidden=64, seed=3)
-  rng = np.random.default_rng(0)
-  for _ in range(4):
-    rm.add(rng.normal(size=enc.dim).astype(np.float32), rng.normal(size=enc.dim).astype(np.float32))
-  rm.refit()
-  rm.params = {**rm.params, "w2": rm.params["w2"] * 1000}  # sigmoid(r) near 0 or 1
+  rm = _sharp_random_reward(enc.dim)
   k, w = 12, 0.6  # top-1 leads by ~0.4: others win only where pruning keeps them
   if lm_score == "prob":  # p ~ 5e-5 here: a w of that size keeps the LLM in the decision
     w = 2e-5
@@ -237,12 +244,7 @@ def test_min_p_steers_only_among_plausible_tokens_against_a_brute_force_referenc
   still differ from arm 1."""
   from tapper_jax.tpop.decode import TwoArmDecoder
   llm, tok, enc = decoder_parts
-  rm = rl.UserRewardModel(enc.dim, hidden=64, seed=3)
-  rng = np.random.default_rng(0)
-  for _ in range(4):
-    rm.add(rng.normal(size=enc.dim).astype(np.float32), rng.normal(size=enc.dim).astype(np.float32))
-  rm.refit()
-  rm.params = {**rm.params, "w2": rm.params["w2"] * 1000}  # sigmoid(r) near 0 or 1
+  rm = _sharp_random_reward(enc.dim)
   # The tiny random LLM's top-12 lie within ~0.4 nats: min_p = 0.85 (-0.16 nats) cuts into them.
   k, w, n = 12, 8.0, 5
   ids = tok.encode("Write a headline for: rain over the hills")
