@@ -80,9 +80,7 @@ def main(argv):
   cfg = run["config"]
   llm, tok = models.load(cfg["model"])
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
-  dec = TwoArmDecoder(llm, tok, enc, top_k=cfg["top_k"], w=cfg["w"], nu=cfg["nu"],
-                      max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"],
-                      reward_term=cfg.get("reward_term", "absolute"))
+  dec = TwoArmDecoder.from_config(llm, tok, enc, cfg)
   queries = [h["query"] for h in run["held_out"]]
   # The reward's scale over every answer the run showed (greedy and exploit): where its spread
   # is large, sigmoid(r) is 0 or 1 for most texts and cannot tell two continuations apart.

@@ -78,9 +78,7 @@ def main(argv):
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
   clock = EncoderClock(enc)
   top_k = _TOP_K.value or cfg["top_k"]
-  dec = TwoArmDecoder(llm, tok, enc, top_k=top_k, w=cfg["w"], nu=cfg["nu"],
-                      max_new_tokens=cfg["max_new_tokens"], lm_score=cfg["lm_score"],
-                      reward_term=cfg.get("reward_term", "absolute"))
+  dec = TwoArmDecoder.from_config(llm, tok, enc, cfg, top_k=top_k)
   greedy = lambda q: greedy_answer(llm, tok, q, max_new_tokens=cfg["max_new_tokens"])  # noqa: E731
   rows = {}
   for attribute in cfg["attributes"]:
@@ -122,14 +120,15 @@ def main(argv):
   out = {"run": _RUN.value, "split": split, "held_out": _HELD.value, "queries": len(asked),
          "model": cfg["model"],
          "encoder": cfg["encoder"], "top_k": top_k, "w": cfg["w"], "lm_score": cfg["lm_score"],
-         "reward_term": cfg.get("reward_term", "absolute"),
+         "reward_term": cfg.get("reward_term", "absolute"), "min_p": dec.min_p,
          "machine": f"{os.cpu_count()} CPUs, jax {jax.__version__} {jax.default_backend()}",
          "rows": rows}
   folder = _OUT.value or _RUN.value
   stem = os.path.join(folder, f"tpop_latency_{split}")
   lines = [f"T-POP latency per generated token vs greedy decoding ({len(asked)} {split} "
            f"queries, {cfg['model']}, top-{top_k}, w={cfg['w']:g}, LLM term {cfg['lm_score']}, "
-           f"reward term {out['reward_term']}; {out['machine']}; users of {_RUN.value})", "",
+           f"reward term {out['reward_term']}, min_p {dec.min_p:g}; {out['machine']}; users of "
+           f"{_RUN.value})", "",
            "| user (preferences) | greedy ms | exploit ms (ratio) | round ms (ratio) | "
            "encoder share of exploit (forward) | encoder calls per token | rows, padded tokens "
            "per call |", "|---|---|---|---|---|---|---|"]

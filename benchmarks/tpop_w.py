@@ -98,9 +98,8 @@ def main(argv):
   # A setting: a reward term, named with its LLM term and min_p where those are not the run's.
   run_min_p = cfg.get("min_p", 0.0)
   settings = {t + ("" if lm == cfg["lm_score"] else f" {lm}")
-              + ("" if mp == run_min_p else f" min_p={mp:g}"): TwoArmDecoder(
-      llm, tok, enc, top_k=top_k, w=cfg["w"], nu=cfg["nu"], max_new_tokens=cfg["max_new_tokens"],
-      lm_score=lm, reward_term=t, min_p=mp)
+              + ("" if mp == run_min_p else f" min_p={mp:g}"): TwoArmDecoder.from_config(
+      llm, tok, enc, cfg, top_k=top_k, lm_score=lm, reward_term=t, min_p=mp)
       for lm in (_LM_SCORES.value or [cfg["lm_score"]])
       for t in (_TERMS.value or [cfg.get("reward_term", "absolute")])
       for mp in ([float(m) for m in _MIN_PS.value] or [run_min_p])}

@@ -275,6 +275,12 @@ def test_min_p_steers_only_among_plausible_tokens_against_a_brute_force_referenc
   assert both.exploit_ids == greedy and both.explore_ids != both.exploit_ids
   with pytest.raises(ValueError, match="min_p"):
     decode(1.5)
+  # A run's config reaches the decoder whole (run.py and the benchmarks build it this way).
+  cfg = {"top_k": k, "w": w, "nu": 0.5, "max_new_tokens": n, "lm_score": "logprob",
+         "reward_term": "absolute", "min_p": 0.85}
+  assert TwoArmDecoder.from_config(llm, tok, enc, cfg).generate(
+      ids, rm, explore=False).exploit_ids == filtered
+  assert TwoArmDecoder.from_config(llm, tok, enc, cfg, min_p=0.0).min_p == 0.0
 
 
 def test_reach_counts_the_steps_a_top_k_token_raises_the_rule_against_full_forwards(

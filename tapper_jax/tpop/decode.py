@@ -133,6 +133,16 @@ class TwoArmDecoder:
     self.graphdef, self.state = nnx.split(llm)
     self.eos = set(llm.config.eos_token_ids)
 
+  @classmethod
+  def from_config(cls, llm, tokenizer, encoder, cfg, **overrides) -> "TwoArmDecoder":
+    """The decoder a run's config (configs/tpop.py, or its dict from tpop.json) asks for;
+    `overrides` replace fields (a benchmark's sweep). Fields older runs lack take the values
+    those runs had in effect."""
+    kw = dict(top_k=cfg["top_k"], w=cfg["w"], nu=cfg["nu"], max_new_tokens=cfg["max_new_tokens"],
+              lm_score=cfg.get("lm_score", "logprob"),
+              reward_term=cfg.get("reward_term", "absolute"), min_p=cfg.get("min_p", 0.0))
+    return cls(llm, tokenizer, encoder, **{**kw, **overrides})
+
   def mean_logprob(self, prompt_ids: list[int], answer_ids: list[int]) -> float:
     """Mean log p_LLM per token of an answer after its prompt (teacher-forced; nan if empty):
     how likely the frozen LLM finds what the reward steered it to write."""

@@ -257,11 +257,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
 
   # The reference answers (and every shape compiled), and how likely the LLM finds them.
   base, base_ids = map(list, zip(*[greedy(q) for q in held_q]))
-  dec = TwoArmDecoder(llm, tok, enc, top_k=config.top_k, w=config.w, nu=config.nu,
-                      max_new_tokens=config.max_new_tokens,
-                      lm_score=config.get("lm_score", "logprob"),
-                      reward_term=config.get("reward_term", "absolute"),
-                      min_p=config.get("min_p", 0.0))
+  dec = TwoArmDecoder.from_config(llm, tok, enc, config)
   # Latency per generated token, timed at every evaluation after the first (compiled by then),
   # greedy and T-POP interleaved so that both see the same load on the machine.
   clock = {"greedy": [0.0, 0], "tpop_exploit": [0.0, 0], "tpop_two_arm": [0.0, 0]}
