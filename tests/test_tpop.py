@@ -423,8 +423,8 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   # does the run's preferences replayed through refits with the run's reg (0).
   import subprocess
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_w.py"),
-                      f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1", "--regs=saved,0,5,negated",
-                      "--lm_scores=prob,logprob", "--min_ps=0,1"],
+                      f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1",
+                      "--regs=saved,0,5,negated", "--lm_scores=prob,logprob", "--min_ps=0,1"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
   bench = _json.loads((tmp_path / "wd" / "tpop_w_test.json").read_text())

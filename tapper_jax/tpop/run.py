@@ -269,8 +269,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
   # attribute -> point -> the LLM's mean log p per token of the exploit answers (fluency)
   fluency = {}
   shape = {}  # attribute -> point -> answer_shape of the exploit answers
-  eos = llm.config.eos_token_ids
-  base_shape = answer_shape(base_ids, base, eos)
+  base_shape = answer_shape(base_ids, base, dec.eos)
   base_logprob = float(np.nanmean([dec.mean_logprob(chat(q), g)
                                    for q, g in zip(held_q, base_ids)]))
   for attribute in config.attributes:
@@ -323,7 +322,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
         spread[attribute][point] = interval(wins)
         answers[attribute][point] = shown
         fluency[attribute][point] = float(np.nanmean(lps))
-        shape[attribute][point] = answer_shape(shown_ids, shown, eos)
+        shape[attribute][point] = answer_shape(shown_ids, shown, dec.eos)
         stated[attribute][point] = len(rm.winners)
         rounds_at[attribute][point] = r
         logging.info("%s: %d rounds (%d preferences), win rate %.3f", attribute, r,
@@ -423,8 +422,8 @@ def _write(workdir: str, out: dict, config) -> None:
                    f"{d['words_per_token']:.2f} words per token")
   lines += ["", f"How the held-out answers end (the rest ran to max_new_tokens="
             f"{config.max_new_tokens}): greedy {fmt(sh['greedy'])}; " + "; ".join(
-                f"{a} at {p}: {fmt(d)}" for a, by in sh["exploit"].items()
-                for p, d in sorted(by.items()) if p == max(by)) + "."]
+                f"{a} at {max(by)}: {fmt(by[max(by)])}" for a, by in sh["exploit"].items()
+                if by) + "."]
   t, ratio = out["s_per_token"], out["latency_ratio"]
   lines += ["", f"Latency per generated token: greedy {t['greedy'] * 1e3:.1f} ms; T-POP exploit "
             f"response {t['tpop_exploit'] * 1e3:.1f} ms ({ratio['tpop_exploit']:.2f}x); a "
