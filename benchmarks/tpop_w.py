@@ -13,13 +13,16 @@ asked (choose w on dev, then report the chosen w on the run's held-out test quer
 falls short; and each setting's fluency, the frozen LLM's mean log p per token of its answers
 (greedy's beside it), and how the answers end (run.answer_shape: stopped by EOS, or run to the
 token cap; words per token). --terms sweeps the reward term, --lm_scores the LLM term, --min_ps
-the candidate filter (decode.py),
---regs the refit's pull to init:
+the candidate filter (decode.py), --max_new_tokens the answers' token cap (a longer one than the
+run's judges whole answers: a rule such as concise can be won by answers cut short), --regs the
+refit's pull to init:
 "saved" is the run's own fit, a number replays the run's preferences in their order through the
 run's refits with that reg (the reward model the run would have ended with, had it shown the same
 pairs); "negated" is the saved reward times -1, a control: the same steering strength in the
 opposite direction. A rule that the negated reward wins as well is won by moving away from greedy,
-not by what the reward learned. Output: OUT/tpop_w_SPLIT.{md,json} (earlier ones kept, renamed
+not by what the reward learned. Every win rate comes with a gated one (--gate): that of a user
+who refuses broken text, an answer the frozen LLM finds more than GATE nats per token less likely
+than its own greedy answer. Output: OUT/tpop_w_SPLIT.{md,json} (earlier ones kept, renamed
 with their time).
 """
 
@@ -47,6 +50,20 @@ _REGS = flags.DEFINE_list("regs", ["saved"], "'saved', 'negated' (the saved rewa
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Candidates per arm (default: the run's).")
 _LM_SCORES = flags.DEFINE_list("lm_scores", [], "LLM terms, prob or logprob (default: the run's).")
 _MIN_PS = flags.DEFINE_list("min_ps", [], "Candidate filters min_p (default: the run's).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 0, "Token cap of greedy and exploit answers "
+                                "(default: the run's). A longer cap than the run's judges whole "
+                                "answers, not ones cut short.")
+_GATE = flags.DEFINE_float("gate", 0.5, "Fluency gate, nats per token: beside each win rate, the "
+                           "rate of a user who refuses broken text (gated_win).")
+
+
+def gated_win(win: float, logprob: float, greedy_logprob: float, gate: float) -> float:
+  """A verdict of a user who first refuses broken text: an answer the frozen LLM finds more than
+  `gate` nats per token less likely than its own greedy answer to the same query (or an empty
+  answer where greedy's is not) loses, whatever the rule says; otherwise the rule's verdict."""
+  if np.isnan(greedy_logprob):
+    return win
+  return win if logprob >= greedy_logprob - gate else 0.0
 
 
 def replayed(saved, cfg: dict, reg: float):
@@ -92,22 +109,22 @@ def main(argv):
   asked = asked_queries(cfg, split, _QUERIES.value, _HELD.value)
   llm, tok = models.load(cfg["model"])
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
-  base, base_ids = zip(*[greedy_answer(llm, tok, q, max_new_tokens=cfg["max_new_tokens"])
-                         for q in asked])
+  cap = _MAX_NEW.value or cfg["max_new_tokens"]
+  base, base_ids = zip(*[greedy_answer(llm, tok, q, max_new_tokens=cap) for q in asked])
   top_k = _TOP_K.value or cfg["top_k"]
   # A setting: a reward term, named with its LLM term and min_p where those are not the run's.
   run_min_p = cfg.get("min_p", 0.0)
   settings = {t + ("" if lm == cfg["lm_score"] else f" {lm}")
               + ("" if mp == run_min_p else f" min_p={mp:g}"): TwoArmDecoder.from_config(
-      llm, tok, enc, cfg, top_k=top_k, lm_score=lm, reward_term=t, min_p=mp)
+      llm, tok, enc, cfg, top_k=top_k, lm_score=lm, reward_term=t, min_p=mp, max_new_tokens=cap)
       for lm in (_LM_SCORES.value or [cfg["lm_score"]])
       for t in (_TERMS.value or [cfg.get("reward_term", "absolute")])
       for mp in ([float(m) for m in _MIN_PS.value] or [run_min_p])}
   terms = list(settings)
   dec0 = next(iter(settings.values()))
   # Fluency: the frozen LLM's mean log p per token of the answers (greedy's here).
-  greedy_lp = float(np.nanmean([dec0.mean_logprob(chat_ids(tok, q), g)
-                                for q, g in zip(asked, base_ids)]))
+  greedy_lps = [dec0.mean_logprob(chat_ids(tok, q), g) for q, g in zip(asked, base_ids)]
+  greedy_lp = float(np.nanmean(greedy_lps))
   ws = [float(w) for w in _WS.value]
   # Is it the reward model or the decoding? Each reward's agreement with its hidden rule on
   # every answer the run showed for its held-out queries (greedy and exploit, all attributes).
@@ -138,20 +155,29 @@ def main(argv):
             shown_ids.append(resp.exploit_ids)
             wins.append(user.wins(shown[-1], b))
             lps.append(dec.mean_logprob(chat_ids(tok, q), resp.exploit_ids))
+          gated = [gated_win(x, lp, g, _GATE.value) for x, lp, g in zip(wins, lps, greedy_lps)]
           row.setdefault(t, {})[w] = {"win_rate": float(np.mean(wins)), "interval": interval(wins),
                                       "logprob": float(np.nanmean(lps)),
+                                      "gated_win_rate": float(np.mean(gated)),
+                                      "gated_interval": interval(gated),
+                                      "wins": wins, "logprobs": lps,
                                       "shape": answer_shape(shown_ids, shown, dec.eos)}
-          print(f"{key} {t} w={w}: {np.mean(wins):.3f}, log p {np.nanmean(lps):.2f}", flush=True)
+          print(f"{key} {t} w={w}: {np.mean(wins):.3f} (gated {np.mean(gated):.3f}), "
+                f"log p {np.nanmean(lps):.2f}", flush=True)
   out = {"run": _RUN.value, "split": split, "held_out": _HELD.value, "queries": len(asked),
-         "model": cfg["model"], "top_k": top_k, "ws": ws, "terms": terms,
-         "greedy_logprob": greedy_lp, "rows": rows,
+         "model": cfg["model"], "top_k": top_k, "max_new_tokens": cap, "gate": _GATE.value,
+         "ws": ws, "terms": terms, "greedy_logprob": greedy_lp, "greedy_logprobs": greedy_lps,
+         "rows": rows,
          "greedy_shape": answer_shape(base_ids, base, dec0.eos)}
   folder = _OUT.value or _RUN.value
   stem = os.path.join(folder, f"tpop_w_{split}")
   lines = [f"T-POP exploit win rate vs greedy at serving weight w ({len(asked)} {split} queries"
            f"{', the run held out' if _HELD.value else ''}; top-{top_k}; reward models of "
-           f"{_RUN.value}; in brackets the 95% bootstrap interval; then the LLM's mean log p per "
-           f"token of the answers, greedy's {greedy_lp:.2f})", "",
+           f"{_RUN.value}; answers of at most {cap} tokens; in brackets the 95% bootstrap "
+           f"interval; "
+           f"then the LLM's mean log p per token of the answers, greedy's {greedy_lp:.2f}; then, "
+           f"gated, the win rate of a user who refuses an answer more than {_GATE.value:g} nats "
+           f"per token less likely than greedy's to the same query)", "",
            "| attribute (preferences) | reward agrees with the rule | r std | " + " | ".join(
                f"{t} w={w:g}" for t in terms for w in ws) + " |",
            "|---|---|---|" + "---|" * (len(ws) * len(terms))]
@@ -159,10 +185,11 @@ def main(argv):
     lines.append(f"| {a} ({r['preferences']}) | {r['agreement']:.2f} ({r['pairs']} pairs) | "
                  f"{r['reward_std']:.2f} | " + " | ".join(
         f"{r[t][w]['win_rate']:.2f} [{r[t][w]['interval'][0]:.2f}, {r[t][w]['interval'][1]:.2f}]"
-        f" {r[t][w]['logprob']:.2f}" for t in terms for w in ws) + " |")
+        f" {r[t][w]['logprob']:.2f}; gated {r[t][w]['gated_win_rate']:.2f}"
+        for t in terms for w in ws) + " |")
   g = out["greedy_shape"]
   lines += ["", f"How the answers end: share stopped by EOS (the rest ran to the cap of "
-            f"{cfg['max_new_tokens']} tokens) / words per token; greedy {g['stopped']:.2f} / "
+            f"{cap} tokens) / words per token; greedy {g['stopped']:.2f} / "
             f"{g['words_per_token']:.2f}", "",
             "| attribute | " + " | ".join(f"{t} w={w:g}" for t in terms for w in ws) + " |",
             "|---|" + "---|" * (len(ws) * len(terms))]

@@ -447,6 +447,32 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
     assert bench["rows"][a]["absolute min_p=1"]["1.0"]["shape"] == bench["greedy_shape"]
     assert bench["rows"][f"{a} reg=0"]["reward_std"] == pytest.approx(
         bench["rows"][a]["reward_std"], rel=1e-5)
+  # A longer cap than the run's: greedy and exploit answers of up to that many tokens; and the
+  # gated win rate, by hand: an answer more than `gate` nats per token below greedy's on the
+  # same query loses, any other keeps the rule's verdict. A random LLM's answers are all about
+  # as unlikely, so the gate here is negative (answers must be more likely than greedy's), for
+  # it to bind: greedy's own answers then lose.
+  p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_w.py"),
+                      f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,8", "--max_new_tokens=6",
+                      "--gate=-0.1", f"--output={tmp_path}"], capture_output=True, text=True,
+                     cwd=REPO)
+  assert p.returncode == 0, p.stderr[-3000:]
+  longer = _json.loads((tmp_path / "tpop_w_test.json").read_text())
+  assert longer["max_new_tokens"] == 6 and c.max_new_tokens < 6
+  g_lp = longer["greedy_logprobs"]
+  ids6 = [tpop_run.greedy_answer(llm, tok, q, max_new_tokens=6)[1] for q in held]
+  assert longer["greedy_shape"]["tokens"] == np.mean(
+      [len(i) - (i[-1] in llm.config.eos_token_ids) for i in ids6])
+  binds = []
+  for a in ("concise", "numbers"):
+    cell = longer["rows"][a]["absolute"]
+    assert cell["0.0"]["win_rate"] == 0.5 and cell["0.0"]["gated_win_rate"] == 0.0
+    for x in cell.values():
+      want = [0.0 if lp < g + 0.1 else win for win, lp, g in zip(x["wins"], x["logprobs"], g_lp)]
+      assert x["gated_win_rate"] == pytest.approx(np.mean(want))
+      binds.append(want != x["wins"])
+      assert x["shape"]["tokens"] <= 6
+  assert any(binds)  # the gate refused some answer the rule let win or tie
   # The candidates benchmark re-reads the exploit decoding step by step (it asserts at every
   # step that no rule-raising candidate's reward gap beats its LLM gap, as the argmax implies).
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_candidates.py"),
