@@ -32,6 +32,16 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Candidates per arm (default: the run'
 _OUT = flags.DEFINE_string("output", "", "Output folder (default: the run's folder).")
 
 
+def ratio_interval(num_s, num_n, den_s, den_n, n: int = 1000, seed: int = 0) -> list[float]:
+  """95% bootstrap interval, over queries, of (sum num_s / sum num_n) / (sum den_s / sum den_n):
+  one timing's time per token against another's, queries resampled together."""
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, len(num_s), (n, len(num_s)))
+  a, b, c, d = (np.asarray(x, float)[idx].sum(1) for x in (num_s, num_n, den_s, den_n))
+  ratios = (a / np.maximum(b, 1)) / (c / np.maximum(d, 1))
+  return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
+
+
 class EncoderClock:
   """Times a SentenceEncoder's calls (`encode`: tokenizing too) and its forwards (`_embed`),
   with the rows and padded tokens each forward gets."""
@@ -89,16 +99,20 @@ def main(argv):
       dec.generate(chat_ids(tok, q), rm, explore=False)
       dec.generate(chat_ids(tok, q), rm)
     s = {"greedy": [0.0, 0], "exploit": [0.0, 0], "round": [0.0, 0]}
+    per_query = {"greedy": [], "exploit": []}  # (seconds, tokens) of each query
     encoder = {"seconds": 0.0, "calls": 0, "forward_seconds": 0.0, "rows": 0, "tokens": 0}
     for q in asked:
       t0 = time.perf_counter()
       _, g = greedy(q)
-      s["greedy"][0] += time.perf_counter() - t0
+      dt = time.perf_counter() - t0
+      s["greedy"][0] += dt
       s["greedy"][1] += len(g)
+      per_query["greedy"].append((dt, len(g)))
       clock.reset()
       r = dec.generate(chat_ids(tok, q), rm, explore=False)
       s["exploit"][0] += r.seconds
       s["exploit"][1] += r.tokens
+      per_query["exploit"].append((r.seconds, r.tokens))
       for k in encoder:
         encoder[k] += getattr(clock, k)
       r = dec.generate(chat_ids(tok, q), rm)
@@ -109,6 +123,8 @@ def main(argv):
     rows[attribute] = {
         "preferences": len(rm.winners), "ms_per_token": ms,
         "ratio": {k: ms[k] / ms["greedy"] for k in ("exploit", "round")},
+        "exploit_ratio_interval": ratio_interval(*zip(*per_query["exploit"]),
+                                                 *zip(*per_query["greedy"])),
         "exploit_encoder": {"share": encoder["seconds"] / exploit_s,
                             "forward_share": encoder["forward_seconds"] / exploit_s,
                             "calls_per_token": encoder["calls"] / max(s["exploit"][1], 1),
@@ -128,14 +144,15 @@ def main(argv):
   lines = [f"T-POP latency per generated token vs greedy decoding ({len(asked)} {split} "
            f"queries, {cfg['model']}, top-{top_k}, w={cfg['w']:g}, LLM term {cfg['lm_score']}, "
            f"reward term {out['reward_term']}, min_p {dec.min_p:g}; {out['machine']}; users of "
-           f"{_RUN.value})", "",
+           f"{_RUN.value}; in brackets the 95% bootstrap interval over queries)", "",
            "| user (preferences) | greedy ms | exploit ms (ratio) | round ms (ratio) | "
            "encoder share of exploit (forward) | encoder calls per token | rows, padded tokens "
            "per call |", "|---|---|---|---|---|---|---|"]
   for a, r in rows.items():
     m, x = r["ms_per_token"], r["exploit_encoder"]
+    lo, hi = r["exploit_ratio_interval"]
     lines.append(f"| {a} ({r['preferences']}) | {m['greedy']:.1f} | {m['exploit']:.1f} "
-                 f"({r['ratio']['exploit']:.2f}x) | {m['round']:.1f} "
+                 f"({r['ratio']['exploit']:.2f}x [{lo:.2f}, {hi:.2f}]) | {m['round']:.1f} "
                  f"({r['ratio']['round']:.2f}x) | "
                  f"{x['share']:.2f} ({x['forward_share']:.2f}) | {x['calls_per_token']:.2f} | "
                  f"{x['rows_per_call']:.1f}, {x['padded_tokens_per_call']:.0f} |")

@@ -492,6 +492,8 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   for r in lat.values():
     ms, x = r["ms_per_token"], r["exploit_encoder"]
     assert r["ratio"]["exploit"] == pytest.approx(ms["exploit"] / ms["greedy"])
+    lo, hi = r["exploit_ratio_interval"]
+    assert lo <= r["ratio"]["exploit"] <= hi
     assert 0 < x["forward_share"] <= x["share"] < 1 and 0 < x["calls_per_token"] <= 1
     assert x["rows"] % 8 == 0 and x["padded_tokens"] % 64 == 0 and x["rows"] >= x["calls"]
   # Counting preferences: each point reached is after exactly that many stated preferences, the
@@ -588,3 +590,16 @@ def test_reward_agreement_with_the_rule_counts_the_pairs_it_orders_right():
     rm.params = {"w1": jnp.ones((1, 1)), "b1": jnp.zeros((1,)), "w2": jnp.array([sign]),
                  "b2": jnp.zeros(())}
     assert agreement(rm, "concise", texts, Words().encode(texts)) == (want, 5)
+
+
+def test_latency_ratio_interval_resamples_queries_together():
+  """The latency benchmark's interval of a time-per-token ratio: queries that are all twice as
+  slow per token give exactly 2; otherwise it lies between the per-query ratios."""
+  import os
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "benchmarks"))
+  from tpop_latency import ratio_interval
+  assert ratio_interval([2, 4, 6], [1, 2, 3], [1, 2, 3], [1, 2, 3]) == [2.0, 2.0]
+  lo, hi = ratio_interval([2, 4, 9], [1, 2, 3], [1, 2, 3], [1, 2, 3])
+  assert 2.0 <= lo < 15 / 6 < hi <= 3.0  # the pooled ratio 15/6 inside, per-query 2 and 3 bound
