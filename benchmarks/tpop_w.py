@@ -53,17 +53,10 @@ _MIN_PS = flags.DEFINE_list("min_ps", [], "Candidate filters min_p (default: the
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 0, "Token cap of greedy and exploit answers "
                                 "(default: the run's). A longer cap than the run's judges whole "
                                 "answers, not ones cut short.")
-_GATE = flags.DEFINE_float("gate", 0.5, "Fluency gate, nats per token: beside each win rate, the "
-                           "rate of a user who refuses broken text (gated_win).")
+_GATE = flags.DEFINE_float("gate", None, "Fluency gate, nats per token (default: the run's): "
+                           "beside each win rate, the rate of a user who refuses broken text "
+                           "(user.gated_win).")
 
-
-def gated_win(win: float, logprob: float, greedy_logprob: float, gate: float) -> float:
-  """A verdict of a user who first refuses broken text: an answer the frozen LLM finds more than
-  `gate` nats per token less likely than its own greedy answer to the same query (or an empty
-  answer where greedy's is not) loses, whatever the rule says; otherwise the rule's verdict."""
-  if np.isnan(greedy_logprob):
-    return win
-  return win if logprob >= greedy_logprob - gate else 0.0
 
 
 def replayed(saved, cfg: dict, reg: float):
@@ -99,9 +92,9 @@ def main(argv):
   from tapper_jax.tpop import reward as reward_lib
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
-  from tapper_jax.tpop.run import (agreement, answer_shape, asked_queries, chat_ids,
+  from tapper_jax.tpop.run import (ADDED, agreement, answer_shape, asked_queries, chat_ids,
                                     greedy_answer, interval, load_user, shown_answers)
-  from tapper_jax.tpop.user import SimulatedUser
+  from tapper_jax.tpop.user import SimulatedUser, gated_win
   with open(os.path.join(_RUN.value, "tpop.json"), encoding="utf-8") as f:
     run = json.load(f)
   cfg = run["config"]
@@ -110,6 +103,7 @@ def main(argv):
   llm, tok = models.load(cfg["model"])
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
   cap = _MAX_NEW.value or cfg["max_new_tokens"]
+  gate = _GATE.value if _GATE.value is not None else cfg.get("gate", ADDED["gate"])
   base, base_ids = zip(*[greedy_answer(llm, tok, q, max_new_tokens=cap) for q in asked])
   top_k = _TOP_K.value or cfg["top_k"]
   # A setting: a reward term, named with its LLM term and min_p where those are not the run's.
@@ -155,7 +149,7 @@ def main(argv):
             shown_ids.append(resp.exploit_ids)
             wins.append(user.wins(shown[-1], b))
             lps.append(dec.mean_logprob(chat_ids(tok, q), resp.exploit_ids))
-          gated = [gated_win(x, lp, g, _GATE.value) for x, lp, g in zip(wins, lps, greedy_lps)]
+          gated = [gated_win(x, lp, g, gate) for x, lp, g in zip(wins, lps, greedy_lps)]
           row.setdefault(t, {})[w] = {"win_rate": float(np.mean(wins)), "interval": interval(wins),
                                       "logprob": float(np.nanmean(lps)),
                                       "gated_win_rate": float(np.mean(gated)),
@@ -165,7 +159,7 @@ def main(argv):
           print(f"{key} {t} w={w}: {np.mean(wins):.3f} (gated {np.mean(gated):.3f}), "
                 f"log p {np.nanmean(lps):.2f}", flush=True)
   out = {"run": _RUN.value, "split": split, "held_out": _HELD.value, "queries": len(asked),
-         "model": cfg["model"], "top_k": top_k, "max_new_tokens": cap, "gate": _GATE.value,
+         "model": cfg["model"], "top_k": top_k, "max_new_tokens": cap, "gate": gate,
          "ws": ws, "terms": terms, "greedy_logprob": greedy_lp, "greedy_logprobs": greedy_lps,
          "rows": rows,
          "greedy_shape": answer_shape(base_ids, base, dec0.eos)}
@@ -176,7 +170,7 @@ def main(argv):
            f"{_RUN.value}; answers of at most {cap} tokens; in brackets the 95% bootstrap "
            f"interval; "
            f"then the LLM's mean log p per token of the answers, greedy's {greedy_lp:.2f}; then, "
-           f"gated, the win rate of a user who refuses an answer more than {_GATE.value:g} nats "
+           f"gated, the win rate of a user who refuses an answer more than {gate:g} nats "
            f"per token less likely than greedy's to the same query)", "",
            "| attribute (preferences) | reward agrees with the rule | r std | " + " | ".join(
                f"{t} w={w:g}" for t in terms for w in ws) + " |",

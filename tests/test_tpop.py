@@ -153,6 +153,15 @@ def test_simulated_user_rules_and_noise():
   refs = ["The results are final.", "I'm sure it's great!", "Markets rise.", "Yeah, ok."]
   assert ceiling("formal", refs) == pytest.approx((0.5 + 1 + 0.5 + 1) / 4)
   assert ceiling("concise", refs) == ceiling("numbers", refs) == 1.0
+  # A user who refuses broken text: below greedy's log p by more than the gate, an answer loses
+  # whatever the rule said; within it (the boundary included) the rule's verdict stands; an
+  # empty answer (nan) loses unless greedy's is empty too.
+  from tapper_jax.tpop.user import gated_win
+  assert gated_win(1.0, -1.8, -1.25, 0.5) == 0.0
+  assert gated_win(0.5, -1.75, -1.25, 0.5) == 0.5 and gated_win(1.0, -1.7, -1.25, 0.5) == 1.0
+  assert gated_win(1.0, -0.2, -1.25, 0.5) == 1.0  # more fluent than greedy: kept
+  assert gated_win(1.0, float("nan"), -1.25, 0.5) == 0.0
+  assert gated_win(0.5, float("nan"), float("nan"), 0.5) == 0.5
 
 
 @pytest.fixture(scope="module")
@@ -397,6 +406,17 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
     lp = jax.nn.log_softmax(llm(jnp.asarray([prompt + ans]))[0][0].astype(jnp.float32))
     want.append(np.mean([lp[len(prompt) - 1 + i, t] for i, t in enumerate(ans)]))
   assert out["mean_logprob"]["greedy"] == pytest.approx(np.mean(want), abs=1e-4)
+  assert out["logprobs"]["greedy"] == pytest.approx(want, abs=1e-4)
+  # The gated curve, by hand from each shown answer's verdict and log p against greedy's.
+  for a in ("concise", "numbers"):
+    assert set(out["gated_win_rate"][a]) == {0, 2, 4}
+    for point, shown_at in out["exploit_responses"][a].items():
+      lps = out["logprobs"]["exploit"][a][point]
+      assert np.nanmean(lps) == pytest.approx(out["mean_logprob"]["exploit"][a][point])
+      verdicts = [SimulatedUser(a).wins(x, b) for x, b in zip(shown_at, held_answers)]
+      gated = [0.0 if not lp >= g - c.gate else v
+               for v, lp, g in zip(verdicts, lps, out["logprobs"]["greedy"])]
+      assert out["gated_win_rate"][a][point] == pytest.approx(np.mean(gated))
   assert set(out["mean_logprob"]["exploit"]["concise"]) == {0, 2, 4}
   # How the answers end: counted here from the greedy ids (an answer shorter than the cap must
   # have stopped by EOS), and words per token with the rules' own word count.

@@ -107,8 +107,11 @@ def load_user(folder: str, user_id: str, rm) -> None:
 # WORKDIR/progress/<attribute>-<number>/, a new folder each time (the two latest kept).
 _UNCHECKED = ("time_budget_s",)  # config fields a continued run may change
 # Fields added since progress was first saved, with the value an older run had in effect.
-_ADDED = {"min_p": 0.0}
-PARTS = ("curve", "interval", "answers", "stated", "rounds_at", "logprob", "shape")  # per point
+ADDED = {"min_p": 0.0, "gate": 0.5}
+# Per point: win rate, its interval, the answers, preferences stated, rounds played, mean log p,
+# answer_shape, gated win rate (user.gated_win), each answer's log p.
+PARTS = ("curve", "interval", "answers", "stated", "rounds_at", "logprob", "shape", "gated",
+         "logprobs")
 
 
 def _save_progress(workdir: str, attribute: str, rm, progress: dict) -> None:
@@ -147,7 +150,7 @@ def _load_progress(workdir: str, attribute: str, rm, config) -> dict | None:
   now = json.loads(json.dumps(config.to_dict()))
   was = progress["config"]
   changed = sorted(k for k in set(now) | set(was)
-                   if k not in _UNCHECKED and now.get(k) != was.get(k, _ADDED.get(k))
+                   if k not in _UNCHECKED and now.get(k) != was.get(k, ADDED.get(k))
                    and not (k == "eval_after" and _extends(now[k], was[k])))
   if changed:
     raise ValueError(f"{path}: field 'config' differs from this run's in {changed}: continue "
@@ -243,7 +246,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
-  from tapper_jax.tpop.user import SimulatedUser, ceiling
+  from tapper_jax.tpop.user import SimulatedUser, ceiling, gated_win
   by_preferences = _counts_preferences(config)  # before anything loads
   started, played = time.perf_counter(), 0
   budget = config.get("time_budget_s", 0.0)
@@ -270,8 +273,10 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
   fluency = {}
   shape = {}  # attribute -> point -> answer_shape of the exploit answers
   base_shape = answer_shape(base_ids, base, dec.eos)
-  base_logprob = float(np.nanmean([dec.mean_logprob(chat(q), g)
-                                   for q, g in zip(held_q, base_ids)]))
+  base_logprobs = [dec.mean_logprob(chat(q), g) for q, g in zip(held_q, base_ids)]
+  base_logprob = float(np.nanmean(base_logprobs))
+  gated = {}  # attribute -> point -> win rate of a user who refuses broken text
+  logprobs = {}  # attribute -> point -> each exploit answer's mean log p
   for attribute in config.attributes:
     user = SimulatedUser(attribute, noise=config.noise, seed=config.seed)
     rm = UserRewardModel(enc.dim, hidden=config.hidden, lam=config.lam, lr=config.lr,
@@ -282,7 +287,8 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
     curve, r, done = {}, 0, False
     parts = (curve, spread.setdefault(attribute, {}), answers.setdefault(attribute, {}),
              stated.setdefault(attribute, {}), rounds_at.setdefault(attribute, {}),
-             fluency.setdefault(attribute, {}), shape.setdefault(attribute, {}))
+             fluency.setdefault(attribute, {}), shape.setdefault(attribute, {}),
+             gated.setdefault(attribute, {}), logprobs.setdefault(attribute, {}))
     saved = _load_progress(workdir, attribute, rm, config)
     if saved is not None:
       r, done = saved["rounds"], saved["done"]
@@ -323,6 +329,9 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
         answers[attribute][point] = shown
         fluency[attribute][point] = float(np.nanmean(lps))
         shape[attribute][point] = answer_shape(shown_ids, shown, dec.eos)
+        logprobs[attribute][point] = lps
+        gated[attribute][point] = float(np.mean([
+            gated_win(x, lp, g, config.gate) for x, lp, g in zip(wins, lps, base_logprobs)]))
         stated[attribute][point] = len(rm.winners)
         rounds_at[attribute][point] = r
         logging.info("%s: %d rounds (%d preferences), win rate %.3f", attribute, r,
@@ -366,6 +375,9 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
          # stated, or "rounds" played); both are recorded for every point reached.
          "count": "preferences" if by_preferences else "rounds",
          "win_rate": results, "interval": spread, "preferences_stated": stated,
+         # The win rate of a user who also refuses broken text: an answer more than `gate`
+         # nats per token less likely to the LLM than greedy's loses (user.gated_win).
+         "gate": config.gate, "gated_win_rate": gated,
          "rounds": rounds_at,
          # What any responses could reach against these greedy answers (user.ceiling).
          "ceiling": {a: ceiling(a, base) for a in config.attributes},
@@ -378,6 +390,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
          # The frozen LLM's mean log p per token of the held-out answers, greedy's and the
          # exploit arm's at each point: what the reward's steering costs in fluency.
          "mean_logprob": {"greedy": base_logprob, "exploit": fluency},
+         "logprobs": {"greedy": base_logprobs, "exploit": logprobs},  # per held-out answer
          # answer_shape: whether a rule counting words was won by stopping sooner or by wordier
          # tokens under the max_new_tokens cap.
          "answer_shape": {"greedy": base_shape, "exploit": shape}}
@@ -412,6 +425,10 @@ def _write(workdir: str, out: dict, config) -> None:
     lo, hi = out["interval"][a][p]
     lines.append(f"- {a} after {p} {unit}: 95% bootstrap interval over the held-out queries "
                  f"[{lo:.2f}, {hi:.2f}]")
+  lines += ["", f"Gated: the win rate of a user who also refuses broken text (an answer more "
+            f"than {out['gate']:g} nats per token less likely to the LLM than greedy's loses): "
+            + "; ".join(f"{a} " + ", ".join(f"{v:.2f} ({p})" for p, v in sorted(by.items()))
+                        for a, by in out["gated_win_rate"].items()) + " (in brackets, the point)."]
   lp = out["mean_logprob"]
   lines += ["", f"The LLM's mean log p per token of the held-out answers (fluency): greedy "
             f"{lp['greedy']:.2f}; " + "; ".join(

@@ -112,3 +112,14 @@ class SimulatedUser:
     """1 if a is strictly better, 0.5 on a tie, 0 if worse (noise-free: for evaluation)."""
     sa, sb = score(self.attribute, a), score(self.attribute, b)
     return 1.0 if sa > sb else 0.5 if sa == sb else 0.0
+
+
+def gated_win(win: float, logprob: float, greedy_logprob: float, gate: float) -> float:
+  """The verdict of a user who first refuses broken text: an answer the frozen LLM finds more
+  than `gate` nats per token less likely than its own greedy answer to the same query (or an
+  empty answer, log p nan, where greedy's is not) loses, whatever the rule says; otherwise the
+  rule's verdict `win`. The rules above count words and marks, so an answer of rare tokens
+  strung together can win them; a reader would not take it."""
+  if np.isnan(greedy_logprob):
+    return win
+  return win if logprob >= greedy_logprob - gate else 0.0
