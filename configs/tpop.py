@@ -39,10 +39,14 @@ def get_config(arg: str = ""):
   # Each arm steers only among candidates with p >= min_p * its most likely one (decode.py):
   # 0 lets the reward pick tokens the LLM gives ~0 probability.
   c.min_p = 0.0
-  # Evaluation only: beside each win rate, that of a user who also refuses broken text, an
-  # answer more than `gate` nats per token less likely to the LLM than greedy's (user.gated_win).
-  # Fixed before any run reported it (greedy's answers sit at about -1.25 per token).
+  # Beside each win rate, that of a user who also refuses broken text, an answer more than
+  # `gate` nats per token less likely to the LLM than greedy's (user.gated_win). Fixed before
+  # any run reported it (greedy's answers sit at about -1.25 per token).
   c.gate = 0.5
+  # The rounds' user refuses broken answers too (by the same gate, against greedy's answer to
+  # the round's query): a refused answer loses the round to one that is not, whatever the rule
+  # says, so the reward learns that broken text loses. Costs a greedy decode per round.
+  c.gate_rounds = False
   c.nu = 0.5  # weight of the exploration bonus (arm 2)
   c.max_new_tokens = 24  # a headline
   c.hidden = 1024  # reward MLP width (embed -> hidden -> 1)

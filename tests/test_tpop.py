@@ -162,6 +162,16 @@ def test_simulated_user_rules_and_noise():
   assert gated_win(1.0, -0.2, -1.25, 0.5) == 1.0  # more fluent than greedy: kept
   assert gated_win(1.0, float("nan"), -1.25, 0.5) == 0.0
   assert gated_win(0.5, float("nan"), float("nan"), 0.5) == 0.5
+  # In a round, a refused answer loses to one that is not, whatever the rule says (noise still
+  # flips); both or neither refused: the rule decides.
+  long, short = "A much longer answer here.", "Short."
+  assert SimulatedUser("concise").preference(short, long, (True, False)) == -1
+  assert SimulatedUser("concise").preference(long, short, (False, True)) == 1
+  assert SimulatedUser("concise").preference(short, long, (True, True)) == 1
+  assert SimulatedUser("concise").preference("same", "same", (False, True)) == 1
+  noisy = SimulatedUser("concise", noise=0.3, seed=1)
+  flips = np.mean([noisy.preference(short, long, (True, False)) == 1 for _ in range(2000)])
+  assert 0.26 < flips < 0.34
 
 
 @pytest.fixture(scope="module")
@@ -623,3 +633,53 @@ def test_latency_ratio_interval_resamples_queries_together():
   assert ratio_interval([2, 4, 6], [1, 2, 3], [1, 2, 3], [1, 2, 3]) == [2.0, 2.0]
   lo, hi = ratio_interval([2, 4, 9], [1, 2, 3], [1, 2, 3], [1, 2, 3])
   assert 2.0 <= lo < 15 / 6 < hi <= 3.0  # the pooled ratio 15/6 inside, per-query 2 and 3 bound
+
+
+def test_rounds_user_refuses_broken_answers_by_full_forward_log_p(tmp_path, model_cache,
+                                                                 monkeypatch):
+  """gate_rounds: in every round the user is told which answers to refuse, and those are the
+  ones whose mean log p per token, by full forwards of prompt + answer, lies more than `gate`
+  below that of greedy's answer to the round's query."""
+  import os
+  import sys
+  REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import tpop as tpop_config
+  from tapper_jax import models
+  from tapper_jax.tpop import run as tpop_run
+  from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.user import SimulatedUser
+  c = tpop_config.get_config("tiny")
+  c.data_folder = str(_questions_folder(tmp_path))
+  c.attributes, c.eval_after, c.gate_rounds, c.gate = ("concise",), (0, 4), True, 0.35
+  rounds, told = [], []
+  generate, preference = TwoArmDecoder.generate, SimulatedUser.preference
+
+  def spy_generate(self, prompt_ids, rm, *, explore=True, trace=None):
+    resp = generate(self, prompt_ids, rm, explore=explore, trace=trace)
+    if explore:
+      rounds.append((list(prompt_ids), resp.exploit_ids, resp.explore_ids))
+    return resp
+
+  def spy_preference(self, a, b, refused=(False, False)):
+    told.append(tuple(refused))
+    return preference(self, a, b, refused)
+
+  monkeypatch.setattr(TwoArmDecoder, "generate", spy_generate)
+  monkeypatch.setattr(SimulatedUser, "preference", spy_preference)
+  tpop_run.run(c, str(tmp_path / "wd"))
+  assert len(rounds) == len(told) == 4
+  llm, tok = models.load(c.model)
+  train, _ = tpop_run.queries(c.data_folder, c.split, c.train_queries, c.eval_queries)
+
+  def mean_lp(prompt, ans):
+    lp = jax.nn.log_softmax(llm(jnp.asarray([prompt + ans]))[0][0].astype(jnp.float32))
+    return float(np.mean([lp[len(prompt) - 1 + i, t] for i, t in enumerate(ans)]))
+
+  want = []
+  for q, (prompt, ex1, ex2) in zip(train, rounds):
+    assert prompt == tpop_run.chat_ids(tok, q)
+    g = mean_lp(prompt, tpop_run.greedy_answer(llm, tok, q, max_new_tokens=c.max_new_tokens)[1])
+    want.append(tuple(bool(mean_lp(prompt, ids) < g - 0.35) for ids in (ex1, ex2)))
+  assert told == want
+  assert any(any(t) for t in told) and not all(all(t) for t in told)  # the gate binds

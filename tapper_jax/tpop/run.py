@@ -107,7 +107,7 @@ def load_user(folder: str, user_id: str, rm) -> None:
 # WORKDIR/progress/<attribute>-<number>/, a new folder each time (the two latest kept).
 _UNCHECKED = ("time_budget_s",)  # config fields a continued run may change
 # Fields added since progress was first saved, with the value an older run had in effect.
-ADDED = {"min_p": 0.0, "gate": 0.5}
+ADDED = {"min_p": 0.0, "gate": 0.5, "gate_rounds": False}
 # Per point: win rate, its interval, the answers, preferences stated, rounds played, mean log p,
 # answer_shape, gated win rate (user.gated_win), each answer's log p.
 PARTS = ("curve", "interval", "answers", "stated", "rounds_at", "logprob", "shape", "gated",
@@ -246,7 +246,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
-  from tapper_jax.tpop.user import SimulatedUser, ceiling, gated_win
+  from tapper_jax.tpop.user import SimulatedUser, ceiling, gated_win, refuses
   by_preferences = _counts_preferences(config)  # before anything loads
   started, played = time.perf_counter(), 0
   budget = config.get("time_budget_s", 0.0)
@@ -345,14 +345,20 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
         save_user(workdir, f"sim-{attribute}", rm, {"attribute": attribute})
         save(done=True)
         break
-      resp = dec.generate(chat(train_q[r]), rm)
+      q = train_q[r]
+      resp = dec.generate(chat(q), rm)
       r += 1
       played += 1
       if r > 1:  # the first round compiles
         clock["tpop_two_arm"][0] += resp.seconds
         clock["tpop_two_arm"][1] += resp.tokens / 2  # per token of one response
       a, b = resp.exploit.strip(), resp.explore.strip()
-      pref = user.preference(a, b)
+      refused = (False, False)
+      if config.gate_rounds:  # the user refuses broken answers in the rounds too
+        lg = dec.mean_logprob(chat(q), greedy(q)[1])
+        refused = tuple(refuses(dec.mean_logprob(chat(q), ids), lg, config.gate)
+                        for ids in (resp.exploit_ids, resp.explore_ids))
+      pref = user.preference(a, b, refused)
       if pref is not None:  # a tie states nothing: the round adds no preference
         ea, eb = enc.encode([a, b])
         if pref > 0:

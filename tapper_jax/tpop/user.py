@@ -89,10 +89,13 @@ class SimulatedUser:
     score(self.attribute, "")  # fails early on an unknown attribute
     self.rng = np.random.default_rng(self.seed)
 
-  def preference(self, a: str, b: str) -> int | None:
+  def preference(self, a: str, b: str, refused: tuple[bool, bool] = (False, False)) -> int | None:
     """+1 if the user prefers a, -1 if b, None if the rule cannot tell them apart (a user shown
     two equally good answers states no preference; recording one would teach noise). Noise
-    flips a stated preference."""
+    flips a stated preference. `refused`: which answers the user refuses as broken (`refuses`);
+    one refused loses to one that is not, whatever the rule says."""
+    if refused[0] != refused[1]:
+      return 1 if self._noisy(refused[1]) else -1
     sa, sb = score(self.attribute, a), score(self.attribute, b)
     if sa == sb:
       return None
@@ -114,12 +117,17 @@ class SimulatedUser:
     return 1.0 if sa > sb else 0.5 if sa == sb else 0.0
 
 
-def gated_win(win: float, logprob: float, greedy_logprob: float, gate: float) -> float:
-  """The verdict of a user who first refuses broken text: an answer the frozen LLM finds more
-  than `gate` nats per token less likely than its own greedy answer to the same query (or an
-  empty answer, log p nan, where greedy's is not) loses, whatever the rule says; otherwise the
-  rule's verdict `win`. The rules above count words and marks, so an answer of rare tokens
-  strung together can win them; a reader would not take it."""
+def refuses(logprob: float, greedy_logprob: float, gate: float) -> bool:
+  """Whether a user who refuses broken text refuses an answer: the frozen LLM finds it more
+  than `gate` nats per token less likely than its own greedy answer to the same query, or it is
+  empty (log p nan) where greedy's is not. The rules above count words and marks, so an answer
+  of rare tokens strung together can win them; a reader would not take it."""
   if np.isnan(greedy_logprob):
-    return win
-  return win if logprob >= greedy_logprob - gate else 0.0
+    return False
+  return not logprob >= greedy_logprob - gate
+
+
+def gated_win(win: float, logprob: float, greedy_logprob: float, gate: float) -> float:
+  """The verdict `win` of a rule against greedy's answer, from a user who first refuses broken
+  text (`refuses`): a refused answer loses whatever the rule says."""
+  return 0.0 if refuses(logprob, greedy_logprob, gate) else win
