@@ -514,10 +514,12 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   # The latency benchmark: per-token times of the same decodings, their ratios, and the
   # encoder's rows and tokens padded to multiples of 8, at most one call per exploit token.
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_latency.py"),
-                      f"--run={tmp_path / 'wd'}", "--held_out"],
+                      f"--run={tmp_path / 'wd'}", "--held_out", "--min_p=0.3", "--w=2"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
-  lat = _json.loads((tmp_path / "wd" / "tpop_latency_test.json").read_text())["rows"]
+  lat = _json.loads((tmp_path / "wd" / "tpop_latency_test.json").read_text())
+  assert lat["min_p"] == 0.3 and lat["w"] == 2.0  # serving settings other than the run's
+  lat = lat["rows"]
   assert set(lat) == {"concise", "numbers"}
   for r in lat.values():
     ms, x = r["ms_per_token"], r["exploit_encoder"]
