@@ -35,16 +35,6 @@ _MIN_P = flags.DEFINE_float("min_p", None, "Candidate filter min_p (default: the
 _W = flags.DEFINE_float("w", None, "Serving weight w (default: the run's).")
 
 
-def ratio_interval(num_s, num_n, den_s, den_n, n: int = 1000, seed: int = 0) -> list[float]:
-  """95% bootstrap interval, over queries, of (sum num_s / sum num_n) / (sum den_s / sum den_n):
-  one timing's time per token against another's, queries resampled together."""
-  rng = np.random.default_rng(seed)
-  idx = rng.integers(0, len(num_s), (n, len(num_s)))
-  a, b, c, d = (np.asarray(x, float)[idx].sum(1) for x in (num_s, num_n, den_s, den_n))
-  ratios = (a / np.maximum(b, 1)) / (c / np.maximum(d, 1))
-  return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
-
-
 class EncoderClock:
   """Times a SentenceEncoder's calls (`encode`: tokenizing too) and its forwards (`_embed`),
   with the rows and padded tokens each forward gets."""
@@ -81,7 +71,8 @@ def main(argv):
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
-  from tapper_jax.tpop.run import asked_queries, chat_ids, greedy_answer, load_user
+  from tapper_jax.tpop.run import (asked_queries, chat_ids, greedy_answer, load_user,
+                                    ratio_interval)
   import jax
   with open(os.path.join(_RUN.value, "tpop.json"), encoding="utf-8") as f:
     cfg = json.load(f)["config"]

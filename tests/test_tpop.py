@@ -627,11 +627,7 @@ def test_reward_agreement_with_the_rule_counts_the_pairs_it_orders_right():
 def test_latency_ratio_interval_resamples_queries_together():
   """The latency benchmark's interval of a time-per-token ratio: queries that are all twice as
   slow per token give exactly 2; otherwise it lies between the per-query ratios."""
-  import os
-  import sys
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "benchmarks"))
-  from tpop_latency import ratio_interval
+  from tapper_jax.tpop.run import ratio_interval
   assert ratio_interval([2, 4, 6], [1, 2, 3], [1, 2, 3], [1, 2, 3]) == [2.0, 2.0]
   lo, hi = ratio_interval([2, 4, 9], [1, 2, 3], [1, 2, 3], [1, 2, 3])
   assert 2.0 <= lo < 15 / 6 < hi <= 3.0  # the pooled ratio 15/6 inside, per-query 2 and 3 bound

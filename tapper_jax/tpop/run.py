@@ -193,6 +193,16 @@ def interval(wins, n: int = 1000, seed: int = 0) -> list[float]:
   return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def ratio_interval(num_s, num_n, den_s, den_n, n: int = 1000, seed: int = 0) -> list[float]:
+  """95% bootstrap interval, over queries, of (sum num_s / sum num_n) / (sum den_s / sum den_n):
+  one decoding's time per token against another's, queries resampled together."""
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, len(num_s), (n, len(num_s)))
+  a, b, c, d = (np.asarray(x, float)[idx].sum(1) for x in (num_s, num_n, den_s, den_n))
+  ratios = (a / np.maximum(b, 1)) / (c / np.maximum(d, 1))
+  return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
+
+
 def shown_answers(out: dict) -> list[str]:
   """Every answer a run's tpop.json shows for its held-out queries: the greedy ones and each
   attribute's exploit ones at every point, once each, sorted."""
