@@ -58,7 +58,6 @@ _GATE = flags.DEFINE_float("gate", None, "Fluency gate, nats per token (default:
                            "(user.gated_win).")
 
 
-
 def replayed(saved, cfg: dict, reg: float):
   """A reward model fed `saved`'s preferences in order, refit after each as the run did, with
   pull `reg`. The stored pairs are already in the order the run fit them (flipped under
@@ -168,8 +167,8 @@ def main(argv):
   lines = [f"T-POP exploit win rate vs greedy at serving weight w ({len(asked)} {split} queries"
            f"{', the run held out' if _HELD.value else ''}; top-{top_k}; reward models of "
            f"{_RUN.value}; answers of at most {cap} tokens; in brackets the 95% bootstrap "
-           f"interval; "
-           f"then the LLM's mean log p per token of the answers, greedy's {greedy_lp:.2f}; then, "
+           f"interval; then the LLM's mean log p per token of the answers, greedy's "
+           f"{greedy_lp:.2f}; then, "
            f"gated, the win rate of a user who refuses an answer more than {gate:g} nats "
            f"per token less likely than greedy's to the same query)", "",
            "| attribute (preferences) | reward agrees with the rule | r std | " + " | ".join(

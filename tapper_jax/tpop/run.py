@@ -441,8 +441,10 @@ def _write(workdir: str, out: dict, config) -> None:
     lo, hi = out["interval"][a][p]
     lines.append(f"- {a} after {p} {unit}: 95% bootstrap interval over the held-out queries "
                  f"[{lo:.2f}, {hi:.2f}]")
+  also = "; the rounds' user refused such answers too" if config.gate_rounds else ""
   lines += ["", f"Gated: the win rate of a user who also refuses broken text (an answer more "
-            f"than {out['gate']:g} nats per token less likely to the LLM than greedy's loses): "
+            f"than {out['gate']:g} nats per token less likely to the LLM than greedy's loses"
+            f"{also}): "
             + "; ".join(f"{a} " + ", ".join(f"{v:.2f} ({p})" for p, v in sorted(by.items()))
                         for a, by in out["gated_win_rate"].items()) + " (in brackets, the point)."]
   lp = out["mean_logprob"]
