@@ -93,26 +93,20 @@ def main(argv):
       greedy(q)
       dec.generate(chat_ids(tok, q), rm, explore=False)
       dec.generate(chat_ids(tok, q), rm)
-    s = {"greedy": [0.0, 0], "exploit": [0.0, 0], "round": [0.0, 0]}
-    per_query = {"greedy": [], "exploit": []}  # (seconds, tokens) of each query
+    per_query = {"greedy": [], "exploit": [], "round": []}  # (seconds, tokens) of each query
     encoder = {"seconds": 0.0, "calls": 0, "forward_seconds": 0.0, "rows": 0, "tokens": 0}
     for q in asked:
       t0 = time.perf_counter()
       _, g = greedy(q)
-      dt = time.perf_counter() - t0
-      s["greedy"][0] += dt
-      s["greedy"][1] += len(g)
-      per_query["greedy"].append((dt, len(g)))
+      per_query["greedy"].append((time.perf_counter() - t0, len(g)))
       clock.reset()
       r = dec.generate(chat_ids(tok, q), rm, explore=False)
-      s["exploit"][0] += r.seconds
-      s["exploit"][1] += r.tokens
       per_query["exploit"].append((r.seconds, r.tokens))
       for k in encoder:
         encoder[k] += getattr(clock, k)
       r = dec.generate(chat_ids(tok, q), rm)
-      s["round"][0] += r.seconds
-      s["round"][1] += r.tokens / 2  # per token of one response
+      per_query["round"].append((r.seconds, r.tokens / 2))  # per token of one response
+    s = {k: np.sum(np.reshape(v, (-1, 2)), axis=0) for k, v in per_query.items()}  # in all
     ms = {k: 1e3 * t / max(n, 1) for k, (t, n) in s.items()}
     calls, exploit_s = max(encoder["calls"], 1), max(s["exploit"][0], 1e-12)
     rows[attribute] = {

@@ -365,6 +365,13 @@ def test_batched_candidate_scoring_equals_one_by_one(decoder_parts):
                                atol=1e-6)
 
 
+def _full_forward_mean_logprob(llm, prompt: list[int], answer: list[int]) -> float:
+  """The reference for decode.mean_logprob: one full forward of prompt + answer, no cache and no
+  padding, and the mean log p of each answer token given the ones before it."""
+  lp = jax.nn.log_softmax(llm(jnp.asarray([prompt + answer]))[0][0].astype(jnp.float32))
+  return float(np.mean([lp[len(prompt) - 1 + i, t] for i, t in enumerate(answer)]))
+
+
 def _questions_folder(tmp_path):
   """A LaMP-2N-style test_questions.json of 8 short articles (the tiny runs' queries)."""
   import json
@@ -413,8 +420,7 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
     ans = tpop_run.greedy_answer(llm, tok, q, max_new_tokens=c.max_new_tokens)[1]
     stops.append(ans[-1] in llm.config.eos_token_ids)
     lengths.append(len(ans) - stops[-1])
-    lp = jax.nn.log_softmax(llm(jnp.asarray([prompt + ans]))[0][0].astype(jnp.float32))
-    want.append(np.mean([lp[len(prompt) - 1 + i, t] for i, t in enumerate(ans)]))
+    want.append(_full_forward_mean_logprob(llm, prompt, ans))
   assert out["mean_logprob"]["greedy"] == pytest.approx(np.mean(want), abs=1e-4)
   assert out["logprobs"]["greedy"] == pytest.approx(want, abs=1e-4)
   # The gated curve, by hand from each shown answer's verdict and log p against greedy's.
@@ -670,14 +676,12 @@ def test_rounds_user_refuses_broken_answers_by_full_forward_log_p(tmp_path, mode
   llm, tok = models.load(c.model)
   train, _ = tpop_run.queries(c.data_folder, c.split, c.train_queries, c.eval_queries)
 
-  def mean_lp(prompt, ans):
-    lp = jax.nn.log_softmax(llm(jnp.asarray([prompt + ans]))[0][0].astype(jnp.float32))
-    return float(np.mean([lp[len(prompt) - 1 + i, t] for i, t in enumerate(ans)]))
-
   want = []
   for q, (prompt, ex1, ex2) in zip(train, rounds):
     assert prompt == tpop_run.chat_ids(tok, q)
-    g = mean_lp(prompt, tpop_run.greedy_answer(llm, tok, q, max_new_tokens=c.max_new_tokens)[1])
-    want.append(tuple(bool(mean_lp(prompt, ids) < g - 0.35) for ids in (ex1, ex2)))
+    greedy_ids = tpop_run.greedy_answer(llm, tok, q, max_new_tokens=c.max_new_tokens)[1]
+    g = _full_forward_mean_logprob(llm, prompt, greedy_ids)
+    want.append(tuple(bool(_full_forward_mean_logprob(llm, prompt, ids) < g - 0.35)
+                      for ids in (ex1, ex2)))
   assert told == want
   assert any(any(t) for t in told) and not all(all(t) for t in told)  # the gate binds
