@@ -4,7 +4,7 @@ a preference round (both arms, per token of one response), and where the exploit
 goes (the sentence encoder's share, its rows and padded tokens per call).
 
   python benchmarks/tpop_latency.py --run=DIR [--split=dev --queries=20 | --held_out] [--top_k=40]
-      [--w=4 --min_p=0.2]   (serving settings other than the run's)
+      [--w=4 --min_p=0.2 --budget=0.3]   (serving settings other than the run's)
 
 DIR is a `tapper_jax.tpop.run` workdir (tpop.json + users/). Every query is decoded once untimed
 first (every shape compiled), then greedy, exploit and round are timed back to back per query,
@@ -32,6 +32,8 @@ _HELD = flags.DEFINE_bool("held_out", False, "Ask the run's own held-out queries
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Candidates per arm (default: the run's).")
 _OUT = flags.DEFINE_string("output", "", "Output folder (default: the run's folder).")
 _MIN_P = flags.DEFINE_float("min_p", None, "Candidate filter min_p (default: the run's).")
+_BUDGET = flags.DEFINE_float("budget", None, "Likelihood budget, nats per token (default: the "
+                             "run's).")
 _W = flags.DEFINE_float("w", None, "Serving weight w (default: the run's).")
 
 
@@ -82,7 +84,8 @@ def main(argv):
   enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
   clock = EncoderClock(enc)
   top_k = _TOP_K.value or cfg["top_k"]
-  overrides = {k: f.value for k, f in (("min_p", _MIN_P), ("w", _W)) if f.value is not None}
+  overrides = {k: f.value for k, f in (("min_p", _MIN_P), ("w", _W), ("budget", _BUDGET))
+               if f.value is not None}
   dec = TwoArmDecoder.from_config(llm, tok, enc, cfg, top_k=top_k, **overrides)
   greedy = lambda q: greedy_answer(llm, tok, q, max_new_tokens=cfg["max_new_tokens"])  # noqa: E731
   rows = {}
@@ -126,13 +129,13 @@ def main(argv):
          "model": cfg["model"],
          "encoder": cfg["encoder"], "top_k": top_k, "w": dec.w, "lm_score": cfg["lm_score"],
          "reward_term": cfg.get("reward_term", "absolute"), "min_p": dec.min_p,
-         "machine": f"{os.cpu_count()} CPUs, jax {jax.__version__} {jax.default_backend()}",
+         "budget": dec.budget, "machine": f"{os.cpu_count()} CPUs, jax {jax.__version__} {jax.default_backend()}",
          "rows": rows}
   folder = _OUT.value or _RUN.value
   stem = os.path.join(folder, f"tpop_latency_{split}")
   lines = [f"T-POP latency per generated token vs greedy decoding ({len(asked)} {split} "
            f"queries, {cfg['model']}, top-{top_k}, w={dec.w:g}, LLM term {cfg['lm_score']}, "
-           f"reward term {out['reward_term']}, min_p {dec.min_p:g}; {out['machine']}; users of "
+           f"reward term {out['reward_term']}, min_p {dec.min_p:g}, budget {dec.budget:g}; {out['machine']}; users of "
            f"{_RUN.value}; in brackets the 95% bootstrap interval over queries)", "",
            "| user (preferences) | greedy ms | exploit ms (ratio) | round ms (ratio) | "
            "encoder share of exploit (forward) | encoder calls per token | rows, padded tokens "

@@ -2,7 +2,7 @@
 each user's reward model as a finished run saved it (no refit, no rounds).
 
   python benchmarks/tpop_w.py --run=DIR --split=dev --queries=30 --ws=0.5,1,2,4 \
-      [--terms=absolute,relative] [--lm_scores=prob,logprob] [--min_ps=0,0.1] [--regs=saved,0,1]
+      [--terms=absolute,relative] [--lm_scores=prob,logprob] [--min_ps=0,0.1] [--budgets=0,0.3] [--regs=saved,0,1]
 
 DIR is a `tapper_jax.tpop.run` workdir (tpop.json + users/). Its config gives the model,
 encoder, top-k and lengths; --split names the questions file whose first --queries articles are
@@ -13,7 +13,7 @@ asked (choose w on dev, then report the chosen w on the run's held-out test quer
 falls short; and each setting's fluency, the frozen LLM's mean log p per token of its answers
 (greedy's beside it), and how the answers end (run.answer_shape: stopped by EOS, or run to the
 token cap; words per token). --terms sweeps the reward term, --lm_scores the LLM term, --min_ps
-the candidate filter (decode.py), --max_new_tokens the answers' token cap (a longer one than the
+the candidate filter and --budgets the likelihood budget (decode.py), --max_new_tokens the answers' token cap (a longer one than the
 run's judges whole answers: a rule such as concise can be won by answers cut short), --regs the
 refit's pull to init:
 "saved" is the run's own fit, a number replays the run's preferences in their order through the
@@ -50,6 +50,8 @@ _REGS = flags.DEFINE_list("regs", ["saved"], "'saved', 'negated' (the saved rewa
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Candidates per arm (default: the run's).")
 _LM_SCORES = flags.DEFINE_list("lm_scores", [], "LLM terms, prob or logprob (default: the run's).")
 _MIN_PS = flags.DEFINE_list("min_ps", [], "Candidate filters min_p (default: the run's).")
+_BUDGETS = flags.DEFINE_list("budgets", [], "Likelihood budgets, nats per token (default: the "
+                             "run's).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 0, "Token cap of greedy and exploit answers "
                                 "(default: the run's). A longer cap than the run's judges whole "
                                 "answers, not ones cut short.")
@@ -105,14 +107,17 @@ def main(argv):
   gate = _GATE.value if _GATE.value is not None else cfg.get("gate", ADDED["gate"])
   base, base_ids = zip(*[greedy_answer(llm, tok, q, max_new_tokens=cap) for q in asked])
   top_k = _TOP_K.value or cfg["top_k"]
-  # A setting: a reward term, named with its LLM term and min_p where those are not the run's.
-  run_min_p = cfg.get("min_p", 0.0)
+  # A setting: a reward term, named with its LLM term, min_p and budget where not the run's.
+  run_min_p, run_budget = cfg.get("min_p", 0.0), cfg.get("budget", 0.0)
   settings = {t + ("" if lm == cfg["lm_score"] else f" {lm}")
-              + ("" if mp == run_min_p else f" min_p={mp:g}"): TwoArmDecoder.from_config(
-      llm, tok, enc, cfg, top_k=top_k, lm_score=lm, reward_term=t, min_p=mp, max_new_tokens=cap)
+              + ("" if mp == run_min_p else f" min_p={mp:g}")
+              + ("" if bu == run_budget else f" budget={bu:g}"): TwoArmDecoder.from_config(
+      llm, tok, enc, cfg, top_k=top_k, lm_score=lm, reward_term=t, min_p=mp, budget=bu,
+      max_new_tokens=cap)
       for lm in (_LM_SCORES.value or [cfg["lm_score"]])
       for t in (_TERMS.value or [cfg.get("reward_term", "absolute")])
-      for mp in ([float(m) for m in _MIN_PS.value] or [run_min_p])}
+      for mp in ([float(m) for m in _MIN_PS.value] or [run_min_p])
+      for bu in ([float(b) for b in _BUDGETS.value] or [run_budget])}
   terms = list(settings)
   dec0 = next(iter(settings.values()))
   # Fluency: the frozen LLM's mean log p per token of the answers (greedy's here).

@@ -39,6 +39,9 @@ def get_config(arg: str = ""):
   # Each arm steers only among candidates with p >= min_p * its most likely one (decode.py):
   # 0 lets the reward pick tokens the LLM gives ~0 probability.
   c.min_p = 0.0
+  # Each arm's answer keeps its mean log p per token within `budget` nats of its own most likely
+  # tokens at every length (decode.py): a likelihood budget for the whole answer. 0: off.
+  c.budget = 0.0
   # Beside each win rate, that of a user who also refuses broken text, an answer more than
   # `gate` nats per token less likely to the LLM than greedy's (user.gated_win). Fixed before
   # any run reported it (greedy's answers sit at about -1.25 per token).

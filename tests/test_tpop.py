@@ -302,6 +302,60 @@ def test_min_p_steers_only_among_plausible_tokens_against_a_brute_force_referenc
   assert TwoArmDecoder.from_config(llm, tok, enc, cfg, min_p=0.0).min_p == 0.0
 
 
+def test_budget_bounds_the_answers_mean_shortfall_against_a_brute_force_reference(decoder_parts):
+  """budget: arm 1 against full forwards, where a top-k candidate is allowed only while the
+  summed shortfall (log p of the step's most likely token minus that of the token taken), this
+  step's included, stays within budget x tokens so far. The filter must bind at a w where the
+  reward outweighs the LLM, the answer's mean shortfall must stay within the budget at every
+  length (from the decoder's own trace), a budget too small for any shortfall gives greedy, and
+  arm 2 must still differ from arm 1."""
+  from tapper_jax.tpop.decode import TwoArmDecoder
+  llm, tok, enc = decoder_parts
+  rm = _sharp_random_reward(enc.dim)
+  k, w, n = 12, 8.0, 8
+  ids = tok.encode("Write a headline for: rain over the hills")
+
+  def reference(budget):
+    out, spent = [], 0.0
+    for i in range(n):
+      lp = np.asarray(jax.nn.log_softmax(llm(jnp.asarray([ids + out]))[0][0, -1].astype(
+          jnp.float32)), np.float64)
+      cands = np.sort(np.argsort(-lp)[:k])
+      if budget:
+        cands = cands[spent + lp.max() - lp[cands] <= budget * (i + 1) + 1e-6]
+      emb = enc.encode([tok.decode(out + [int(c)]) for c in cands])
+      r = np.asarray(rl.reward(rm.params, jnp.asarray(emb)), np.float64)
+      out.append(int(cands[int(np.argmax(lp[cands] + w / (1 + np.exp(-r))))]))
+      spent += lp.max() - lp[out[-1]]
+    return out
+
+  def decode(budget, explore=False, trace=None):
+    return TwoArmDecoder(llm, tok, enc, top_k=k, w=w, nu=0.5, max_new_tokens=n,
+                         budget=budget).generate(ids, rm, explore=explore, trace=trace)
+
+  # The tiny random LLM's top-12 lie within ~0.4 nats: 0.05 nats a token binds.
+  trace = []
+  free, bound = decode(0.0).exploit_ids, decode(0.05, trace=trace).exploit_ids
+  assert bound == reference(0.05) and free == reference(0.0)
+  assert bound != free
+  shortfall = np.cumsum([lp.max() - lp[t] for lp, t in zip(trace, bound)])
+  assert np.all(shortfall <= 0.05 * np.arange(1, len(bound) + 1) + 1e-5)
+  # Not greedy either: one step cost more than 0.05 (min_p = e^-0.05 would forbid it), bought
+  # with the steps before it that took the most likely token.
+  assert np.diff(shortfall, prepend=0.0).max() > 0.05
+  greedy = TwoArmDecoder(llm, tok, enc, top_k=k, w=0.0, nu=0.0, max_new_tokens=n).generate(
+      ids, rm, explore=False).exploit_ids
+  assert decode(1e-9).exploit_ids == greedy
+  both = decode(1e-9, explore=True)  # nothing left but arm 1's token: arm 2 falls back
+  assert both.exploit_ids == greedy and both.explore_ids != both.exploit_ids
+  with pytest.raises(ValueError, match="budget"):
+    decode(-1.0)
+  cfg = {"top_k": k, "w": w, "nu": 0.5, "max_new_tokens": n, "lm_score": "logprob",
+         "reward_term": "absolute", "budget": 0.05}
+  assert TwoArmDecoder.from_config(llm, tok, enc, cfg).generate(
+      ids, rm, explore=False).exploit_ids == bound
+
+
 def test_reach_counts_the_steps_a_top_k_token_raises_the_rule_against_full_forwards(
     decoder_parts):
   """tpop.reach.reach (benchmarks/tpop_reach.py) against a plain reference: the greedy path by
@@ -460,7 +514,8 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   import subprocess
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_w.py"),
                       f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1",
-                      "--regs=saved,0,5,negated", "--lm_scores=prob,logprob", "--min_ps=0,1"],
+                      "--regs=saved,0,5,negated", "--lm_scores=prob,logprob", "--min_ps=0,1",
+                      "--budgets=0,1e-9"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
   bench = _json.loads((tmp_path / "wd" / "tpop_w_test.json").read_text())
@@ -481,6 +536,9 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
     # min_p = 1 leaves the LLM's most likely token alone: greedy's answers whatever w.
     assert bench["rows"][a]["absolute min_p=1"]["1.0"]["win_rate"] == 0.5
     assert bench["rows"][a]["absolute min_p=1"]["1.0"]["shape"] == bench["greedy_shape"]
+    # So does a budget too small for any shortfall.
+    assert bench["rows"][a]["absolute budget=1e-09"]["1.0"]["win_rate"] == 0.5
+    assert bench["rows"][a]["absolute budget=1e-09"]["1.0"]["shape"] == bench["greedy_shape"]
     assert bench["rows"][f"{a} reg=0"]["reward_std"] == pytest.approx(
         bench["rows"][a]["reward_std"], rel=1e-5)
   # A longer cap than the run's: greedy and exploit answers of up to that many tokens; and the
@@ -520,11 +578,13 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   # The latency benchmark: per-token times of the same decodings, their ratios, and the
   # encoder's rows and tokens padded to multiples of 8, at most one call per exploit token.
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_latency.py"),
-                      f"--run={tmp_path / 'wd'}", "--held_out", "--min_p=0.3", "--w=2"],
+                      f"--run={tmp_path / 'wd'}", "--held_out", "--min_p=0.3", "--w=2",
+                      "--budget=5"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
   lat = _json.loads((tmp_path / "wd" / "tpop_latency_test.json").read_text())
-  assert lat["min_p"] == 0.3 and lat["w"] == 2.0  # serving settings other than the run's
+  # Serving settings other than the run's (a budget that leaves the encoder work here).
+  assert lat["min_p"] == 0.3 and lat["w"] == 2.0 and lat["budget"] == 5.0
   lat = lat["rows"]
   assert set(lat) == {"concise", "numbers"}
   for r in lat.values():

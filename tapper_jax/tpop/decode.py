@@ -21,6 +21,14 @@ chooses among tokens the LLM finds plausible, and cannot buy a rule's score with
 near-zero probability ("Unsuspicious Footpolly"). min_p = 1 leaves the most likely token alone:
 greedy decoding whatever w. Arm 2 falls back to its best other candidate where the filter
 leaves it none apart from arm 1's token.
+`budget` > 0 bounds instead what each arm's answer may cost in the LLM's likelihood as a whole:
+an arm's shortfall at a step is log p of its own most likely token minus log p of the token it
+takes, and a candidate is allowed only while the arm's summed shortfall, this step's included,
+stays within budget x (tokens so far + 1). So at every length the answer's mean log p per token
+lies within `budget` of the most likely choices along its own path: one costly token (an early
+EOS, a number) can be bought with steps that followed the LLM, where min_p would forbid it, and
+a string of tokens each just above min_p's floor cannot add up. The most likely token is always
+allowed (it costs nothing), so arm 1 never runs out of candidates; arm 2 falls back as above.
 
 Shapes: A arms (2), P prompt length, N new tokens, V vocabulary, C candidates, E embedding.
 """
@@ -119,10 +127,13 @@ class TwoArmDecoder:
 
   def __init__(self, llm: LlamaForCausalLM, tokenizer, encoder, *, top_k: int = 40,
                w: float = 1.0, nu: float = 1.0, max_new_tokens: int = 32,
-               lm_score: str = "logprob", reward_term: str = "absolute", min_p: float = 0.0):
+               lm_score: str = "logprob", reward_term: str = "absolute", min_p: float = 0.0,
+               budget: float = 0.0):
     if not 0.0 <= min_p <= 1.0:
       raise ValueError(f"min_p must lie in [0, 1], got {min_p}")
-    self.min_p = min_p
+    if budget < 0:
+      raise ValueError(f"budget must be >= 0 nats per token (0: off), got {budget}")
+    self.min_p, self.budget = min_p, budget
     if lm_score not in ("logprob", "prob"):
       raise ValueError(f"lm_score must be 'logprob' or 'prob', got {lm_score!r}")
     if reward_term not in REWARD_TERMS:
@@ -140,7 +151,8 @@ class TwoArmDecoder:
     those runs had in effect."""
     kw = dict(top_k=cfg["top_k"], w=cfg["w"], nu=cfg["nu"], max_new_tokens=cfg["max_new_tokens"],
               lm_score=cfg.get("lm_score", "logprob"),
-              reward_term=cfg.get("reward_term", "absolute"), min_p=cfg.get("min_p", 0.0))
+              reward_term=cfg.get("reward_term", "absolute"), min_p=cfg.get("min_p", 0.0),
+              budget=cfg.get("budget", 0.0))
     return cls(llm, tokenizer, encoder, **{**kw, **overrides})
 
   def mean_logprob(self, prompt_ids: list[int], answer_ids: list[int]) -> float:
@@ -168,7 +180,7 @@ class TwoArmDecoder:
     """Each arm's next token: arm 1 scores the candidates `near` that can still win, arm 2 (with
     `explore`) every candidate plus its exploration bonus, all embedded in one encoder call.
     lp [A,V] LLM terms, cands [C] the union of the arms' top-k, top1 arm 1's most likely,
-    allowed2 [C] (bool, None: all) the candidates min_p leaves arm 2."""
+    allowed2 [C] (bool, None: all) the candidates min_p and the budget leave arm 2."""
     together = explore and out[1] == out[0]  # same text: arm 2 reuses arm 1's embeddings
     first = cands if together else near
     pairs = [(out[0], c) for c in first] + ([] if together or not explore
@@ -191,7 +203,7 @@ class TwoArmDecoder:
         ex2 = np.where(allowed2, ex2, -np.inf)
       if together:  # not yet apart: arm 2 must take another token
         ex2[cands == c1] = -np.inf
-        if np.isneginf(ex2).all():  # min_p left none: the most likely other token
+        if np.isneginf(ex2).all():  # the filters left none: the most likely other token
           ex2 = np.where(cands == c1, -np.inf, lp[1, cands])
       toks.append(int(cands[int(np.argmax(ex2))]))
     return toks
@@ -212,6 +224,7 @@ class TwoArmDecoder:
     out: list[list[int]] = [[] for _ in range(arms)]
     done = [False] * arms
     v_inv = jnp.asarray(rm.v_inverse())
+    spent = np.zeros(arms)  # each arm's summed shortfall against its most likely tokens
     for i in range(n):
       lp = raw = np.asarray(logp)
       if trace is not None:
@@ -223,10 +236,14 @@ class TwoArmDecoder:
       top1 = cands[lp[0, cands].argmax()]  # arm 1's most likely candidate (its anchor)
       reach = self.w / 2 if self.relative else self.w
       near = cands[lp[0, cands] >= lp[0, top1] - reach] if self.w > 0 else np.asarray([top1])
+      best = raw[:, cands].max(1, keepdims=True)  # [A,1] each arm's most likely token's log p
+      plausible = np.ones((arms, len(cands)), bool)  # [A,C] what the filters leave each arm
+      if self.min_p > 0:  # p >= min_p * the arm's highest p
+        plausible &= raw[:, cands] >= best + np.log(self.min_p)
+      if self.budget > 0:  # the arm's mean shortfall stays within budget at every length
+        plausible &= spent[:, None] + best - raw[:, cands] <= self.budget * (i + 1) + 1e-6
       allowed2 = None
-      if self.min_p > 0:  # [A,C] plausible enough: p >= min_p * the arm's highest p
-        floor = raw[:, cands].max(1, keepdims=True) + np.log(self.min_p)
-        plausible = raw[:, cands] >= floor
+      if self.min_p > 0 or self.budget > 0:
         near = near[np.isin(near, cands[plausible[0]])]
         allowed2 = plausible[-1]
       if explore or len(near) > 1:
@@ -235,6 +252,7 @@ class TwoArmDecoder:
         toks = [int(top1)]
       for a, c in enumerate(toks):
         if not done[a]:
+          spent[a] += raw[a].max() - raw[a, c]
           out[a].append(c)
           done[a] = c in self.eos
       if all(done) or i == n - 1:

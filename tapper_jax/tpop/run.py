@@ -107,7 +107,7 @@ def load_user(folder: str, user_id: str, rm) -> None:
 # WORKDIR/progress/<attribute>-<number>/, a new folder each time (the two latest kept).
 _UNCHECKED = ("time_budget_s",)  # config fields a continued run may change
 # Fields added since progress was first saved, with the value an older run had in effect.
-ADDED = {"min_p": 0.0, "gate": 0.5, "gate_rounds": False}
+ADDED = {"min_p": 0.0, "gate": 0.5, "gate_rounds": False, "budget": 0.0}
 # Per point: win rate, its interval, the answers, preferences stated, rounds played, mean log p,
 # answer_shape, gated win rate (user.gated_win), each answer's log p.
 PARTS = ("curve", "interval", "answers", "stated", "rounds_at", "logprob", "shape", "gated",
