@@ -129,13 +129,15 @@ def main(argv):
          "model": cfg["model"],
          "encoder": cfg["encoder"], "top_k": top_k, "w": dec.w, "lm_score": cfg["lm_score"],
          "reward_term": cfg.get("reward_term", "absolute"), "min_p": dec.min_p,
-         "budget": dec.budget, "machine": f"{os.cpu_count()} CPUs, jax {jax.__version__} {jax.default_backend()}",
+         "budget": dec.budget,
+         "machine": f"{os.cpu_count()} CPUs, jax {jax.__version__} {jax.default_backend()}",
          "rows": rows}
   folder = _OUT.value or _RUN.value
   stem = os.path.join(folder, f"tpop_latency_{split}")
   lines = [f"T-POP latency per generated token vs greedy decoding ({len(asked)} {split} "
            f"queries, {cfg['model']}, top-{top_k}, w={dec.w:g}, LLM term {cfg['lm_score']}, "
-           f"reward term {out['reward_term']}, min_p {dec.min_p:g}, budget {dec.budget:g}; {out['machine']}; users of "
+           f"reward term {out['reward_term']}, min_p {dec.min_p:g}, budget {dec.budget:g}; "
+           f"{out['machine']}; users of "
            f"{_RUN.value}; in brackets the 95% bootstrap interval over queries)", "",
            "| user (preferences) | greedy ms | exploit ms (ratio) | round ms (ratio) | "
            "encoder share of exploit (forward) | encoder calls per token | rows, padded tokens "

@@ -2,7 +2,8 @@
 each user's reward model as a finished run saved it (no refit, no rounds).
 
   python benchmarks/tpop_w.py --run=DIR --split=dev --queries=30 --ws=0.5,1,2,4 \
-      [--terms=absolute,relative] [--lm_scores=prob,logprob] [--min_ps=0,0.1] [--budgets=0,0.3] [--regs=saved,0,1]
+      [--terms=absolute,relative] [--lm_scores=prob,logprob] [--min_ps=0,0.1] [--budgets=0,0.3] \
+      [--regs=saved,0,1]
 
 DIR is a `tapper_jax.tpop.run` workdir (tpop.json + users/). Its config gives the model,
 encoder, top-k and lengths; --split names the questions file whose first --queries articles are
@@ -13,9 +14,9 @@ asked (choose w on dev, then report the chosen w on the run's held-out test quer
 falls short; and each setting's fluency, the frozen LLM's mean log p per token of its answers
 (greedy's beside it), and how the answers end (run.answer_shape: stopped by EOS, or run to the
 token cap; words per token). --terms sweeps the reward term, --lm_scores the LLM term, --min_ps
-the candidate filter and --budgets the likelihood budget (decode.py), --max_new_tokens the answers' token cap (a longer one than the
-run's judges whole answers: a rule such as concise can be won by answers cut short), --regs the
-refit's pull to init:
+the candidate filter and --budgets the likelihood budget (decode.py), --max_new_tokens the
+answers' token cap (a longer one than the run's judges whole answers: a rule such as concise can
+be won by answers cut short), --regs the refit's pull to init:
 "saved" is the run's own fit, a number replays the run's preferences in their order through the
 run's refits with that reg (the reward model the run would have ended with, had it shown the same
 pairs); "negated" is the saved reward times -1, a control: the same steering strength in the

@@ -117,7 +117,8 @@ def test_state_round_trips():
   m.refit()
   m2 = rl.UserRewardModel(E, hidden=16, seed=9)
   m2.load_state(m.state())
-  np.testing.assert_array_equal(np.asarray(rl.reward(m2.params, a)), np.asarray(rl.reward(m.params, a)))
+  np.testing.assert_array_equal(np.asarray(rl.reward(m2.params, a)),
+                                np.asarray(rl.reward(m.params, a)))
   np.testing.assert_array_equal(m2.v_diag, m.v_diag)
   assert len(m2.winners) == 5
 
