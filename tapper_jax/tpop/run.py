@@ -415,11 +415,9 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
 
 
 def _write(workdir: str, out: dict, config) -> None:
-  from tapper_jax.fileio import keep_previous
+  """WORKDIR/tpop.{json,md,png}: the run's figures, its table (also printed), the curve."""
+  from tapper_jax.fileio import write_report
   stem = os.path.join(workdir, "tpop")
-  keep_previous(stem)
-  with open(stem + ".json", "w", encoding="utf-8") as f:
-    json.dump(out, f, indent=2)
   steps = list(config.eval_after)
   unit = out["count"]
   other, other_key = (("rounds", "rounds") if unit == "preferences"
@@ -464,8 +462,7 @@ def _write(workdir: str, out: dict, config) -> None:
             f"response {t['tpop_exploit'] * 1e3:.1f} ms ({ratio['tpop_exploit']:.2f}x); a "
             f"preference round (both arms) {t['tpop_two_arm'] * 1e3:.1f} ms per token of one "
             f"response ({ratio['tpop_two_arm']:.2f}x)."]
-  with open(stem + ".md", "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  write_report(stem, out, lines)  # earlier figures kept, renamed with their time
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -483,8 +480,7 @@ def _write(workdir: str, out: dict, config) -> None:
 
 def main(argv):
   del argv
-  if run(_CONFIG.value, _WORKDIR.value) is not None:
-    print(open(os.path.join(_WORKDIR.value, "tpop.md"), encoding="utf-8").read())
+  run(_CONFIG.value, _WORKDIR.value)  # prints its table
 
 
 if __name__ == "__main__":
