@@ -21,10 +21,14 @@ be won by answers cut short), --regs the refit's pull to init:
 run's refits with that reg (the reward model the run would have ended with, had it shown the same
 pairs); "negated" is the saved reward times -1, a control: the same steering strength in the
 opposite direction. A rule that the negated reward wins as well is won by moving away from greedy,
-not by what the reward learned. Every win rate comes with a gated one (--gate): that of a user
-who refuses broken text, an answer the frozen LLM finds more than GATE nats per token less likely
-than its own greedy answer. Output: OUT/tpop_w_SPLIT.{md,json} (earlier ones kept, renamed
-with their time).
+not by what the reward learned. "oracle" is a reward fit, as the run's refits fit, on
+--oracle_pairs pairs of real headlines (and a word-prefix of each, the partial text decoding
+scores) from --oracle_split's profiles, ordered by the hidden rule itself (never an asked
+article's): what serving reaches with a reward near the rule, apart from what 50 preferences
+taught; its agreement column says how near. Every win rate comes with a gated one (--gate):
+that of a user who refuses broken text, an answer the frozen LLM finds more than GATE nats per
+token less likely than its own greedy answer. Output: OUT/tpop_w_SPLIT.{md,json} (earlier ones
+kept, renamed with their time).
 """
 
 from __future__ import annotations
@@ -47,12 +51,17 @@ _WS = flags.DEFINE_list("ws", ["0.5", "1", "2", "4"], "Serving weights w of the 
 _OUT = flags.DEFINE_string("output", "", "Output folder (default: the run's folder).")
 _TERMS = flags.DEFINE_list("terms", [], "Reward terms (default: the run's).")
 _REGS = flags.DEFINE_list("regs", ["saved"], "'saved', 'negated' (the saved reward times -1: "
-                          "a control) or refit pulls to init, replayed.")
+                          "a control), 'oracle' (fit on rule-ordered headlines) or refit pulls "
+                          "to init, replayed.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Candidates per arm (default: the run's).")
 _LM_SCORES = flags.DEFINE_list("lm_scores", [], "LLM terms, prob or logprob (default: the run's).")
 _MIN_PS = flags.DEFINE_list("min_ps", [], "Candidate filters min_p (default: the run's).")
 _BUDGETS = flags.DEFINE_list("budgets", [], "Likelihood budgets, nats per token (default: the "
                              "run's).")
+_ORACLE_PAIRS = flags.DEFINE_integer("oracle_pairs", 2000, "Rule-ordered pairs --regs=oracle "
+                                     "is fit on.")
+_ORACLE_SPLIT = flags.DEFINE_string("oracle_split", "train", "Questions file whose profile "
+                                    "headlines --regs=oracle is fit on.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 0, "Token cap of greedy and exploit answers "
                                 "(default: the run's). A longer cap than the run's judges whole "
                                 "answers, not ones cut short.")
@@ -93,6 +102,7 @@ def main(argv):
   from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop import reward as reward_lib
   from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.oracle import fit_oracle, headlines
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.run import (ADDED, agreement, answer_shape, asked_queries, chat_ids,
                                     greedy_answer, interval, load_user, shown_answers)
@@ -139,6 +149,9 @@ def main(argv):
         rm, key = saved, attribute
         if reg == "negated":
           rm, key = negated(saved), f"{attribute} negated"
+      elif reg == "oracle":
+        pool = headlines(cfg["data_folder"], _ORACLE_SPLIT.value, asked, cfg["seed"])
+        rm, key = fit_oracle(cfg, attribute, enc, pool, _ORACLE_PAIRS.value), f"{attribute} oracle"
       else:
         rm, key = replayed(saved, cfg, float(reg)), f"{attribute} reg={float(reg):g}"
       row = rows[key] = {"attribute": attribute, "reg": reg, "preferences": len(rm.winners)}

@@ -357,6 +357,45 @@ def test_budget_bounds_the_answers_mean_shortfall_against_a_brute_force_referenc
       ids, rm, explore=False).exploit_ids == bound
 
 
+def test_oracle_reward_fit_on_rule_ordered_headlines_orders_unseen_ones_as_the_rule(
+    decoder_parts, tmp_path):
+  """The oracle of tpop_w --regs=oracle: pairs ordered by the rule (preferred first, no ties),
+  headlines read from profiles leaving out the asked articles, and a reward fit on them that
+  orders unseen headlines as the rule does (an inverted pair order would order them the other
+  way round)."""
+  import json
+  from tapper_jax.tpop.oracle import fit_oracle, headlines
+  from tapper_jax.tpop.run import agreement
+  from tapper_jax.tpop.user import rule_pairs, score
+  _, _, enc = decoder_parts
+  rng = np.random.default_rng(0)
+  vocab = ("storm rain city mayor school team wins loses vote court fire market new old big "
+           "small river road plan law star film music game").split()
+  texts = sorted({" ".join(rng.choice(vocab, int(rng.integers(1, 13)))) for _ in range(300)})
+  pairs = rule_pairs("concise", texts[:200], 400, seed=1)
+  assert len(pairs) == 400
+  assert all(score("concise", a) > score("concise", b) for a, b in pairs)
+  assert rule_pairs("concise", ["same length", "equal words"], 5) == []  # ties: no pair
+  cfg = {"hidden": 64, "lam": 1.0, "lr": 1e-3, "reg": 0.0, "seed": 0}
+  rm = fit_oracle(cfg, "concise", enc, texts[:200], 400)
+  assert len(rm.winners) == 400
+  agree, n = agreement(rm, "concise", texts[200:], enc.encode(texts[200:]))
+  assert n > 1000 and agree > 0.8, agree
+  with pytest.raises(ValueError, match="ties every pair"):
+    fit_oracle(cfg, "concise", enc, ["same length", "equal words"], 5)
+  # Headlines from profiles: titles and a word-prefix of each, never an asked article's.
+  rows = [{"input": "x", "profile": [
+      {"title": "Storm Hits The Coast Tonight", "text": "A storm hit the coast."},
+      {"title": "Asked Article Headline Here", "text": "The asked article body."},
+      {"title": "", "text": "No title."}]}]
+  (tmp_path / "train_questions.json").write_text(json.dumps(rows))
+  got = headlines(str(tmp_path), "train", ["Write: The asked article body."], seed=0)
+  assert "Storm Hits The Coast Tonight" in got and len(got) == 2
+  assert not any("Asked" in t for t in got)
+  prefix = [t for t in got if t != "Storm Hits The Coast Tonight"][0]
+  assert "Storm Hits The Coast Tonight".startswith(prefix) and 1 <= len(prefix.split()) < 5
+
+
 def test_reach_counts_the_steps_a_top_k_token_raises_the_rule_against_full_forwards(
     decoder_parts):
   """tpop.reach.reach (benchmarks/tpop_reach.py) against a plain reference: the greedy path by
@@ -433,7 +472,9 @@ def _questions_folder(tmp_path):
   folder = tmp_path / "data"
   folder.mkdir()
   rows = [{"id": str(i), "input": f"Which category? categories: [a, b] article: News item {i} "
-           f"about topic {i % 3}.", "profile": []} for i in range(8)]
+           f"about topic {i % 3}.", "profile": [  # headlines for tpop_w --regs=oracle
+               {"title": " ".join(["Big news"] * (1 + i % 4) + [f"on topic {i % 3}"]),
+                "text": f"Profile article {i}."}]} for i in range(8)]
   (folder / "test_questions.json").write_text(json.dumps(rows))
   return folder
 
@@ -515,8 +556,8 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   import subprocess
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_w.py"),
                       f"--run={tmp_path / 'wd'}", "--held_out", "--ws=0,1",
-                      "--regs=saved,0,5,negated", "--lm_scores=prob,logprob", "--min_ps=0,1",
-                      "--budgets=0,1e-9"],
+                      "--regs=saved,0,5,negated,oracle", "--lm_scores=prob,logprob", "--min_ps=0,1",
+                      "--budgets=0,1e-9", "--oracle_split=test", "--oracle_pairs=12"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
   bench = _json.loads((tmp_path / "wd" / "tpop_w_test.json").read_text())
@@ -534,6 +575,9 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
     assert neg["pairs"] == ours["pairs"] and neg["reward_std"] == pytest.approx(ours["reward_std"])
     if ours["pairs"]:  # no reward ties on distinct embeddings
       assert neg["agreement"] == pytest.approx(1 - ours["agreement"])
+    # The oracle: a reward fit on the rule-ordered profile headlines, served like the others.
+    assert bench["rows"][f"{a} oracle"]["preferences"] == 12
+    assert bench["rows"][f"{a} oracle"]["absolute"]["0.0"]["win_rate"] == 0.5
     # min_p = 1 leaves the LLM's most likely token alone: greedy's answers whatever w.
     assert bench["rows"][a]["absolute min_p=1"]["1.0"]["win_rate"] == 0.5
     assert bench["rows"][a]["absolute min_p=1"]["1.0"]["shape"] == bench["greedy_shape"]

@@ -117,6 +117,21 @@ class SimulatedUser:
     return 1.0 if sa > sb else 0.5 if sa == sb else 0.0
 
 
+def rule_pairs(attribute: str, texts: list[str], n: int, seed: int = 0) -> list[tuple[str, str]]:
+  """Up to n (preferred, other) pairs of distinct `texts` drawn at random, ordered by the hidden
+  rule, ties skipped: the labels an oracle reward is fit on (benchmarks/tpop_w.py)."""
+  rng = np.random.default_rng(seed)
+  s = np.array([score(attribute, t) for t in texts])
+  pairs = []
+  for _ in range(20 * n):  # draws: rules that tie often give fewer pairs
+    i, j = rng.choice(len(texts), 2, replace=False)
+    if s[i] != s[j]:
+      pairs.append((texts[i], texts[j]) if s[i] > s[j] else (texts[j], texts[i]))
+      if len(pairs) == n:
+        break
+  return pairs
+
+
 def refuses(logprob: float, greedy_logprob: float, gate: float) -> bool:
   """Whether a user who refuses broken text refuses an answer: the frozen LLM finds it more
   than `gate` nats per token less likely than its own greedy answer to the same query, or it is
