@@ -120,6 +120,7 @@ def test_server_ignoring_range_restarts_and_bad_checksum_removes(server, tmp_pat
     download.fetch(server + "/nope.json", str(tmp_path / "n.json"))
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_readme_lamp_path_download_then_train(tmp_path, model_cache):
   """`python -m tapper_jax.data.download --task LaMP_2 --setting time --out DIR` against a
   local server gives the folder the trainer takes; a tiny run trains and evaluates on it."""

@@ -40,6 +40,7 @@ def test_a_non_finite_loss_stops_with_the_batch_named_and_no_checkpoint(synth_fo
   assert not ckpts.exists() or not [d for d in os.listdir(ckpts) if d.isdigit()]
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_sigterm_saves_exits_75_and_the_same_command_resumes(synth_folder, model_cache, tmp_path):
   env = {**os.environ, "TAPPER_JAX_CACHE": model_cache, "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}

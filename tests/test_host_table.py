@@ -52,6 +52,7 @@ def _state_with_table(run, state):
   return jax.tree.map(np.array, state)
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_host_table_trains_as_the_row_wise_table_on_device(synth_folder, model_cache):
   """Same init, same batches: after 3 steps the params, the table, its moments and each row's
   last step equal the device row-wise run's; rows no batch touched are their init (the table
@@ -113,6 +114,7 @@ def test_host_table_checkpoints_resume_on_host_or_on_device(synth_folder, model_
   assert np.asarray(hs["sparse"]["last"][...]).max() == 4
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_host_table_without_a_table_trains_as_on_device(synth_folder, model_cache, tmp_path):
   """The bridge-LoRA-alone control has no table: `table_memory=host` then changes nothing."""
   llm_tok = models.load("tiny-random")

@@ -33,7 +33,9 @@ def test_offline_suite_counts(offline):
     assert row.split()[1] == str(m["counts"]["users"])
 
 
-@pytest.mark.parametrize("name", ["huffpost_2N", "huffpost_4", "movielens_3", "movielens_2M"])
+@pytest.mark.parametrize("name", [  # the huffpost folders take over a minute each: slow
+    pytest.param("huffpost_2N", marks=pytest.mark.slow),
+    pytest.param("huffpost_4", marks=pytest.mark.slow), "movielens_3", "movielens_2M"])
 def test_offline_no_profile_item_newer_than_its_question(offline, name):
   out, metas = offline
   folder = f"{out}/{name}"

@@ -47,6 +47,7 @@ def test_peft_loads_our_adapter_and_we_load_it_back(tmp_path):
   np.testing.assert_array_equal(back, got)
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_each_user_trains_on_own_records_and_leaves_others_unchanged(model_cache, tmp_path):
   import per_user_lora as cfg_module
   from tapper_jax import models

@@ -106,6 +106,7 @@ def test_gradients_reach_the_projector_and_the_instruction_token_without_nan():
   assert all(np.abs(np.asarray(x)).max() > 0 for x in leaves)
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_pplug_trains_and_evaluates_through_the_harness(model_cache, tmp_path):
   from tapper_jax.models import registry
   try:

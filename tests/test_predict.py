@@ -107,6 +107,7 @@ def test_inspect_a_user_weights_norm_neighbours_and_plot(trained, tmp_path):
     inspect_user(wd, "nobody")
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_personalizer_online_update_fits_one_row_and_versions_the_table(trained, tmp_path):
   import shutil as _shutil
   from tapper_jax.data.lamp import Record

@@ -110,7 +110,8 @@ def test_retrieval_reads_only_the_examples_own_visible_history(retriever, tmp_pa
       assert got == [f for f, _ in newest]
 
 
-@pytest.mark.parametrize("variant", ["bm25,2,zeroshot", "recency,1"])
+@pytest.mark.parametrize("variant", [
+    "bm25,2,zeroshot", pytest.param("recency,1", marks=pytest.mark.slow)])  # trained: slow
 def test_rag_runs_zero_shot_and_trained_through_the_harness(variant, model_cache, tmp_path):
   import rag as rag_config
   from tapper_jax.training.loop import train_and_evaluate

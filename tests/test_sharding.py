@@ -24,6 +24,7 @@ def _run(devices, mesh, workdir, env, *extra):
   return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_2x4_mesh_matches_one_device(tmp_path, model_cache):
   env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
   one = _run(1, "1,1,1", tmp_path / "one", env)

@@ -479,6 +479,7 @@ def _questions_folder(tmp_path):
   return folder
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   """The CLI's run on the tiny variant: held-out queries never in the stream, a win-rate curve
   per attribute, latency against greedy, and each user's state restorable to continue."""

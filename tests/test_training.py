@@ -122,6 +122,7 @@ def _final_params(workdir, step):
   return jax.tree.map(np.asarray, {"state": got["state"], "prefix": got["prefix"]})
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_resume_is_exact_and_training_is_deterministic(synth_folder, model_cache, tmp_path):
   def cfg():
     c = tiny_config()
@@ -152,6 +153,7 @@ def test_resume_is_exact_and_training_is_deterministic(synth_folder, model_cache
   assert not np.array_equal(jax.tree.leaves(first["prefix"])[0], jax.tree.leaves(a["prefix"])[0])
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_train_entry_point_one_step_end_to_end(synth_folder, model_cache, tmp_path):
   workdir = tmp_path / "run"
   env = {**os.environ, "TAPPER_JAX_CACHE": model_cache,
@@ -181,6 +183,7 @@ def test_train_entry_point_one_step_end_to_end(synth_folder, model_cache, tmp_pa
   assert p.returncode != 0 and "prefix_lenn" in p.stderr
 
 
+@pytest.mark.slow  # over a minute on 2 cores: the default suite stays under 15
 def test_offline_config_trains_on_real_movielens(shared_data, model_cache, tmp_path):
   """configs/offline.py on a real-data folder (MovieLens tags), tiny model, both stages."""
   import offline as offline_config  # configs/offline.py
