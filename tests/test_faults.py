@@ -18,6 +18,7 @@ from tapper_jax import models
 from tapper_jax.training import faults
 
 
+@pytest.mark.slow  # a training run: the default suite keeps a margin under 15 minutes
 def test_a_non_finite_loss_stops_with_the_batch_named_and_no_checkpoint(synth_folder,
                                                                         model_cache, tmp_path):
   config = tiny_config()

@@ -666,6 +666,7 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
     tpop_run.queries(str(bad), "test", 1, 1)
 
 
+@pytest.mark.slow  # a training run: the default suite keeps a margin under 15 minutes
 def test_tpop_run_stopped_and_continued_equals_one_run(tmp_path, model_cache):
   """A run stopped after some rounds (in the first attribute, then in the second) and continued
   reaches what one uninterrupted run does: the same curves, answers and preferences, with a

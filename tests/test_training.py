@@ -335,6 +335,7 @@ def test_standardized_z_statistics_come_from_the_bank_and_stay_fixed(synth_folde
     assert int(state["step"]) == 2
 
 
+@pytest.mark.slow  # a training run: the default suite keeps a margin under 15 minutes
 def test_user_dropout_trains_the_drawn_examples_as_cold_starts(synth_folder, model_cache):
   """The step's loss with stage2.user_dropout equals the plain loss on the same batch with the
   drawn examples' rows set to -1 (P_u = 0), and differs from the loss with every row kept."""
@@ -431,6 +432,7 @@ def test_history_weights_are_the_attention_over_the_real_records():
   np.testing.assert_allclose(w, full[0, :3], rtol=1e-6)
 
 
+@pytest.mark.slow  # a training run: the default suite keeps a margin under 15 minutes
 def test_sparse_table_step_equals_dense_on_batch_rows_and_leaves_other_rows(synth_folder,
                                                                             model_cache, tmp_path):
   """One stage-2 step from the same state: with `sparse_table` the params and the batch's table
@@ -487,6 +489,7 @@ def test_a_non_finite_step_leaves_the_whole_state_bit_identical(sparse, synth_fo
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, new), before)
 
 
+@pytest.mark.slow  # a training run: the default suite keeps a margin under 15 minutes
 def test_a_trimmed_batch_trains_exactly_as_the_full_budget(synth_folder, model_cache):
   """`train_bucket` cuts each batch's token axis to its longest row (rounded up): the cut is
   right padding only, so the same state gives the same loss and gradients as the batch padded
