@@ -139,6 +139,9 @@ def main(argv):
   # every answer the run showed for its held-out queries (greedy and exploit, all attributes).
   texts = shown_answers(run)
   emb = enc.encode(texts)
+  if "oracle" in _REGS.value:  # one headline pool, embedded once, for every attribute's oracle
+    pool = headlines(cfg["data_folder"], _ORACLE_SPLIT.value, asked, cfg["seed"])
+    pool_emb = enc.encode(pool)
   rows = {}  # "attribute" or "attribute reg=R" -> agreement and {term: {w: win rate}}
   for attribute in cfg["attributes"]:
     saved = UserRewardModel(enc.dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"])
@@ -150,8 +153,8 @@ def main(argv):
         if reg == "negated":
           rm, key = negated(saved), f"{attribute} negated"
       elif reg == "oracle":
-        pool = headlines(cfg["data_folder"], _ORACLE_SPLIT.value, asked, cfg["seed"])
-        rm, key = fit_oracle(cfg, attribute, enc, pool, _ORACLE_PAIRS.value), f"{attribute} oracle"
+        rm = fit_oracle(cfg, attribute, pool, pool_emb, _ORACLE_PAIRS.value)
+        key = f"{attribute} oracle"
       else:
         rm, key = replayed(saved, cfg, float(reg)), f"{attribute} reg={float(reg):g}"
       row = rows[key] = {"attribute": attribute, "reg": reg, "preferences": len(rm.winners)}

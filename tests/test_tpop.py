@@ -377,12 +377,13 @@ def test_oracle_reward_fit_on_rule_ordered_headlines_orders_unseen_ones_as_the_r
   assert all(score("concise", a) > score("concise", b) for a, b in pairs)
   assert rule_pairs("concise", ["same length", "equal words"], 5) == []  # ties: no pair
   cfg = {"hidden": 64, "lam": 1.0, "lr": 1e-3, "reg": 0.0, "seed": 0}
-  rm = fit_oracle(cfg, "concise", enc, texts[:200], 400)
+  rm = fit_oracle(cfg, "concise", texts[:200], enc.encode(texts[:200]), 400)
   assert len(rm.winners) == 400
   agree, n = agreement(rm, "concise", texts[200:], enc.encode(texts[200:]))
   assert n > 1000 and agree > 0.8, agree
   with pytest.raises(ValueError, match="ties every pair"):
-    fit_oracle(cfg, "concise", enc, ["same length", "equal words"], 5)
+    fit_oracle(cfg, "concise", ["same length", "equal words"],
+               enc.encode(["same length", "equal words"]), 5)
   # Headlines from profiles: titles and a word-prefix of each, never an asked article's.
   rows = [{"input": "x", "profile": [
       {"title": "Storm Hits The Coast Tonight", "text": "A storm hit the coast."},

@@ -252,7 +252,7 @@ class TwoArmDecoder:
         toks = [int(top1)]
       for a, c in enumerate(toks):
         if not done[a]:
-          spent[a] += raw[a].max() - raw[a, c]
+          spent[a] += best[a, 0] - raw[a, c]
           out[a].append(c)
           done[a] = c in self.eos
       if all(done) or i == n - 1:

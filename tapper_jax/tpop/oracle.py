@@ -34,16 +34,16 @@ def headlines(folder: str, split: str, asked: list[str], seed: int) -> list[str]
   return sorted(texts)
 
 
-def fit_oracle(cfg: dict, attribute: str, enc, texts: list[str], n: int):
-  """A reward model fit on n pairs of `texts` ordered by the hidden rule (user.rule_pairs),
-  with the run's reward settings; five refits (1,000 Adam steps) over all of them."""
+def fit_oracle(cfg: dict, attribute: str, texts: list[str], emb: np.ndarray, n: int):
+  """A reward model fit on n pairs of `texts` (embedded: `emb` [N,E], once for every
+  attribute) ordered by the hidden rule (user.rule_pairs), with the run's reward settings;
+  five refits (1,000 Adam steps) over all of them."""
   pairs = rule_pairs(attribute, texts, n, seed=cfg["seed"])
   if not pairs:
     raise ValueError(f"--regs=oracle: the rule {attribute!r} ties every pair of {len(texts)} "
                      "headlines")
   row = {t: i for i, t in enumerate(texts)}
-  emb = enc.encode(texts)
-  m = UserRewardModel(enc.dim, hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"],
+  m = UserRewardModel(emb.shape[1], hidden=cfg["hidden"], lam=cfg["lam"], lr=cfg["lr"],
                       reg=cfg["reg"], seed=cfg["seed"])
   for win, lose in pairs:
     m.add(emb[row[win]], emb[row[lose]])
