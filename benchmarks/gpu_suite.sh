@@ -10,7 +10,9 @@ OUT=${1:?usage: gpu_suite.sh OUT [SECONDS_BUDGET] [STEPS]}
 BUDGET=${2:-500}
 ONLY=${3:-}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TAPPER_JAX_CACHE=${TAPPER_JAX_CACHE:-/tmp/tapper_jax_cache}
+# The benchmarks import tapper_jax from this checkout (a bare GPU machine has it uninstalled).
+PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH PYTHONUNBUFFERED=1 TAPPER_JAX_CACHE=${TAPPER_JAX_CACHE:-/tmp/tapper_jax_cache}
 START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 step() {  # step NAME LIMIT COMMAND...: runs COMMAND if LIMIT seconds are left
