@@ -793,3 +793,23 @@ def test_rounds_user_refuses_broken_answers_by_full_forward_log_p(tmp_path, mode
                       for ids in (ex1, ex2)))
   assert told == want
   assert any(any(t) for t in told) and not all(all(t) for t in told)  # the gate binds
+
+
+def test_llm_features_pool_each_text_alone_against_unpadded_forwards(decoder_parts):
+  """Batched, right-padded and cut to max_tokens, each text's mean and last features equal the
+  mean and last row of the LLM's hidden states over that text alone (no padding): a pad token
+  counted, a mask ignored or an off-by-one last index fails."""
+  from tapper_jax.tpop.features import llm_features
+  llm, tok, _ = decoder_parts
+  texts = ["Rain again", "A much longer headline about the city council budget vote", "", "x"]
+  for pool in ("mean", "last"):
+    got = llm_features(llm, tok, texts, pool, batch=3, max_tokens=6)
+    assert got.shape == (len(texts), llm.config.hidden_size)
+    for i, t in enumerate(texts):
+      ids = tok.encode(t, add_bos=True)[:6] or [tok.eos_id]
+      h, _ = llm.hidden_states(jnp.asarray([ids]))
+      h = np.asarray(h[0], np.float32)
+      want = h.mean(0) if pool == "mean" else h[-1]
+      np.testing.assert_allclose(got[i], want, rtol=2e-4, atol=2e-5, err_msg=f"{pool} {t!r}")
+  assert not np.allclose(llm_features(llm, tok, texts[:2], "mean"),
+                         llm_features(llm, tok, texts[:2], "last"))
