@@ -20,8 +20,11 @@ export PYTHONPATH PYTHONUNBUFFERED=1
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$WORK/jax_cache}
 START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-# "none" matches no row name: TAP-PER alone (it always runs).
-for rows in none step-matched "step-matched,trained as long"; do
+# Row groups, run in order, each a quality.py --rows filter ("none" matches no row name:
+# TAP-PER alone, which always runs); GPU_QUALITY_ROWS="g1|g2|..." picks others, e.g. the
+# ablations: "without P_u|without P_u,without P_q|...". The last group's table is the report.
+IFS='|' read -r -a GROUPS_ <<< "${GPU_QUALITY_ROWS:-none|step-matched|step-matched,trained as long}"
+for rows in "${GROUPS_[@]}"; do
   if (( $(left) < 30 )); then echo "## rows $rows: skipped ($(left) s left)"; break; fi
   echo "## rows: $rows ($(date +%T), $(left) s left)"
   timeout "$(left)" python3 benchmarks/quality.py --budget=full --only_tasks="$TASK" \
