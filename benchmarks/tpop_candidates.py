@@ -70,8 +70,7 @@ def main(argv):
   from tapper_jax import models
   from tapper_jax.fileio import write_report
   from tapper_jax.tpop import reward as reward_lib
-  from tapper_jax.models import registry
-  from tapper_jax.models.bert import SentenceEncoder
+  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.run import chat_ids, load_user, shown_answers
@@ -79,7 +78,7 @@ def main(argv):
     run = json.load(f)
   cfg = run["config"]
   llm, tok = models.load(cfg["model"])
-  enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
+  enc = load_encoder(cfg["encoder"], llm, tok)
   dec = TwoArmDecoder.from_config(llm, tok, enc, cfg)
   queries = [h["query"] for h in run["held_out"]]
   # The reward's scale over every answer the run showed (greedy and exploit): where its spread

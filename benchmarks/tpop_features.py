@@ -40,9 +40,7 @@ def main(argv):
   del argv
   from tapper_jax import models
   from tapper_jax.fileio import write_report
-  from tapper_jax.models import registry
-  from tapper_jax.models.bert import SentenceEncoder
-  from tapper_jax.tpop.features import llm_features
+  from tapper_jax.tpop.features import LLMTextEncoder, load_encoder
   from tapper_jax.tpop.oracle import fit_oracle, headlines
   from tapper_jax.tpop.run import agreement, asked_queries, shown_answers
   runs = []
@@ -62,10 +60,9 @@ def main(argv):
                  if t not in seen], _EVAL.value)
   shown = sorted({t for r in runs for t in shown_answers(r)})
   llm, tok = models.load(cfg["model"])
-  enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
-  embed = {"encoder": enc.encode,
-           "llm_mean": lambda ts: llm_features(llm, tok, ts, "mean"),
-           "llm_last": lambda ts: llm_features(llm, tok, ts, "last")}
+  embed = {"encoder": load_encoder(cfg["encoder"], llm, tok).encode,
+           "llm_mean": LLMTextEncoder(llm, tok, "mean").encode,
+           "llm_last": LLMTextEncoder(llm, tok, "last").encode}
   attributes = _ATTRS.value or cfg["attributes"]
   rows, t0 = [], time.time()
   for feat in _FEATURES.value:

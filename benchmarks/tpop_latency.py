@@ -69,8 +69,7 @@ def main(argv):
   del argv
   from tapper_jax import models
   from tapper_jax.fileio import write_report
-  from tapper_jax.models import registry
-  from tapper_jax.models.bert import SentenceEncoder
+  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.run import (asked_queries, chat_ids, greedy_answer, load_user,
@@ -81,7 +80,7 @@ def main(argv):
   split = cfg["split"] if _HELD.value else _SPLIT.value
   asked = asked_queries(cfg, split, _QUERIES.value, _HELD.value)
   llm, tok = models.load(cfg["model"])
-  enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
+  enc = load_encoder(cfg["encoder"], llm, tok)
   clock = EncoderClock(enc)
   top_k = _TOP_K.value or cfg["top_k"]
   overrides = {k: f.value for k, f in (("min_p", _MIN_P), ("w", _W), ("budget", _BUDGET))

@@ -98,8 +98,7 @@ def main(argv):
 
   from tapper_jax import models
   from tapper_jax.fileio import write_report
-  from tapper_jax.models import registry
-  from tapper_jax.models.bert import SentenceEncoder
+  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop import reward as reward_lib
   from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.oracle import fit_oracle, headlines
@@ -113,7 +112,7 @@ def main(argv):
   split = cfg["split"] if _HELD.value else _SPLIT.value
   asked = asked_queries(cfg, split, _QUERIES.value, _HELD.value)
   llm, tok = models.load(cfg["model"])
-  enc = SentenceEncoder.from_pretrained(registry.encoder_folder(cfg["encoder"]), batch_size=128)
+  enc = load_encoder(cfg["encoder"], llm, tok)
   cap = _MAX_NEW.value or cfg["max_new_tokens"]
   gate = _GATE.value if _GATE.value is not None else cfg.get("gate", ADDED["gate"])
   base, base_ids = zip(*[greedy_answer(llm, tok, q, max_new_tokens=cap) for q in asked])

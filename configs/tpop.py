@@ -12,7 +12,9 @@ import ml_collections
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
   c.model = "smollm2-135m-instruct"  # the frozen LLM (registry name or HF folder)
-  c.encoder = "all-minilm-l6-v2"  # the frozen sentence encoder
+  # The frozen text encoder the reward reads: a sentence encoder, or "llm:mean" (the LLM's own
+  # mean hidden state of the text: tpop/features.py, benchmarks/tpop_features.py).
+  c.encoder = "all-minilm-l6-v2"
   c.data_folder = os.path.join("data", "offline", "huffpost_2N")  # queries: its articles
   c.split = "test"  # the questions file the articles come from
   # The preference stream, each query asked once. Most pairs of headlines tie under the rules

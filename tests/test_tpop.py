@@ -224,10 +224,32 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score, rew
   (no cache, no padding), the top-k, every candidate embedded and scored, the argmax. Catches a
   wrong cache slot or position, the left padding, a wrong anchor of the relative term, and a
   pruning that is not exact."""
-  from tapper_jax.tpop.decode import TwoArmDecoder
   llm, tok, enc = decoder_parts
+  _exploit_against_reference(llm, tok, enc, lm_score, reward_term)
+
+
+def test_exploit_arm_reading_the_llm_s_own_features_equals_the_reference(decoder_parts):
+  """The same reference with config.encoder = "llm:mean": the decoder embeds its candidates
+  through the LLM text encoder exactly as the reference does one text at a time."""
+  from tapper_jax.tpop.features import LLMTextEncoder, load_encoder
+  llm, tok, _ = decoder_parts
+  enc = load_encoder("llm:mean", llm, tok)
+  assert isinstance(enc, LLMTextEncoder) and enc.dim == llm.config.hidden_size
+  with pytest.raises(ValueError, match="pool"):
+    load_encoder("llm:max", llm, tok)
+  # The relative term gives a candidate at most w/2 over the LLM's top-1 (~0.4 ahead here).
+  steered = _exploit_against_reference(llm, tok, enc, "logprob", "relative", w=1.5)
+  from tapper_jax.tpop.decode import TwoArmDecoder
+  greedy = TwoArmDecoder(llm, tok, enc, top_k=12, w=0.0, nu=0.0, max_new_tokens=5).generate(
+      tok.encode("Write a headline for: rain over the hills"), _sharp_random_reward(enc.dim),
+      explore=False).exploit_ids
+  assert steered != greedy  # the LLM's features moved a choice: the reward was read
+
+
+def _exploit_against_reference(llm, tok, enc, lm_score, reward_term, w=0.6):
+  from tapper_jax.tpop.decode import TwoArmDecoder
   rm = _sharp_random_reward(enc.dim)
-  k, w = 12, 0.6  # top-1 leads by ~0.4: others win only where pruning keeps them
+  k = 12  # at w=0.6 top-1 leads by ~0.4: others win only where pruning keeps them
   if lm_score == "prob":  # p ~ 5e-5 here: a w of that size keeps the LLM in the decision
     w = 2e-5
   dec = TwoArmDecoder(llm, tok, enc, top_k=k, w=w, nu=0.5, max_new_tokens=5, lm_score=lm_score,
@@ -255,6 +277,7 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score, rew
       np.mean([lp[t] for lp, t in zip(want_lp, out)]), abs=1e-4)
   # Arm 1 does not depend on arm 2: the same response in a preference round.
   assert dec.generate(ids, rm).exploit_ids == out
+  return out
 
 
 def test_min_p_steers_only_among_plausible_tokens_against_a_brute_force_reference(decoder_parts):

@@ -252,9 +252,8 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
   None where it stopped early (config.time_budget_s, or `stop_after_rounds` played in this
   call: for tests) with its progress saved: the same call continues it."""
   from tapper_jax import models
-  from tapper_jax.models import registry
-  from tapper_jax.models.bert import SentenceEncoder
   from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.user import SimulatedUser, ceiling, gated_win, refuses
   by_preferences = _counts_preferences(config)  # before anything loads
@@ -262,7 +261,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
   budget = config.get("time_budget_s", 0.0)
   os.makedirs(workdir, exist_ok=True)
   llm, tok = models.load(config.model)
-  enc = SentenceEncoder.from_pretrained(registry.encoder_folder(config.encoder), batch_size=128)
+  enc = load_encoder(config.encoder, llm, tok)
   train_q, held_q = queries(config.data_folder, config.split, config.train_queries,
                             config.eval_queries)
   chat = functools.partial(chat_ids, tok)
