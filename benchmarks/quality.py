@@ -298,8 +298,10 @@ def main(argv):
   jobs = [("offline", t, os.path.join(_OFFLINE.value, t)) for t in tasks]
   jobs += [("lamp", *spec.split(":", 1)) for spec in _LAMP.value]
   model = "tiny-random (smoke)" if _TINY.value else "SmolLM2-135M-Instruct"
+  device = jax.devices()[0]
   header = (f"Budget `{_BUDGET.value}`; {model} fp32 on {jax.device_count()} x "
-            f"{jax.devices()[0].platform} {jax.devices()[0].device_kind} ({os.cpu_count()} cores); split {_SPLIT.value}; seeds "
+            f"{device.platform} {device.device_kind} ({os.cpu_count()} cores); split "
+            f"{_SPLIT.value}; seeds "
             f"{','.join(_SEEDS.value)}; rows {', '.join(r.name for r in rows)}; recipe "
             f"{json.dumps(recipes) if recipes else 'the paper (configs, in epochs)'}; greedy "
             "decoding; paired bootstrap " f"{_BOOT.value} resamples.")

@@ -80,8 +80,9 @@ def main(argv):
   names = ", ".join(os.path.basename(os.path.normpath(d)) for d in _RUN.value)
   header = (f"T-POP reward features, runs {names} "
             f"({cfg['model']}, encoder {cfg['encoder']}); fit on rule-ordered pairs of "
-            f"{len(fit_pool)} train-split headlines and word-prefixes (of {len(fit_all)}); scored on {len(held)} "
-            f"held-out test-split headlines and the run's {len(shown)} shown answers; "
+            f"{len(fit_pool)} train-split headlines and word-prefixes (of {len(fit_all)}); "
+            f"scored on {len(held)} held-out test-split headlines and the runs' {len(shown)} "
+            "shown answers; "
             f"{round((time.time() - t0) / 60, 1)} min.")
   lines = [header, "", "| feature (dim) | rule | pairs fit | agreement, held-out headlines "
            "| agreement, shown answers |", "|---|---|---|---|---|"]
