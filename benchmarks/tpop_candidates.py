@@ -70,8 +70,8 @@ def main(argv):
   from tapper_jax import models
   from tapper_jax.fileio import write_report
   from tapper_jax.tpop import reward as reward_lib
-  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.run import chat_ids, load_user, shown_answers
   with open(os.path.join(_RUN.value, "tpop.json"), encoding="utf-8") as f:

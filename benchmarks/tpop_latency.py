@@ -69,8 +69,8 @@ def main(argv):
   del argv
   from tapper_jax import models
   from tapper_jax.fileio import write_report
-  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.run import (asked_queries, chat_ids, greedy_answer, load_user,
                                     ratio_interval)

@@ -98,9 +98,9 @@ def main(argv):
 
   from tapper_jax import models
   from tapper_jax.fileio import write_report
-  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop import reward as reward_lib
   from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop.oracle import fit_oracle, headlines
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.run import (ADDED, agreement, answer_shape, asked_queries, chat_ids,
