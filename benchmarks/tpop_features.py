@@ -28,7 +28,8 @@ sys.path.insert(0, REPO)
 _RUN = flags.DEFINE_list("run", None, "Finished tpop.run workdirs: the first's config, every "
                         "one's shown answers.", required=True)
 _PAIRS = flags.DEFINE_list("pairs", ["50", "2000"], "Rule-ordered pairs each reward is fit on.")
-_FEATURES = flags.DEFINE_list("features", ["encoder", "llm_mean", "llm_last"], "Text features.")
+_FEATURES = flags.DEFINE_list("features", [], "Text encoders, as config.encoder names them "
+                               "(default: the run's, llm:mean and llm:last).")
 _FIT = flags.DEFINE_integer("fit_texts", 4000, "Train-split headlines the pairs are drawn from "
                             "(a random subset: the LLM embeds each one).")
 _EVAL = flags.DEFINE_integer("eval_texts", 400, "Held-out headlines scored (a random subset).")
@@ -40,7 +41,7 @@ def main(argv):
   del argv
   from tapper_jax import models
   from tapper_jax.fileio import write_report
-  from tapper_jax.tpop.features import LLMTextEncoder, load_encoder
+  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop.oracle import fit_oracle, headlines
   from tapper_jax.tpop.run import agreement, asked_queries, shown_answers
   runs = []
@@ -60,13 +61,11 @@ def main(argv):
                  if t not in seen], _EVAL.value)
   shown = sorted({t for r in runs for t in shown_answers(r)})
   llm, tok = models.load(cfg["model"])
-  embed = {"encoder": load_encoder(cfg["encoder"], llm, tok).encode,
-           "llm_mean": LLMTextEncoder(llm, tok, "mean").encode,
-           "llm_last": LLMTextEncoder(llm, tok, "last").encode}
   attributes = _ATTRS.value or cfg["attributes"]
   rows, t0 = [], time.time()
-  for feat in _FEATURES.value:
-    e_fit, e_held, e_shown = (np.asarray(embed[feat](ts), np.float32)
+  for feat in _FEATURES.value or [cfg["encoder"], "llm:mean", "llm:last"]:
+    enc = load_encoder(feat, llm, tok)
+    e_fit, e_held, e_shown = (np.asarray(enc.encode(ts), np.float32)
                               for ts in (fit_pool, held, shown))
     for attribute in attributes:
       for n in map(int, _PAIRS.value):

@@ -231,6 +231,7 @@ def test_exploit_arm_equals_a_brute_force_reference(decoder_parts, lm_score, rew
 def test_exploit_arm_reading_the_llm_s_own_features_equals_the_reference(decoder_parts):
   """The same reference with config.encoder = "llm:mean": the decoder embeds its candidates
   through the LLM text encoder exactly as the reference does one text at a time."""
+  from tapper_jax.tpop.decode import TwoArmDecoder
   from tapper_jax.tpop.features import LLMTextEncoder, load_encoder
   llm, tok, _ = decoder_parts
   enc = load_encoder("llm:mean", llm, tok)
@@ -239,7 +240,6 @@ def test_exploit_arm_reading_the_llm_s_own_features_equals_the_reference(decoder
     load_encoder("llm:max", llm, tok)
   # The relative term gives a candidate at most w/2 over the LLM's top-1 (~0.4 ahead here).
   steered = _exploit_against_reference(llm, tok, enc, "logprob", "relative", w=1.5)
-  from tapper_jax.tpop.decode import TwoArmDecoder
   greedy = TwoArmDecoder(llm, tok, enc, top_k=12, w=0.0, nu=0.0, max_new_tokens=5).generate(
       tok.encode("Write a headline for: rain over the hills"), _sharp_random_reward(enc.dim),
       explore=False).exploit_ids
@@ -822,11 +822,11 @@ def test_llm_features_pool_each_text_alone_against_unpadded_forwards(decoder_par
   """Batched, right-padded and cut to max_tokens, each text's mean and last features equal the
   mean and last row of the LLM's hidden states over that text alone (no padding): a pad token
   counted, a mask ignored or an off-by-one last index fails."""
-  from tapper_jax.tpop.features import llm_features
+  from tapper_jax.tpop.features import LLMTextEncoder
   llm, tok, _ = decoder_parts
   texts = ["Rain again", "A much longer headline about the city council budget vote", "", "x"]
   for pool in ("mean", "last"):
-    got = llm_features(llm, tok, texts, pool, batch=3, max_tokens=6)
+    got = LLMTextEncoder(llm, tok, pool, batch_size=3, max_tokens=6).encode(texts)
     assert got.shape == (len(texts), llm.config.hidden_size)
     for i, t in enumerate(texts):
       ids = tok.encode(t, add_bos=True)[:6] or [tok.eos_id]
@@ -834,5 +834,5 @@ def test_llm_features_pool_each_text_alone_against_unpadded_forwards(decoder_par
       h = np.asarray(h[0], np.float32)
       want = h.mean(0) if pool == "mean" else h[-1]
       np.testing.assert_allclose(got[i], want, rtol=2e-4, atol=2e-5, err_msg=f"{pool} {t!r}")
-  assert not np.allclose(llm_features(llm, tok, texts[:2], "mean"),
-                         llm_features(llm, tok, texts[:2], "last"))
+  assert not np.allclose(LLMTextEncoder(llm, tok, "mean").encode(texts[:2]),
+                         LLMTextEncoder(llm, tok, "last").encode(texts[:2]))

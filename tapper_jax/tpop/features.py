@@ -41,11 +41,7 @@ class LLMTextEncoder:
     self.tokenizer, self.pool = tokenizer, pool
     self.batch_size, self.max_tokens = batch_size, max_tokens
     self.graphdef, self.state = nnx.split(llm)
-    self._dim = llm.config.hidden_size
-
-  @property
-  def dim(self) -> int:
-    return self._dim
+    self.dim = llm.config.hidden_size
 
   def _embed(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.asarray(_pooled(self.graphdef, self.state, jnp.asarray(ids), jnp.asarray(mask),
@@ -63,12 +59,6 @@ class LLMTextEncoder:
       rows, mask = np.pad(rows, ((0, pad), (0, 0))), np.pad(mask, ((0, pad), (0, 0)))
       out.append(self._embed(rows, mask)[:len(ids)])
     return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
-
-
-def llm_features(llm, tok, texts: list[str], pool: str = "mean", batch: int = 64,
-                 max_tokens: int = 48) -> np.ndarray:
-  """[N,D] features of `texts`: LLMTextEncoder's, in one call."""
-  return LLMTextEncoder(llm, tok, pool, batch, max_tokens).encode(texts)
 
 
 def load_encoder(name: str, llm, tokenizer, batch_size: int = 128):
