@@ -38,13 +38,28 @@ _W = flags.DEFINE_float("w", None, "Serving weight w (default: the run's).")
 
 
 class EncoderClock:
-  """Times a SentenceEncoder's calls (`encode`: tokenizing too) and its forwards (`_embed`),
-  with the rows and padded tokens each forward gets."""
+  """Times the text encoder's calls (`encode`: tokenizing too) and its forwards (`_embed`),
+  with the rows and padded tokens each forward gets; the LLM features' cached calls
+  (FeatureCache.features) count as both."""
 
   def __init__(self, enc):
+    from tapper_jax.tpop.features import FeatureCache
     self.enc_encode, self.enc_embed = enc.encode, enc._embed
     self.reset()
     enc.encode, enc._embed = self._encode, self._embed
+    cached, clock = FeatureCache.features, self
+
+    def features(fc, cands):
+      t0 = time.perf_counter()
+      out = cached(fc, cands)
+      dt = time.perf_counter() - t0
+      clock.seconds += dt
+      clock.forward_seconds += dt
+      clock.calls += 1
+      clock.rows += sum(map(len, out.values()))  # candidates embedded
+      clock.tokens += fc.seen.shape[0] * fc.rows  # rows computed, padding included
+      return out
+    FeatureCache.features = features
 
   def reset(self):
     self.seconds, self.calls, self.forward_seconds, self.rows, self.tokens = 0.0, 0, 0.0, 0, 0
@@ -86,6 +101,9 @@ def main(argv):
   overrides = {k: f.value for k, f in (("min_p", _MIN_P), ("w", _W), ("budget", _BUDGET))
                if f.value is not None}
   dec = TwoArmDecoder.from_config(llm, tok, enc, cfg, top_k=top_k, **overrides)
+  # The same decoder embedding every candidate's whole text: what the feature cache saves.
+  whole = (TwoArmDecoder.from_config(llm, tok, enc, cfg, top_k=top_k, feature_cache=False,
+                                     **overrides) if dec.feature_cache else None)
   greedy = lambda q: greedy_answer(llm, tok, q, max_new_tokens=cfg["max_new_tokens"])  # noqa: E731
   rows = {}
   for attribute in cfg["attributes"]:
@@ -95,7 +113,10 @@ def main(argv):
       greedy(q)
       dec.generate(chat_ids(tok, q), rm, explore=False)
       dec.generate(chat_ids(tok, q), rm)
-    per_query = {"greedy": [], "exploit": [], "round": []}  # (seconds, tokens) of each query
+      if whole:
+        whole.generate(chat_ids(tok, q), rm, explore=False)
+    # (seconds, tokens) of each query
+    per_query = {"greedy": [], "exploit": [], "round": []} | ({"whole": []} if whole else {})
     encoder = {"seconds": 0.0, "calls": 0, "forward_seconds": 0.0, "rows": 0, "tokens": 0}
     for q in asked:
       t0 = time.perf_counter()
@@ -108,12 +129,15 @@ def main(argv):
         encoder[k] += getattr(clock, k)
       r = dec.generate(chat_ids(tok, q), rm)
       per_query["round"].append((r.seconds, r.tokens / 2))  # per token of one response
+      if whole:
+        r = whole.generate(chat_ids(tok, q), rm, explore=False)
+        per_query["whole"].append((r.seconds, r.tokens))
     s = {k: np.sum(np.reshape(v, (-1, 2)), axis=0) for k, v in per_query.items()}  # in all
     ms = {k: 1e3 * t / max(n, 1) for k, (t, n) in s.items()}
     calls, exploit_s = max(encoder["calls"], 1), max(s["exploit"][0], 1e-12)
     rows[attribute] = {
         "preferences": len(rm.winners), "ms_per_token": ms,
-        "ratio": {k: ms[k] / ms["greedy"] for k in ("exploit", "round")},
+        "ratio": {k: ms[k] / ms["greedy"] for k in ms if k != "greedy"},
         "exploit_ratio_interval": ratio_interval(*zip(*per_query["exploit"]),
                                                  *zip(*per_query["greedy"])),
         "exploit_encoder": {"share": encoder["seconds"] / exploit_s,
@@ -128,7 +152,7 @@ def main(argv):
          "model": cfg["model"],
          "encoder": cfg["encoder"], "top_k": top_k, "w": dec.w, "lm_score": cfg["lm_score"],
          "reward_term": cfg.get("reward_term", "absolute"), "min_p": dec.min_p,
-         "budget": dec.budget,
+         "budget": dec.budget, "feature_cache": dec.feature_cache,
          "machine": f"{os.cpu_count()} CPUs, jax {jax.__version__} {jax.default_backend()}",
          "rows": rows}
   folder = _OUT.value or _RUN.value
@@ -137,16 +161,20 @@ def main(argv):
            f"queries, {cfg['model']}, top-{top_k}, w={dec.w:g}, LLM term {cfg['lm_score']}, "
            f"reward term {out['reward_term']}, min_p {dec.min_p:g}, budget {dec.budget:g}; "
            f"{out['machine']}; users of "
-           f"{_RUN.value}; in brackets the 95% bootstrap interval over queries)", "",
+           f"{_RUN.value}; in brackets the 95% bootstrap interval over queries"
+           f"{'; LLM features cached' if whole else ''})", "",
            "| user (preferences) | greedy ms | exploit ms (ratio) | round ms (ratio) | "
-           "encoder share of exploit (forward) | encoder calls per token | rows, padded tokens "
-           "per call |", "|---|---|---|---|---|---|---|"]
+           "exploit, whole texts embedded ms (ratio) | encoder share of exploit (forward) | "
+           "encoder calls per token | rows, padded tokens per call |",
+           "|---|---|---|---|---|---|---|---|"]
   for a, r in rows.items():
     m, x = r["ms_per_token"], r["exploit_encoder"]
     lo, hi = r["exploit_ratio_interval"]
     lines.append(f"| {a} ({r['preferences']}) | {m['greedy']:.1f} | {m['exploit']:.1f} "
                  f"({r['ratio']['exploit']:.2f}x [{lo:.2f}, {hi:.2f}]) | {m['round']:.1f} "
                  f"({r['ratio']['round']:.2f}x) | "
+                 + (f"{m['whole']:.1f} ({r['ratio']['whole']:.2f}x) | " if "whole" in m
+                    else "- | ") +
                  f"{x['share']:.2f} ({x['forward_share']:.2f}) | {x['calls_per_token']:.2f} | "
                  f"{x['rows_per_call']:.1f}, {x['padded_tokens_per_call']:.0f} |")
   write_report(stem, out, lines)

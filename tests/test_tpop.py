@@ -248,6 +248,7 @@ def test_exploit_arm_reading_the_llm_s_own_features_equals_the_reference(decoder
 
 def _exploit_against_reference(llm, tok, enc, lm_score, reward_term, w=0.6):
   from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.features import LLMTextEncoder
   rm = _sharp_random_reward(enc.dim)
   k = 12  # at w=0.6 top-1 leads by ~0.4: others win only where pruning keeps them
   if lm_score == "prob":  # p ~ 5e-5 here: a w of that size keeps the LLM in the decision
@@ -261,7 +262,10 @@ def _exploit_against_reference(llm, tok, enc, lm_score, reward_term, w=0.6):
     lp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
     want_lp.append(lp)
     cands = np.sort(np.argsort(-lp)[:k])
-    emb = enc.encode([tok.decode(out + [int(c)]) for c in cands])
+    if isinstance(enc, LLMTextEncoder):  # the LLM reads its own ids (encode_ids' test)
+      emb = enc.encode_ids([out + [int(c)] for c in cands])
+    else:
+      emb = enc.encode([tok.decode(out + [int(c)]) for c in cands])
     lm = np.exp(lp[cands]) if lm_score == "prob" else lp[cands]
     r = np.asarray(rl.reward(rm.params, jnp.asarray(emb)), np.float64)
     if reward_term == "relative":  # against the LLM's most likely candidate's reward
@@ -836,3 +840,54 @@ def test_llm_features_pool_each_text_alone_against_unpadded_forwards(decoder_par
       np.testing.assert_allclose(got[i], want, rtol=2e-4, atol=2e-5, err_msg=f"{pool} {t!r}")
   assert not np.allclose(LLMTextEncoder(llm, tok, "mean").encode(texts[:2]),
                          LLMTextEncoder(llm, tok, "last").encode(texts[:2]))
+
+
+@pytest.mark.parametrize("pool", ["mean", "last"])
+def test_feature_cache_equals_encoding_each_text_whole(decoder_parts, pool):
+  """Two arms' texts grown token by token, some steps not embedded (their tokens ride along the
+  next call), EOS taken mid-text and offered as a candidate: every cached candidate feature
+  equals encode_ids of that arm's whole text + the candidate, one forward per text. Candidates
+  that saw each other, a pending token at a wrong position or a silent token counted all fail."""
+  from tapper_jax.tpop.features import FeatureCache, LLMTextEncoder
+  llm, tok, _ = decoder_parts
+  enc = LLMTextEncoder(llm, tok, pool)
+  fc = FeatureCache(enc, 2)
+  rng = np.random.default_rng(0)
+  texts, checked = [[], []], 0
+  for step in range(9):
+    cands = {a: np.concatenate([rng.integers(3, llm.config.vocab_size, 5), [tok.eos_id]])
+             for a in range(2)}
+    if step % 3 == 2:
+      del cands[1]  # arm 2 not scored this step
+    got = {} if step % 4 == 3 else fc.features(cands)
+    for a, f in got.items():
+      want = enc.encode_ids([texts[a] + [int(c)] for c in cands[a]])
+      np.testing.assert_allclose(f, want, rtol=1e-4, atol=1e-5, err_msg=f"step {step} arm {a}")
+      checked += 1
+    for a in range(2):
+      t = tok.eos_id if step == 4 else int(rng.integers(3, llm.config.vocab_size))
+      texts[a].append(t)
+      fc.append(a, t)
+  assert checked == 11
+  np.testing.assert_allclose(  # EOS leaves the text as it is
+      enc.encode_ids([[5, 6, tok.eos_id]]), enc.encode_ids([[5, 6]]), rtol=1e-6)
+
+
+def test_decoding_through_the_feature_cache_equals_embedding_every_text(decoder_parts):
+  """A preference round (both arms, exploration on, min_p) and serving give the same tokens
+  with the LLM features cached as with every candidate's text embedded whole."""
+  from tapper_jax.tpop.decode import TwoArmDecoder
+  from tapper_jax.tpop.features import load_encoder
+  llm, tok, _ = decoder_parts
+  enc = load_encoder("llm:mean", llm, tok)
+  rm = _sharp_random_reward(enc.dim)
+  rm.add(np.ones(enc.dim, np.float32), np.zeros(enc.dim, np.float32))
+  ids = tok.encode("Write a headline for: rain over the hills")
+  kw = dict(top_k=12, w=1.5, nu=0.5, max_new_tokens=8, reward_term="relative", min_p=0.5)
+  cached, whole = (TwoArmDecoder(llm, tok, enc, feature_cache=f, **kw) for f in (True, False))
+  assert cached.feature_cache and not whole.feature_cache
+  for explore in (True, False):
+    a, b = cached.generate(ids, rm, explore=explore), whole.generate(ids, rm, explore=explore)
+    assert (a.exploit_ids, a.explore_ids) == (b.exploit_ids, b.explore_ids)
+  assert a.exploit_ids != TwoArmDecoder(llm, tok, enc, **{**kw, "w": 0.0}).generate(
+      ids, rm, explore=False).exploit_ids  # the reward moved a choice

@@ -150,7 +150,8 @@ class Attention(nnx.Module):
     self.attention = cfg.attention
 
   def __call__(self, x, cos, sin, kv_mask, cache, cache_index, dropout_keys, layer=0):
-    """x [B,T,D]; kv_mask [B,S] (1 = a real key); cache {"k","v"}: [L,B,S,K,E] or None.
+    """x [B,T,D]; kv_mask [B,S] (1 = a real key), or with a cache [B,T,S] (per query);
+    cache {"k","v"}: [L,B,S,K,E] or None.
 
     The whole stacked cache is updated in place at (`layer`, `cache_index`): carrying it through
     the layer scan, rather than scanning over per-layer slices, saves a copy of the full cache
@@ -184,7 +185,10 @@ class Attention(nnx.Module):
     logits = jnp.einsum("btkge,bske->bkgts", q, key).astype(jnp.float32) / math.sqrt(e)
     # Causal over absolute slots (query slot = cache_index + t) and the key padding mask.
     q_slot = cache_index + jnp.arange(t)
-    allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & (kv_mask[:, None, :] > 0)
+    # kv_mask [B,T,S] gives each query its own keys (candidate tokens that share a prefix and
+    # must not see each other: tpop/features.py); [B,S] the same keys to every query.
+    keys = kv_mask if kv_mask.ndim == 3 else kv_mask[:, None, :]
+    allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & (keys > 0)
     logits = jnp.where(allowed[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
     out = jnp.einsum("bkgts,bske->btkge", probs, val).reshape(b, t, h * e)
@@ -321,6 +325,7 @@ class LlamaForCausalLM(nnx.Module):
 
     attention_mask: [B,S] with 1 for real tokens; S = T without a cache, the cache length with
       one (the caller marks which cache slots hold real tokens). Left or right padding both work.
+      With a cache it may be [B,T,S]: the slots each query token may see (still causal).
     positions: [B,T] rotary positions; by default the count of real tokens before each one.
     cache_index: the cache slot where this call's first token is written.
     """

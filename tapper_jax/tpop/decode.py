@@ -47,6 +47,7 @@ from flax import nnx
 from tapper_jax.models.llama import LlamaForCausalLM, init_cache
 from tapper_jax.models.tokenizer import bucket_length
 from tapper_jax.tpop import reward as reward_lib
+from tapper_jax.tpop.features import FeatureCache, LLMTextEncoder
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "length"))
@@ -128,7 +129,7 @@ class TwoArmDecoder:
   def __init__(self, llm: LlamaForCausalLM, tokenizer, encoder, *, top_k: int = 40,
                w: float = 1.0, nu: float = 1.0, max_new_tokens: int = 32,
                lm_score: str = "logprob", reward_term: str = "absolute", min_p: float = 0.0,
-               budget: float = 0.0):
+               budget: float = 0.0, feature_cache: bool = True):
     if not 0.0 <= min_p <= 1.0:
       raise ValueError(f"min_p must lie in [0, 1], got {min_p}")
     if budget < 0:
@@ -143,6 +144,11 @@ class TwoArmDecoder:
     self.top_k, self.w, self.nu, self.max_new_tokens = top_k, w, nu, max_new_tokens
     self.graphdef, self.state = nnx.split(llm)
     self.eos = set(llm.config.eos_token_ids)
+    # The LLM's own features grow with the text: a cache per arm (features.FeatureCache) embeds
+    # a step's candidates as one row each, while the answer fits the encoder's max_tokens.
+    self.feature_cache = (isinstance(encoder, LLMTextEncoder) and feature_cache
+                          and tokenizer.bos_id is not None
+                          and max_new_tokens + 1 <= encoder.max_tokens)
 
   @classmethod
   def from_config(cls, llm, tokenizer, encoder, cfg, **overrides) -> "TwoArmDecoder":
@@ -172,21 +178,32 @@ class TwoArmDecoder:
     return self._embed([(p, c) for p in prefixes for c in candidates])
 
   def _embed(self, pairs) -> np.ndarray:
-    """[N, E]: the texts prefix + candidate for (prefix, candidate) pairs, in one encoder call."""
+    """[N, E]: the texts prefix + candidate for (prefix, candidate) pairs, in one encoder call
+    (the LLM's features read the ids themselves, a sentence encoder their decoded text)."""
+    if isinstance(self.encoder, LLMTextEncoder):
+      return self.encoder.encode_ids([list(p) + [int(c)] for p, c in pairs])
     return self.encoder.encode([self.tokenizer.decode(p + [int(c)]) for p, c in pairs])
 
+  def _features(self, out, groups, fc: FeatureCache | None) -> list[np.ndarray]:
+    """Each (arm, candidates [C]) group's [C, E]: arm's text + each candidate, embedded in one
+    call (through the feature cache where there is one: the same values, one row a text)."""
+    if fc is not None:
+      got = fc.features(dict(groups))
+      return [got[a] for a, _ in groups]
+    emb = self._embed([(out[a], c) for a, cs in groups for c in cs])
+    return np.split(emb, np.cumsum([len(cs) for _, cs in groups])[:-1])
+
   def _pick(self, rm, v_inv, lp, cands, near, top1, out, explore: bool,
-            allowed2=None) -> list[int]:
+            allowed2=None, fc: FeatureCache | None = None) -> list[int]:
     """Each arm's next token: arm 1 scores the candidates `near` that can still win, arm 2 (with
     `explore`) every candidate plus its exploration bonus, all embedded in one encoder call.
     lp [A,V] LLM terms, cands [C] the union of the arms' top-k, top1 arm 1's most likely,
     allowed2 [C] (bool, None: all) the candidates min_p and the budget leave arm 2."""
     together = explore and out[1] == out[0]  # same text: arm 2 reuses arm 1's embeddings
     first = cands if together else near
-    pairs = [(out[0], c) for c in first] + ([] if together or not explore
-                                            else [(out[1], c) for c in cands])
-    emb = self._embed(pairs)
-    e1 = emb[:len(first)]
+    embs = self._features(out, [(0, first)] + ([] if together or not explore else [(1, cands)]),
+                          fc)
+    e1 = embs[0]
     sel = np.isin(first, near)
     at = lambda c: int(np.flatnonzero(first == c)[0])  # noqa: E731  row of e1
     ex1 = _padded_scores(rm.params, e1[sel], v_inv, e1[0], e1[at(top1)], lp[0, first[sel]],
@@ -194,7 +211,7 @@ class TwoArmDecoder:
     c1 = int(first[sel][int(np.argmax(ex1))])
     toks = [c1]
     if explore:
-      e2 = e1 if together else emb[len(first):]
+      e2 = e1 if together else embs[1]
       ref = e1[at(c1)]
       anchor = e2[int(lp[1, cands].argmax())]  # arm 2's most likely candidate
       ex2 = _padded_scores(rm.params, e2, v_inv, ref, anchor, lp[1, cands], self.w, self.nu,
@@ -225,6 +242,7 @@ class TwoArmDecoder:
     done = [False] * arms
     v_inv = jnp.asarray(rm.v_inverse())
     spent = np.zeros(arms)  # each arm's summed shortfall against its most likely tokens
+    fc = FeatureCache(self.encoder, arms) if self.feature_cache else None
     for i in range(n):
       lp = raw = np.asarray(logp)
       if trace is not None:
@@ -247,13 +265,15 @@ class TwoArmDecoder:
         near = near[np.isin(near, cands[plausible[0]])]
         allowed2 = plausible[-1]
       if explore or len(near) > 1:
-        toks = self._pick(rm, v_inv, lp, cands, near, top1, out, explore, allowed2)
+        toks = self._pick(rm, v_inv, lp, cands, near, top1, out, explore, allowed2, fc)
       else:  # serving, and only the most likely candidate can win: nothing to embed or score
         toks = [int(top1)]
       for a, c in enumerate(toks):
         if not done[a]:
           spent[a] += best[a, 0] - raw[a, c]
           out[a].append(c)
+          if fc is not None:
+            fc.append(a, c)
           done[a] = c in self.eos
       if all(done) or i == n - 1:
         break
