@@ -196,12 +196,16 @@ class TwoArmDecoder:
   def _pick(self, rm, v_inv, lp, cands, near, top1, out, explore: bool,
             allowed2=None, fc: FeatureCache | None = None) -> list[int]:
     """Each arm's next token: arm 1 scores the candidates `near` that can still win, arm 2 (with
-    `explore`) every candidate plus its exploration bonus, all embedded in one encoder call.
+    `explore`) those the filters leave it plus its exploration bonus, all embedded in one call.
     lp [A,V] LLM terms, cands [C] the union of the arms' top-k, top1 arm 1's most likely,
     allowed2 [C] (bool, None: all) the candidates min_p and the budget leave arm 2."""
     together = explore and out[1] == out[0]  # same text: arm 2 reuses arm 1's embeddings
-    first = cands if together else near
-    embs = self._features(out, [(0, first)] + ([] if together or not explore else [(1, cands)]),
+    # Arm 2 embeds only what it may take (a filtered-out candidate scores -inf whatever its
+    # reward) and its most likely candidate, the relative term's anchor.
+    top2 = cands[int(lp[1, cands].argmax())] if explore else None
+    c2 = cands if allowed2 is None else cands[allowed2 | (cands == top2)]
+    first = np.union1d(near, c2) if together else near
+    embs = self._features(out, [(0, first)] + ([(1, c2)] if explore and not together else []),
                           fc)
     e1 = embs[0]
     sel = np.isin(first, near)
@@ -211,11 +215,13 @@ class TwoArmDecoder:
     c1 = int(first[sel][int(np.argmax(ex1))])
     toks = [c1]
     if explore:
-      e2 = e1 if together else embs[1]
+      e2 = e1[np.isin(first, c2)] if together else embs[1]  # rows of c2, in its order
       ref = e1[at(c1)]
-      anchor = e2[int(lp[1, cands].argmax())]  # arm 2's most likely candidate
-      ex2 = _padded_scores(rm.params, e2, v_inv, ref, anchor, lp[1, cands], self.w, self.nu,
-                           explore=True, relative=self.relative)
+      anchor = e2[int(np.flatnonzero(c2 == top2)[0])]
+      ex2 = np.full(len(cands), -np.inf)
+      ex2[np.isin(cands, c2)] = _padded_scores(rm.params, e2, v_inv, ref, anchor, lp[1, c2],
+                                               self.w, self.nu, explore=True,
+                                               relative=self.relative)
       if allowed2 is not None:
         ex2 = np.where(allowed2, ex2, -np.inf)
       if together:  # not yet apart: arm 2 must take another token
