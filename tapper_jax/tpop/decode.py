@@ -2,8 +2,9 @@
 
 Both arms decode the same prompt as the two rows of one batch (prefill once, then one cached
 step per token). At each step the candidates are the union of both arms' top-k next tokens;
-every (arm, candidate) continuation is embedded by the sentence encoder and scored by the
-user's reward model in one batched call. Then
+every (arm, candidate) continuation is embedded by the text encoder and scored by the user's
+reward model in one batched call (the LLM's own features through a cache per arm,
+features.FeatureCache: one row per candidate, not its whole text). Then
   arm 1 (exploit):  argmax_c  log p(c | x1) + w sigmoid(r(x1 + c))
   arm 2 (explore):  argmax_c  log p(c | x2) + w sigmoid(r(x2 + c)) + nu bonus(x2 + c; x1 + c1)
 (`lm_score="prob"`: p in place of log p, as the public code does; then the reward can outweigh

@@ -33,11 +33,12 @@ def _pooled(graphdef, state, ids, mask, pool: str):
 
 class LLMTextEncoder:
   """texts -> [N,D] pooled hidden states of the frozen LLM, each text tokenized alone (BOS where
-  the tokenizer has one, cut to `max_tokens`, an empty text read as EOS). Batches are
+  the tokenizer has one, cut to `max_tokens`: BOS + 63 tokens holds a 48-token answer whole,
+  which the decoder's feature cache needs; an empty text read as EOS). Batches are
   right-padded to power-of-two rows and lengths (few compilations)."""
 
   def __init__(self, llm, tokenizer, pool: str = "mean", batch_size: int = 64,
-               max_tokens: int = 48):
+               max_tokens: int = 64):
     if pool not in POOLS:
       raise ValueError(f"pool {pool!r}: choose from {POOLS}")
     self.tokenizer, self.pool = tokenizer, pool
