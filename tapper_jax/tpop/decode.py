@@ -178,12 +178,18 @@ class TwoArmDecoder:
     """[A*C, E]: every arm's text extended by every candidate token, embedded in one call."""
     return self._embed([(p, c) for p in prefixes for c in candidates])
 
-  def _embed(self, pairs) -> np.ndarray:
-    """[N, E]: the texts prefix + candidate for (prefix, candidate) pairs, in one encoder call
-    (the LLM's features read the ids themselves, a sentence encoder their decoded text)."""
+  def read(self, texts_ids, texts=None) -> np.ndarray:
+    """[N, E]: answers given as token ids, in one encoder call. The LLM's features read the ids
+    themselves (a re-tokenized " The" would be "The"); a sentence encoder reads `texts` (the
+    text shown) or else the decoded ids."""
     if isinstance(self.encoder, LLMTextEncoder):
-      return self.encoder.encode_ids([list(p) + [int(c)] for p, c in pairs])
-    return self.encoder.encode([self.tokenizer.decode(p + [int(c)]) for p, c in pairs])
+      return self.encoder.encode_ids(texts_ids)
+    return self.encoder.encode(texts if texts is not None else
+                               [self.tokenizer.decode(ids) for ids in texts_ids])
+
+  def _embed(self, pairs) -> np.ndarray:
+    """[N, E]: the texts prefix + candidate for (prefix, candidate) pairs, in one encoder call."""
+    return self.read([list(p) + [int(c)] for p, c in pairs])
 
   def _features(self, out, groups, fc: FeatureCache | None) -> list[np.ndarray]:
     """Each (arm, candidates [C]) group's [C, E]: arm's text + each candidate, embedded in one

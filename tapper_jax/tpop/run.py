@@ -253,7 +253,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
   call: for tests) with its progress saved: the same call continues it."""
   from tapper_jax import models
   from tapper_jax.tpop.decode import TwoArmDecoder
-  from tapper_jax.tpop.features import LLMTextEncoder, load_encoder
+  from tapper_jax.tpop.features import load_encoder
   from tapper_jax.tpop.reward import UserRewardModel
   from tapper_jax.tpop.user import SimulatedUser, ceiling, gated_win, refuses
   by_preferences = _counts_preferences(config)  # before anything loads
@@ -369,10 +369,7 @@ def run(config, workdir: str, *, stop_after_rounds: int | None = None) -> dict |
                         for ids in (resp.exploit_ids, resp.explore_ids))
       pref = user.preference(a, b, refused)
       if pref is not None:  # a tie states nothing: the round adds no preference
-        # The LLM's features read the answers' own ids, as the decoder read them (a
-        # re-tokenized " The" would be "The"); a sentence encoder reads the text shown.
-        ea, eb = (enc.encode_ids([resp.exploit_ids, resp.explore_ids])
-                  if isinstance(enc, LLMTextEncoder) else enc.encode([a, b]))
+        ea, eb = dec.read([resp.exploit_ids, resp.explore_ids], texts=[a, b])  # as decoded
         if pref > 0:
           rm.add(ea, eb)
         else:
