@@ -131,6 +131,12 @@ def test_simulated_user_rules_and_noise():
   assert score("casual", "Yeah, I'm in!") == -score("formal", "Yeah, I'm in!") == 3
   assert SimulatedUser("positive").prefers_first("A great win.", "A terrible loss.")
   assert SimulatedUser("topic:space").prefers_first("A space mission", "A trip")
+  # Sentence case: capitals after the first word, plus one of prior, over the later words + 1.
+  assert score("sentence", "Markets rise in New York") == pytest.approx(-(2 + 1) / (4 + 1))
+  assert score("sentence", "Markets Rise In New York") == pytest.approx(-1.0)
+  assert score("sentence", "") == score("sentence", "Markets") == -1.0
+  assert SimulatedUser("sentence").prefers_first("Markets rise today", "Markets Rise Today")
+  assert SimulatedUser("question").prefers_first("Will markets rise?", "Markets rise")
   # VADER's compound is x / sqrt(x^2 + 15) of the summed valences (lexicon: good 1.9, bad
   # -2.5); "not" flips and damps a valence (x -0.74); a text without lexicon words scores 0.
   assert score("vader", "A good day") == pytest.approx(1.9 / np.sqrt(1.9**2 + 15), abs=1e-4)

@@ -12,6 +12,10 @@ Attributes:
             7,500-entry valence lexicon with negation, intensifier and "but" rules): positive
             tone judged by a fixed scorer that tells most headlines apart, where the small
             lexicon above ties four pairs in five
+  sentence  sentence-case headlines (as AP or the Guardian write them): a smaller share of the
+            words after the first starting with a capital, counting one capitalized word of
+            prior so that an empty or one-word answer shows no style (scores as title case)
+  question  asks a question: a '?' (1) or none (0)
   topic:X   mentions X (case-insensitive), then fewer words
 """
 
@@ -31,7 +35,8 @@ NEGATIVE = frozenset("bad worst hate sad lose loses lost fail fails failure dark
                      "weak".split())
 INFORMAL = re.compile(r"(\w+'(s|re|ll|ve|d|t|m)\b)|!|\b(i|me|my|lol|gonna|wanna|yeah|ok|okay)\b",
                       re.IGNORECASE)
-ATTRIBUTES = ("concise", "numbers", "formal", "casual", "positive", "vader")
+ATTRIBUTES = ("concise", "numbers", "formal", "casual", "positive", "vader", "sentence",
+              "question")
 
 
 @functools.cache
@@ -59,6 +64,11 @@ def score(attribute: str, text: str) -> float:
     return float(sum(w in POSITIVE for w in ws) - sum(w in NEGATIVE for w in ws))
   if attribute == "vader":
     return float(_vader().polarity_scores(text)["compound"])
+  if attribute == "sentence":
+    later = re.findall(r"[A-Za-z][A-Za-z']*", text)[1:]
+    return -(sum(w[0].isupper() for w in later) + 1.0) / (len(later) + 1.0)
+  if attribute == "question":
+    return float("?" in text)
   if attribute.startswith("topic:"):
     topic = attribute.split(":", 1)[1].lower()
     return (1000.0 if topic in text.lower() else 0.0) - len(ws)
