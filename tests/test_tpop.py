@@ -903,3 +903,45 @@ def test_decoding_through_the_feature_cache_equals_embedding_every_text(decoder_
     assert (a.exploit_ids, a.explore_ids) == (b.exploit_ids, b.explore_ids)
   assert a.exploit_ids != TwoArmDecoder(llm, tok, enc, **{**kw, "w": 0.0}).generate(
       ids, rm, explore=False).exploit_ids  # the reward moved a choice
+
+
+def test_seeds_benchmark_rescores_each_run_and_pools_seeds_per_query(tmp_path):
+  """benchmarks/tpop_seeds.py: each run's verdicts re-scored from its shown answers (a run whose
+  reported rate disagrees is refused), the mean over seeds equals the hand mean of all verdicts,
+  and runs of other held-out queries are refused."""
+  import json as _json
+  import os
+  import subprocess
+  import sys
+  REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  greedy = ["A much longer greedy headline", "Short one", "Two words"]
+  shown = {0: ["Short", "Much longer than that one", "Two more"],  # win, lose, tie
+           1: ["Shorter than it", "Big one", "One"]}  # win, tie, win
+
+  def write(seed, rate=None, queries=("q1", "q2", "q3")):
+    wins = [SimulatedUser("concise").wins(a, b) for a, b in zip(shown[seed], greedy)]
+    run = {"config": {"attributes": ["concise"], "seed": seed},
+           "held_out": [{"query": q, "greedy": g} for q, g in zip(queries, greedy)],
+           "exploit_responses": {"concise": {"50": shown[seed]}},
+           "win_rate": {"concise": {"50": np.mean(wins) if rate is None else rate}},
+           "gated_win_rate": {"concise": {"50": 0.25 * (seed + 1)}}}
+    path = tmp_path / f"run{seed}{'' if rate is None else 'bad'}{len(queries[0])}.json"
+    path.write_text(_json.dumps(run))
+    return str(path)
+
+  def bench(*runs):
+    return subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_seeds.py"),
+                           f"--runs={','.join(runs)}", f"--output={tmp_path}"],
+                          capture_output=True, text=True, cwd=REPO)
+
+  p = bench(write(0), write(1))
+  assert p.returncode == 0, p.stderr[-3000:]
+  row = _json.loads((tmp_path / "tpop_seeds.json").read_text())["rows"]["concise"]
+  assert row["win_rate"] == pytest.approx([(1 + 0 + 0.5) / 3, (1 + 0.5 + 1) / 3])
+  assert row["mean"] == pytest.approx((1.5 + 2.5) / 6)
+  assert row["interval"][0] <= row["mean"] <= row["interval"][1]
+  assert row["gated_mean"] == pytest.approx(0.375)
+  p = bench(write(0), write(1, rate=0.9))
+  assert p.returncode != 0 and "re-scored" in p.stderr
+  p = bench(write(0), write(1, queries=("other", "q2", "q3")))
+  assert p.returncode != 0 and "different held-out queries" in p.stderr
