@@ -70,6 +70,8 @@ def main(argv):
         sec_c = median_time(lambda: holder.__setitem__("c", cb(xj, wj)), _REPEATS.value,
                             lambda: holder["c"].block_until_ready())
         row[dtype]["callback_gflops"] = flops / sec_c / 1e9
+        row[dtype]["callback_max_err"] = float(
+            np.abs(np.asarray(holder["c"], np.float64) - exact).max())
     rows.append(row)
   print(f"\nMatmuls of a SmolLM2 train step, M={m}; {platform.machine()}, {os.cpu_count()} cpus "
         f"({_cpu_flags()}); jax {jax.__version__}, torch {torch.__version__} "

@@ -147,3 +147,4 @@ def test_cpu_matmul_bench_compares_both_dtypes_on_both_sides(tmp_path):
       d = r[dtype]
       assert d["xla_gflops"] > 0 and d["torch_gflops"] > 0
       assert d["xla_max_err"] < tol and d["torch_max_err"] < tol, (dtype, d)
+    assert r["float32"]["callback_gflops"] > 0 and r["float32"]["callback_max_err"] < 1e-2
