@@ -65,7 +65,7 @@ def get_config(arg: str = ""):
   c.hidden = 1024  # reward MLP width (embed -> hidden -> 1)
   c.lr = 1e-3  # refit: Adam learning rate (200 steps per refit)
   # Refit: (reg / 2) ||theta - theta_0||^2 beside the Bradley-Terry loss; bounds r's scale so
-  # sigmoid(r) does not saturate (reg=1 agreed with the rules as reg=0 did, r's spread 0.6-0.7
+  # sigmoid(r) does not saturate (reg=1 agreed with the rules as reg=0 did, r's spread 0.56-0.73
   # instead of 2.8-2.9; results README).
   c.reg = 1.0
   # Each refit starts from the reward MLP's initial parameters (the public code's choice), not
@@ -76,7 +76,8 @@ def get_config(arg: str = ""):
   c.official_covariance = False  # the public code's V^-1 that grows with data
   c.seed = 0
   # Stop cleanly after about this many seconds (0: no limit); the same command continues from
-  # WORKDIR/progress/ (a run at k=40 takes 25 to 100+ minutes per attribute on 2 CPU cores).
+  # WORKDIR/progress/ (these defaults: 5 to 8 minutes per attribute on a 2-core AMD EPYC; with
+  # MiniLM re-reading every candidate, 25 to 100+ on an earlier 2-core box).
   c.time_budget_s = 0.0
   if "official" in arg:
     c.official_sign = c.official_covariance = True
