@@ -44,6 +44,7 @@ def rescored(run: dict, attribute: str, point: int) -> tuple[list[float], float]
 def main(argv):
   del argv
   from tapper_jax.fileio import write_report
+  from tapper_jax.tpop.run import interval
   runs = []
   for path in _RUNS.value:
     with open(path, encoding="utf-8") as f:
@@ -52,17 +53,15 @@ def main(argv):
   if len(queries) != 1:
     raise ValueError("the runs asked different held-out queries: " + ", ".join(_RUNS.value))
   attributes = list(dict.fromkeys(a for _, r in runs for a in r["config"]["attributes"]))
-  rng = np.random.default_rng(0)
   rows = {}
   for a in attributes:
     held = [(p, r) for p, r in runs if a in r["config"]["attributes"]
             and str(_POINT.value) in r["win_rate"][a]]
     scored = [rescored(r, a, _POINT.value) for _, r in held]
     wins = np.array([w for w, _ in scored])  # [seeds, queries]
-    draws = [wins[:, rng.integers(0, wins.shape[1], wins.shape[1])].mean() for _ in range(2000)]
     rows[a] = {"runs": [p for p, _ in held], "seeds": [r["config"]["seed"] for _, r in held],
                "win_rate": wins.mean(1).tolist(), "gated_win_rate": [g for _, g in scored],
-               "mean": float(wins.mean()), "interval": np.percentile(draws, [2.5, 97.5]).tolist(),
+               "mean": float(wins.mean()), "interval": interval(wins.mean(0)),  # queries resampled
                "gated_mean": float(np.mean([g for _, g in scored]))}
   out = {"point": _POINT.value, "queries": len(next(iter(queries))), "rows": rows}
   lines = [f"T-POP win rate over greedy after {_POINT.value} preferences, per seed and over "
