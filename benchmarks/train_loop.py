@@ -17,6 +17,7 @@ multiple of 16, and the trim after grouping batches by length.
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 
@@ -32,10 +33,20 @@ _STEPS = flags.DEFINE_integer("steps", 24, "Loop steps per setting.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Rows per step.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Bare-step timings per shape (median).")
 _SETTINGS = flags.DEFINE_list("settings", "full,trim16,trim16_grouped",
-                              "Of: full (no trim), trim16, trim16_grouped (8-batch windows).")
+                              "Each 'full' (no trim), 'trimB' (the token axis cut to a multiple "
+                              "of B) or 'trimB_grouped[G]' (after sorting windows of G batches "
+                              "by length; G defaults to 8).")
 _OUT = flags.DEFINE_string("out", "bench_out", "Folder for train_loop_TASK.json.")
 
-SETTINGS = {"full": (0, 0), "trim16": (16, 0), "trim16_grouped": (16, 8)}
+
+def setting(name: str) -> tuple[int, int]:
+  """A setting's (train_bucket, train_length_groups), e.g. 'trim8_grouped50' -> (8, 50)."""
+  m = re.fullmatch(r"full|trim(\d+)(?:_grouped(\d*))?", name)
+  if not m:
+    raise ValueError(f"--settings: {name!r} is not full, trimB or trimB_grouped[G]")
+  if name == "full":
+    return 0, 0
+  return int(m[1]), (int(m[2] or 8) if "_grouped" in name else 0)
 
 
 class _Recorder:
@@ -71,7 +82,7 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   from tapper_jax.training import setup
   from tapper_jax.training import loop
   p = plan
-  config.train_bucket, config.train_length_groups = SETTINGS[name]
+  config.train_bucket, config.train_length_groups = setting(name)
   prompts = loop.prompt_format(config, tok)
   examples = p.method.prompts(p.stage2, p, tok, prompts)
   ev = p.method.prompts(p.evaluate, p, tok, prompts)
@@ -119,7 +130,7 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
                                                     + len(host["input_ids"]) * prefix)
   bare_per_token = float(np.mean([bare[w] for w in widths])) if widths else float("nan")
   loop_per_real = kept_s / max(kept_real, 1)
-  return {"setting": name, "bucket": SETTINGS[name][0], "groups": SETTINGS[name][1],
+  return {"setting": name, "bucket": setting(name)[0], "groups": setting(name)[1],
           "loop_s": loop_s, "steady_steps": len(widths), "widths": sorted(set(widths)),
           "real_token_share": kept_real / max(kept_padded, 1),
           "loop_s_per_step": kept_s / max(len(widths), 1),
@@ -132,6 +143,8 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
 
 def main(argv):
   del argv
+  for name in _SETTINGS.value:  # a misspelt setting fails before any model loads
+    setting(name)
   import sys
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "configs"))

@@ -118,6 +118,15 @@ def test_trace_summary_sums_a_gpu_trace_by_kernel_and_kind(tmp_path):
   assert ops["total_ms"] == pytest.approx(4.5) and ops["top"][0]["name"] == "fusion.1"
 
 
+def test_train_loop_settings_name_the_trim_and_the_grouping():
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import train_loop
+  assert [train_loop.setting(n) for n in ("full", "trim16", "trim16_grouped", "trim8_grouped50")
+          ] == [(0, 0), (16, 0), (16, 8), (8, 50)]
+  with pytest.raises(ValueError, match="trim16_groupd"):
+    train_loop.setting("trim16_groupd")
+
+
 @pytest.mark.slow
 def test_train_loop_bench_times_the_real_loop_against_its_bare_step(tmp_path, shared_data):
   """On a real offline task (tiny random model): each setting's loop time per real token against
@@ -127,12 +136,14 @@ def test_train_loop_bench_times_the_real_loop_against_its_bare_step(tmp_path, sh
   build_offline.build(shared_data, str(offline))
   out = _run("train_loop.py", tmp_path, f"--offline={offline}", "--task=huffpost_2N",
              "--model=tiny-random", "--steps=6", "--batch=4", "--repeats=1",
-             "--settings=full,trim16_grouped")
+             "--settings=full,trim16_grouped,trim8_grouped3")
   with open(tmp_path / "train_loop_huffpost_2n.json") as f:
     res = json.load(f)
-  full, grouped = res["rows"]
+  full, grouped, fine = res["rows"]
   assert (full["setting"], grouped["setting"]) == ("full", "trim16_grouped")
   assert full["widths"] == [168] and all(w % 16 == 0 and w <= 168 for w in grouped["widths"])
+  assert (fine["bucket"], fine["groups"]) == (8, 3)
+  assert fine["widths"] and all(w % 8 == 0 and w <= 168 for w in fine["widths"])
   assert grouped["real_token_share"] > full["real_token_share"]
   assert all(r["ratio"] > 0 and r["steady_steps"] > 0 for r in res["rows"]) and "| full |" in out
 
