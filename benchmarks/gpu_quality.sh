@@ -24,12 +24,17 @@ left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 # TAP-PER alone, which always runs); GPU_QUALITY_ROWS="g1|g2|..." picks others, e.g. the
 # ablations: "without P_u|without P_u,without P_q|...". The last group's table is the report.
 IFS='|' read -r -a GROUPS_ <<< "${GPU_QUALITY_ROWS:-none|step-matched|step-matched,trained as long}"
+# Each group's table is also kept as quality_full_gN.md, so groups that do not repeat the
+# earlier ones' rows lose none of them.
+n=0
 for rows in "${GROUPS_[@]}"; do
+  n=$((n + 1))
   if (( $(left) < 30 )); then echo "## rows $rows: skipped ($(left) s left)"; break; fi
   echo "## rows: $rows ($(date +%T), $(left) s left)"
   timeout "$(left)" python3 benchmarks/quality.py --budget=full --only_tasks="$TASK" \
     --rows="$rows" --output="$WORK/out" --offline="$WORK/offline" "$@" 2>&1 \
     | grep -v -E "^(WARNING|I[0-9]{4}|W[0-9]{4})" | tail -30
   echo "## rows $rows: exit ${PIPESTATUS[0]} after $(( $(date +%s) - START )) s"
-  cp "$WORK"/out/quality_full.md "$WORK"/out/quality_full.json "$OUT"/ 2>/dev/null
+  cp "$WORK"/out/quality_full.md "$WORK"/out/quality_full.json "$OUT"/ 2>/dev/null \
+    && cp "$WORK"/out/quality_full.md "$OUT/quality_full_g$n.md"
 done

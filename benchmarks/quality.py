@@ -42,7 +42,7 @@ from tapper_jax.fileio import keep_previous  # noqa: E402  (tests reach it here 
 from tapper_jax.metrics import paired_bootstrap  # noqa: E402
 
 _BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "cpu-methods", "dev-rates",
-                                             "full"],
+                                             "dev-batches", "full"],
                             "Which budget.")
 _OFFLINE = flags.DEFINE_string("offline", os.path.join("data", "offline"),
                                "Offline suite root (built here from --raw if missing).")
@@ -106,6 +106,10 @@ RATE_ROWS = (Row("TAP-PER, lambda lr 1e-2", (("stage2.lambda_learning_rate", 1e-
              Row("TAP-PER, standardized z, P_u dropout 0.5",
                  (("stage2.standardize_z", True), ("stage2.user_dropout", 0.5)),
                  controls=("no_personal", "other_user", "cold")))
+# Stage-2 batches cut from windows of 50 length-sorted batches (`train_length_groups`; HF's
+# group_by_length uses 50-batch windows too): less padding, so a faster step per real token
+# (benchmarks/train_loop.py), but rows of one batch are no longer a uniform draw.
+GROUPED = Row("TAP-PER, batches grouped by length", (("train_length_groups", 50),))
 ABLATIONS = (Row("TAP-PER without P_u", (("stage2.user_prefix", False),)),
              Row("TAP-PER without P_q", (("stage2.query_prefix", False),)),
              Row("TAP-PER without time decay", (("stage2.time_decay", False),)),
@@ -121,6 +125,9 @@ BUDGETS = {
     # Learning rates of the lambdas and the table, chosen on dev (run with --split=dev).
     "dev-rates": (("huffpost_2N",), (TAPPER,) + RATE_ROWS,
                   {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
+    # Whether batching by length (a speed lever) costs quality, on dev.
+    "dev-batches": (("huffpost_2N",), (TAPPER, GROUPED),
+                    {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
     # The other methods beside TAP-PER, same data, steps and rates (issue 11).
     "cpu-methods": (("huffpost_2N",), (TAPPER, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED + (PER_USER,),
                     {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
@@ -287,8 +294,8 @@ def main(argv):
   import jax
   from tapper_jax.data import build_offline, lamp
   tasks, rows, recipes = BUDGETS[_BUDGET.value]
-  if _BUDGET.value == "dev-rates" and _SPLIT.value != "dev":
-    raise app.UsageError("--budget=dev-rates chooses settings: run it with --split=dev")
+  if _BUDGET.value.startswith("dev-") and _SPLIT.value != "dev":
+    raise app.UsageError(f"--budget={_BUDGET.value} chooses settings: run it with --split=dev")
   tasks = tuple(_TASKS.value) or tasks
   if _ROWS.value:
     rows = tuple(r for r in rows if r is TAPPER or any(k in r.name for k in _ROWS.value))
