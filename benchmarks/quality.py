@@ -306,8 +306,9 @@ def main(argv):
   jobs += [("lamp", *spec.split(":", 1)) for spec in _LAMP.value]
   model = "tiny-random (smoke)" if _TINY.value else "SmolLM2-135M-Instruct"
   device = jax.devices()[0]
+  kind = "" if device.device_kind.lower() == device.platform else f" {device.device_kind}"
   header = (f"Budget `{_BUDGET.value}`; {model} fp32 on {jax.device_count()} x "
-            f"{device.platform} {device.device_kind} ({os.cpu_count()} cores); split "
+            f"{device.platform}{kind} ({os.cpu_count()} cores); split "
             f"{_SPLIT.value}; seeds "
             f"{','.join(_SEEDS.value)}; rows {', '.join(r.name for r in rows)}; recipe "
             f"{json.dumps(recipes) if recipes else 'the paper (configs, in epochs)'}; greedy "
