@@ -117,20 +117,18 @@ ABLATIONS = (Row("TAP-PER without P_u", (("stage2.user_prefix", False),)),
              Row("TAP-PER without bridge LoRA", (("stage2.bridge_lora", False),)))
 
 # budget -> (tasks, rows, per-task {field: value} of the budget's recipe)
+HUFFPOST_CPU = {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}  # one-task budgets
 BUDGETS = {
     "cpu": (("huffpost_2N", "movielens_2M"), (TAPPER, LONG, STEP_MATCHED),
             {t: {**SHORT_RATES, **r} for t, r in CPU_RECIPE.items()}),
-    "cpu-ablate": (("huffpost_2N",), (TAPPER,) + ABLATIONS,
-                   {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
+    "cpu-ablate": (("huffpost_2N",), (TAPPER,) + ABLATIONS, HUFFPOST_CPU),
     # Learning rates of the lambdas and the table, chosen on dev (run with --split=dev).
-    "dev-rates": (("huffpost_2N",), (TAPPER,) + RATE_ROWS,
-                  {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
+    "dev-rates": (("huffpost_2N",), (TAPPER,) + RATE_ROWS, HUFFPOST_CPU),
     # Whether batching by length (a speed lever) costs quality, on dev.
-    "dev-batches": (("huffpost_2N",), (TAPPER, GROUPED),
-                    {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
+    "dev-batches": (("huffpost_2N",), (TAPPER, GROUPED), HUFFPOST_CPU),
     # The other methods beside TAP-PER, same data, steps and rates (issue 11).
     "cpu-methods": (("huffpost_2N",), (TAPPER, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED + (PER_USER,),
-                    {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}),
+                    HUFFPOST_CPU),
     "full": (("huffpost_2N", "huffpost_4", "movielens_3", "movielens_2M"),
              (TAPPER, LONG, STEP_MATCHED, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED_ALL
     + (Row("per-user LoRA", method="per_user_lora"),) + ABLATIONS, {}),  # the paper's recipe: epochs

@@ -130,7 +130,7 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
                                                     + len(host["input_ids"]) * prefix)
   bare_per_token = float(np.mean([bare[w] for w in widths])) if widths else float("nan")
   loop_per_real = kept_s / max(kept_real, 1)
-  return {"setting": name, "bucket": setting(name)[0], "groups": setting(name)[1],
+  return {"setting": name, "bucket": config.train_bucket, "groups": config.train_length_groups,
           "loop_s": loop_s, "steady_steps": len(widths), "widths": sorted(set(widths)),
           "real_token_share": kept_real / max(kept_padded, 1),
           "loop_s_per_step": kept_s / max(len(widths), 1),

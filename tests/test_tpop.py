@@ -1,6 +1,11 @@
 """T-POP: the reward model's sign and the bandit's covariance, the two-arm decoder against
 greedy decoding, batched scoring against one-by-one, and the simulated user."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +13,15 @@ import pytest
 
 from tapper_jax.tpop import reward as rl
 from tapper_jax.tpop.user import SimulatedUser, score
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tpop_config():
+  """configs/tpop.py as a module (configs/ is not a package)."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import tpop
+  return tpop
 
 E = 8
 
@@ -396,7 +410,6 @@ def test_oracle_reward_fit_on_rule_ordered_headlines_orders_unseen_ones_as_the_r
   headlines read from profiles leaving out the asked articles, and a reward fit on them that
   orders unseen headlines as the rule does (an inverted pair order would order them the other
   way round)."""
-  import json
   from tapper_jax.tpop.oracle import fit_oracle, headlines
   from tapper_jax.tpop.run import agreement
   from tapper_jax.tpop.user import rule_pairs, score
@@ -502,7 +515,6 @@ def _full_forward_mean_logprob(llm, prompt: list[int], answer: list[int]) -> flo
 
 def _questions_folder(tmp_path):
   """A LaMP-2N-style test_questions.json of 8 short articles (the tiny runs' queries)."""
-  import json
   folder = tmp_path / "data"
   folder.mkdir()
   rows = [{"id": str(i), "input": f"Which category? categories: [a, b] article: News item {i} "
@@ -517,12 +529,7 @@ def _questions_folder(tmp_path):
 def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   """The CLI's run on the tiny variant: held-out queries never in the stream, a win-rate curve
   per attribute, latency against greedy, and each user's state restorable to continue."""
-  import json as _json
-  import os
-  import sys
-  REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import tpop as tpop_config
+  tpop_config = _tpop_config()
   from tapper_jax.tpop import run as tpop_run
   from tapper_jax.tpop.reward import UserRewardModel
   folder = _questions_folder(tmp_path)
@@ -588,7 +595,6 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
   # The serving-weight benchmark on this run's held-out queries: w = 0 is greedy decoding (every
   # answer ties), and w = the run's w reproduces the run's last figure with its saved models, as
   # does the run's preferences replayed through refits with the run's reg (1).
-  import subprocess
   p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "tpop_w.py"),
                       f"--run={tmp_path / 'wd'}", "--held_out", f"--ws=0,{c.w:g}",
                       "--regs=saved,1,5,negated,oracle", "--lm_scores=prob,logprob",
@@ -596,7 +602,7 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
                       "--budgets=0,1e-9", "--oracle_split=test", "--oracle_pairs=12"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
-  bench = _json.loads((tmp_path / "wd" / "tpop_w_test.json").read_text())
+  bench = json.loads((tmp_path / "wd" / "tpop_w_test.json").read_text())
   for a in ("concise", "numbers"):
     run_w = str(float(c.w))
     for key in (a, f"{a} reg={c.reg:g}"):
@@ -634,7 +640,7 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
                       "--gate=-0.1", f"--output={tmp_path}"], capture_output=True, text=True,
                      cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
-  longer = _json.loads((tmp_path / "tpop_w_test.json").read_text())
+  longer = json.loads((tmp_path / "tpop_w_test.json").read_text())
   assert longer["max_new_tokens"] == 6 and c.max_new_tokens < 6
   g_lp = longer["greedy_logprobs"]
   ids6 = [tpop_run.greedy_answer(llm, tok, q, max_new_tokens=6)[1] for q in held]
@@ -656,7 +662,7 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
                       f"--run={tmp_path / 'wd'}", "--attributes=concise"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
-  cand = _json.loads((tmp_path / "wd" / "tpop_candidates.json").read_text())["rows"]["concise"]
+  cand = json.loads((tmp_path / "wd" / "tpop_candidates.json").read_text())["rows"]["concise"]
   assert cand["steps"] > 0 and 0 <= cand["steps_with_raising"] <= cand["steps"]
   # The latency benchmark: per-token times of the same decodings, their ratios, and the
   # encoder's rows (a sentence encoder's padded to multiples of 8; the LLM feature cache's one
@@ -666,7 +672,7 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
                       "--budget=5"],
                      capture_output=True, text=True, cwd=REPO)
   assert p.returncode == 0, p.stderr[-3000:]
-  lat = _json.loads((tmp_path / "wd" / "tpop_latency_test.json").read_text())
+  lat = json.loads((tmp_path / "wd" / "tpop_latency_test.json").read_text())
   # Serving settings other than the run's (a budget that leaves the encoder work here).
   assert lat["min_p"] == 0.3 and lat["w"] == 2.0 and lat["budget"] == 5.0
   lat = lat["rows"]
@@ -701,7 +707,7 @@ def test_tpop_run_tiny_end_to_end(tmp_path, model_cache):
     tpop_run.run(c, str(tmp_path / "wd_bad"))
   bad = folder / "bad"
   bad.mkdir()
-  (bad / "test_questions.json").write_text(_json.dumps([{"id": "x", "input": "no article"}]))
+  (bad / "test_questions.json").write_text(json.dumps([{"id": "x", "input": "no article"}]))
   with pytest.raises(ValueError, match="record 0.*field 'input'"):
     tpop_run.queries(str(bad), "test", 1, 1)
 
@@ -712,11 +718,7 @@ def test_tpop_run_stopped_and_continued_equals_one_run(tmp_path, model_cache):
   reaches what one uninterrupted run does: the same curves, answers and preferences, with a
   noisy user (its random state is part of the progress). A finished run continued plays
   nothing, unless later evaluation points are asked; another config is refused."""
-  import os
-  import sys
-  REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import tpop as tpop_config
+  tpop_config = _tpop_config()
   from tapper_jax.tpop import run as tpop_run
   from tapper_jax.tpop.reward import UserRewardModel
   folder = _questions_folder(tmp_path)
@@ -791,11 +793,7 @@ def test_rounds_user_refuses_broken_answers_by_full_forward_log_p(tmp_path, mode
   """gate_rounds: in every round the user is told which answers to refuse, and those are the
   ones whose mean log p per token, by full forwards of prompt + answer, lies more than `gate`
   below that of greedy's answer to the round's query."""
-  import os
-  import sys
-  REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import tpop as tpop_config
+  tpop_config = _tpop_config()
   from tapper_jax import models
   from tapper_jax.tpop import run as tpop_run
   from tapper_jax.tpop.decode import TwoArmDecoder
@@ -909,11 +907,6 @@ def test_seeds_benchmark_rescores_each_run_and_pools_seeds_per_query(tmp_path):
   """benchmarks/tpop_seeds.py: each run's verdicts re-scored from its shown answers (a run whose
   reported rate disagrees is refused), the mean over seeds equals the hand mean of all verdicts,
   and runs of other held-out queries are refused."""
-  import json as _json
-  import os
-  import subprocess
-  import sys
-  REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   greedy = ["A much longer greedy headline", "Short one", "Two words"]
   shown = {0: ["Short", "Much longer than that one", "Two more"],  # win, lose, tie
            1: ["Shorter than it", "Big one", "One"]}  # win, tie, win
@@ -926,7 +919,7 @@ def test_seeds_benchmark_rescores_each_run_and_pools_seeds_per_query(tmp_path):
            "win_rate": {"concise": {"50": np.mean(wins) if rate is None else rate}},
            "gated_win_rate": {"concise": {"50": 0.25 * (seed + 1)}}}
     path = tmp_path / f"run{seed}{'' if rate is None else 'bad'}{len(queries[0])}.json"
-    path.write_text(_json.dumps(run))
+    path.write_text(json.dumps(run))
     return str(path)
 
   def bench(*runs):
@@ -936,7 +929,7 @@ def test_seeds_benchmark_rescores_each_run_and_pools_seeds_per_query(tmp_path):
 
   p = bench(write(0), write(1))
   assert p.returncode == 0, p.stderr[-3000:]
-  row = _json.loads((tmp_path / "tpop_seeds.json").read_text())["rows"]["concise"]
+  row = json.loads((tmp_path / "tpop_seeds.json").read_text())["rows"]["concise"]
   assert row["win_rate"] == pytest.approx([(1 + 0 + 0.5) / 3, (1 + 0.5 + 1) / 3])
   assert row["mean"] == pytest.approx((1.5 + 2.5) / 6)
   assert row["interval"][0] <= row["mean"] <= row["interval"][1]
