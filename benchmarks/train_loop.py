@@ -8,7 +8,9 @@ same compiled step called again and again on one batch of each shape the loop us
 whose tokens are counted, and the loop's time per *real* token (attention mask + prefix) is
 compared with it: padding, the input pipeline, logging and checkpoints are what the ratio
 charges the loop for. Settings (`--settings`): the full budget (no trim), the trim to a
-multiple of 16, and the trim after grouping batches by length.
+multiple of 16, the trim after grouping batches by length, and any of them with the per-token
+layers run on real tokens alone (`_unpadN`, `config.train_unpad`). The bare step is always the
+padded one (no unpadding): unpadding is one of the ways the loop avoids paying for padding.
 
   python benchmarks/train_loop.py --offline=/work/offline --task=huffpost_2N \\
       --backbone=bench_out/quality/runs/huffpost_2N_seed0/stage1/backbone --steps=24
@@ -35,18 +37,19 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Bare-step timings per shape (medi
 _SETTINGS = flags.DEFINE_list("settings", "full,trim16,trim16_grouped",
                               "Each 'full' (no trim), 'trimB' (the token axis cut to a multiple "
                               "of B) or 'trimB_grouped[G]' (after sorting windows of G batches "
-                              "by length; G defaults to 8).")
+                              "by length; G defaults to 8), optionally ending in '_unpadN' (the "
+                              "per-token layers on real tokens, rounded up to a multiple of N).")
 _OUT = flags.DEFINE_string("out", "bench_out", "Folder for train_loop_TASK.json.")
 
 
-def setting(name: str) -> tuple[int, int]:
-  """A setting's (train_bucket, train_length_groups), e.g. 'trim8_grouped50' -> (8, 50)."""
-  m = re.fullmatch(r"full|trim(\d+)(?:_grouped(\d*))?", name)
-  if not m:
-    raise ValueError(f"--settings: {name!r} is not full, trimB or trimB_grouped[G]")
-  if name == "full":
-    return 0, 0
-  return int(m[1]), (int(m[2] or 8) if "_grouped" in name else 0)
+def setting(name: str) -> tuple[int, int, int]:
+  """A setting's (train_bucket, train_length_groups, train_unpad), e.g. 'trim8_grouped50' ->
+  (8, 50, 0), 'full_unpad64' -> (0, 0, 64)."""
+  m = re.fullmatch(r"(?:full|trim(\d+)(_grouped(\d*))?)(?:_unpad(\d+))?", name)
+  if not m or (m[4] is not None and int(m[4]) <= 0):
+    raise ValueError(f"--settings: {name!r} is not full, trimB or trimB_grouped[G], with an "
+                     "optional _unpadN")
+  return (int(m[1] or 0), int(m[3] or 8) if m[2] else 0, int(m[4] or 0))
 
 
 class _Recorder:
@@ -82,7 +85,7 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   from tapper_jax.training import setup
   from tapper_jax.training import loop
   p = plan
-  config.train_bucket, config.train_length_groups = setting(name)
+  config.train_bucket, config.train_length_groups, config.train_unpad = setting(name)
   prompts = loop.prompt_format(config, tok)
   examples = p.method.prompts(p.stage2, p, tok, prompts)
   ev = p.method.prompts(p.evaluate, p, tok, prompts)
@@ -92,8 +95,7 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   run = loop.StageRun(2, llm, config, mesh, setup.table_rows(len(p.users), mesh, config),
                       config.stage2.steps)
   ds = _Recorder(ex.train_dataset(examples, prompts, config, config.stage2, seed=config.seed,
-                                  history=fields, rows=setup.process_rows(mesh, config,
-                                                                          config.stage2.batch_size)))
+                                  history=fields, mesh=mesh))
   recorder_times.clear()
   t0 = time.perf_counter()
   state = run.fit(ds, workdir, id_map)
@@ -118,8 +120,8 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   bare = {}
   for w in sorted(set(widths)):
     host = next(b for b in ds.batches if b["input_ids"].shape[1] == w)
-    batch = setup.put_batch({k: v for k, v in host.items() if k not in loop.HOST_ONLY},
-                            mesh, config)
+    batch = setup.put_batch({k: v for k, v in host.items()
+                             if k not in loop.HOST_ONLY + ("unpad",)}, mesh, config)
     fn = run.step_fn(batch)
 
     def step():
@@ -131,6 +133,7 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   bare_per_token = float(np.mean([bare[w] for w in widths])) if widths else float("nan")
   loop_per_real = kept_s / max(kept_real, 1)
   return {"setting": name, "bucket": config.train_bucket, "groups": config.train_length_groups,
+          "unpad": config.train_unpad,
           "loop_s": loop_s, "steady_steps": len(widths), "widths": sorted(set(widths)),
           "real_token_share": kept_real / max(kept_padded, 1),
           "loop_s_per_step": kept_s / max(len(widths), 1),

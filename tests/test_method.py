@@ -209,3 +209,52 @@ def test_held_out_users_get_no_examples_and_no_row(tmp_path):
   assert held not in p.users and all(e.user != held for e in p.stage2)
   assert {q.user_id for q in p.eval_qs} - {held} <= set(p.users)
   assert p.skips.counts["held_out_users"] == 1
+
+
+def test_unpadded_layout_equals_the_padded_one(tiny):
+  """`unpad` runs norms, projections and MLP on the real slots alone: the loss, every gradient
+  and the hidden states at real slots equal the padded computation's (groups of 1 and 2 rows),
+  and too few slots (a group's last tokens dropped) changes them: the test can tell."""
+  llm, _ = tiny
+  d = llm.config.hidden_size
+  attach_lora(llm, rank=4, alpha=8.0, key=jax.random.PRNGKey(1))
+  for _, mod in nnx.iter_graph(llm):
+    if getattr(mod, "lora_b", None) is not None:
+      mod.lora_b.set_value(0.05 * jax.random.normal(jax.random.PRNGKey(2), mod.lora_b.get_value().shape))
+  model = PersonalizedLM(llm, Tapper(d, 3, 4, rngs=nnx.Rngs(3)))
+  rng = np.random.default_rng(0)
+  b, t, k = 4, 12, 3
+  lengths = np.array([12, 5, 9, 7])  # right padding of 0, 7, 3, 5 slots
+  batch = {"input_ids": jnp.asarray(rng.integers(0, 100, (b, t)), jnp.int32),
+           "attention_mask": jnp.asarray(np.arange(t)[None] < lengths[:, None], jnp.int32),
+           "target_pos": jnp.asarray(lengths[:, None] - k + np.arange(k)[None], jnp.int32),
+           "target_valid": jnp.ones((b, k), jnp.int32),
+           "user_row": jnp.array([0, 1, -1, 3], jnp.int32),
+           "query_z": jnp.asarray(rng.normal(size=(b, d)), jnp.float32),
+           "hist_z": jnp.asarray(rng.normal(size=(b, 8, d)), jnp.float32),
+           "hist_age": jnp.asarray(rng.uniform(0, 9, size=(b, 8)), jnp.float32),
+           "hist_valid": jnp.arange(8)[None, :] < jnp.array([[5], [2], [8], [1]])}
+  # Trainable: the LoRA and the prefix module (whose gradient crosses the unpadded layout).
+  graphdef, lora, frozen = nnx.split(model, nnx.Any(nnx.LoRAParam, nnx.PathContains("tapper")),
+                                     ...)
+  assert any("tapper" in str(p) for p, _ in jax.tree_util.tree_leaves_with_path(lora))
+
+  def loss(lora, extra):
+    return lm_loss(nnx.merge(graphdef, lora, frozen), {**batch, **extra})[0]
+
+  ref, ref_grads = jax.value_and_grad(loss)(lora, {})
+  emb, mask = model.inputs(batch)
+  ref_hidden = np.asarray(llm.hidden_states(inputs_embeds=emb, attention_mask=mask)[0])
+  real = np.asarray(mask) > 0  # 3 prefix slots + the row's tokens
+  # The batch gives N the tokens' room; lm_loss adds each row's 3 prefix slots.
+  for groups, n in ((1, int(lengths.sum())), (2, 12 + 5)):  # groups of 17 and 16 tokens
+    got, grads = jax.value_and_grad(loss)(lora, {"unpad": jnp.zeros((groups, n), jnp.int8)})
+    np.testing.assert_allclose(float(got), float(ref), rtol=1e-5)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-6)
+    hidden = np.asarray(llm.hidden_states(inputs_embeds=emb, attention_mask=mask,
+                                          unpad=(groups, n + b // groups * 3))[0])
+    np.testing.assert_allclose(hidden[real], ref_hidden[real], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(hidden[~real], 0.0)
+  short = loss(lora, {"unpad": jnp.zeros((1, int(lengths.sum()) - 2), jnp.int8)})
+  assert abs(float(short) - float(ref)) > 1e-3

@@ -133,3 +133,24 @@ def test_each_process_loads_only_its_rows_of_the_global_batch():
     full, parts = next(whole), [next(h) for h in halves]
     for k in full:  # the same trimmed width in every process: it comes from the global batch
       np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), full[k])
+
+
+def test_unpad_field_gives_each_group_room_for_its_real_tokens():
+  """`unpad`: a [G, N] field, N the most real tokens of any group of B/G rows of the global
+  batch rounded up to the multiple; every process gets its groups with the same N."""
+  tok, src = CharTokenizer(), _varied_source()
+  fmt = PromptFormat(tok, 96)
+  make = lambda rows, groups: iter(make_dataset(  # noqa: E731
+      src, fmt, max_target_tokens=8, batch_size=4, seed=1, bucket=8, rows=rows, unpad=16,
+      unpad_groups=groups))
+  whole, one, halves = make(None, 2), make(None, 1), [make((0, 2), 2), make((2, 4), 2)]
+  for _ in range(5):
+    full, single, parts = next(whole), next(one), [next(h) for h in halves]
+    real = full["attention_mask"].sum(1)
+    most = max(real[:2].sum(), real[2:].sum())
+    assert full["unpad"].shape == (2, -(-most // 16) * 16) and not full["unpad"].any()
+    assert single["unpad"].shape == (1, -(-real.sum() // 16) * 16)
+    for k in full:
+      np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), full[k])
+  with pytest.raises(ValueError, match="3 groups"):
+    next(make(None, 3))

@@ -490,18 +490,19 @@ def test_a_non_finite_step_leaves_the_whole_state_bit_identical(sparse, synth_fo
 
 
 @pytest.mark.slow  # a training run: the default suite keeps a margin under 15 minutes
-def test_a_trimmed_batch_trains_exactly_as_the_full_budget(synth_folder, model_cache):
+def test_trimmed_and_unpadded_batches_train_exactly_as_the_full_budget(synth_folder,
+                                                                      model_cache):
   """`train_bucket` cuts each batch's token axis to its longest row (rounded up): the cut is
   right padding only, so the same state gives the same loss and gradients as the batch padded
-  to the whole budget. (Gradients, not an Adam step: Adam's first step maps a gradient near its
+  to the whole budget; `train_unpad` (the per-token layers on real tokens alone) too. (Gradients, not an Adam step: Adam's first step maps a gradient near its
   eps to any update, so fp noise would show. LoRA dropout is off: its mask is drawn for the
   batch's shape, so the two would draw different, equally likely masks.)"""
   from tapper_jax.training.loop import HOST_ONLY
   llm_tok = models.load("tiny-random")
   results = {}
-  for bucket in (0, 16):
+  for bucket, unpad in ((0, 0), (16, 0), (16, 16)):
     config = tiny_config(steps=4, warmup=0.0, bridge_dropout=0.0)
-    config.train_bucket = bucket
+    config.train_bucket, config.train_unpad = bucket, unpad
     config.max_prompt_tokens = 160  # room to spare: the tiny prompts fill 88
     run, ds, _ = _stage2_run(config, synth_folder, llm_tok)
     host = next(iter(ds))
@@ -512,8 +513,8 @@ def test_a_trimmed_batch_trains_exactly_as_the_full_budget(synth_folder, model_c
     with run.rules(), jax.set_mesh(run.mesh):
       (loss, _), grads = jax.jit(steps.grads_fn(run.graphdef))(trainable, run.frozen, batch,
                                                                 jax.random.key(0))
-    results[bucket] = (host, float(loss), jax.tree.map(np.asarray, grads))
-  (full, loss_full, g_full), (cut, loss_cut, g_cut) = results[0], results[16]
+    results[bucket, unpad] = (host, float(loss), jax.tree.map(np.asarray, grads))
+  (full, loss_full, g_full), (cut, loss_cut, g_cut) = results[0, 0], results[16, 0]
   width = cut["input_ids"].shape[1]
   assert width % 16 == 0 and width < full["input_ids"].shape[1]
   assert cut["attention_mask"].sum(1).max() > width - 16  # no whole bucket of padding left
@@ -525,6 +526,12 @@ def test_a_trimmed_batch_trains_exactly_as_the_full_budget(synth_folder, model_c
   # ignores a shift), so its two values are fp noise around 0.
   scale = max(np.abs(g).max() for g in jax.tree.leaves(g_full))
   for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_cut), strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale)
+  unpadded, loss_un, g_un = results[16, 16]
+  real = int(unpadded["attention_mask"].sum())  # the prefix slots are the model's to add
+  assert unpadded["unpad"].shape == (1, -(-real // 16) * 16) and "unpad" not in cut
+  assert abs(loss_un - loss_full) <= 1e-5 * abs(loss_full)
+  for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_un), strict=True):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale)
 
 

@@ -12,6 +12,8 @@ prompt budget, K the target budget):
   index      []  int32  the example's position in the source (to find its user and history)
 Batches may trim T to their longest row (`bucket`), after grouping rows of similar length
 (`group`); in a multi-process run each process loads only its rows of each global batch.
+With `unpad`, a batch also carries `unpad` [G, N] int8 zeros whose shape tells the model to run
+its per-token layers on N slots for each group of B/G rows (`models.llama.unpad_index`).
 """
 
 from __future__ import annotations
@@ -110,7 +112,9 @@ class MakeBatch(grain.transforms.Map):
   maps: Sequence = ()
   rows: tuple[int, int] | None = None  # this process's [start, stop) rows of the global batch
   bucket: int = 0
-  lengths: np.ndarray | None = None  # [N] token lengths (needed with bucket > 0 and rows)
+  lengths: np.ndarray | None = None  # [N] token lengths (needed with bucket/unpad and rows)
+  unpad: int = 0  # round each group's real slots up to a multiple of this (0: no `unpad`)
+  unpad_groups: int = 1  # G: groups the global batch's rows are cut into
 
   def map(self, ids):
     full = self.tokenize.prompts.max_prompt_tokens + self.tokenize.max_target_tokens
@@ -132,7 +136,23 @@ class MakeBatch(grain.transforms.Map):
         raise ValueError(f"example {int(mine[0])}..: longer than its precomputed length")
       for k in TOKEN_AXIS:
         batch[k] = batch[k][:, :keep]
+    if self.unpad:
+      batch["unpad"] = self._unpad(ids, batch, keep, len(mine))
     return batch
+
+  def _unpad(self, ids, batch, width: int, local_rows: int) -> np.ndarray:
+    """[G_local, N] zeros: N the most real tokens of any group of the global batch, rounded up
+    to `unpad` (at most the group's padded slots). The model adds its soft-prefix slots."""
+    g = self.unpad_groups
+    if len(ids) % g or local_rows % (len(ids) // g):
+      raise ValueError(f"unpad: {g} groups do not cut the batch of {len(ids)} rows (this "
+                       f"process: {local_rows}) evenly")
+    per = len(ids) // g
+    lengths = (self.lengths[ids] if self.lengths is not None
+               else batch["attention_mask"].sum(1))
+    most = int(np.asarray(lengths).reshape(g, per).sum(1).max())
+    n = min(-(-most // self.unpad) * self.unpad, per * width)
+    return np.zeros((local_rows // per, n), np.int8)
 
 
 TOKEN_AXIS = ("input_ids", "loss_mask", "attention_mask")  # the fields trimmed to a bucket
@@ -142,14 +162,16 @@ def make_dataset(source: Sequence, prompts: PromptFormat, *, max_target_tokens: 
                  batch_size: int, seed: int = 0, shuffle: bool = True,
                  num_epochs: int | None = None, drop_remainder: bool = True,
                  maps: Sequence = (), bucket: int = 0, group: int = 0,
-                 rows: tuple[int, int] | None = None) -> grain.IterDataset:
+                 rows: tuple[int, int] | None = None, unpad: int = 0,
+                 unpad_groups: int = 1) -> grain.IterDataset:
   """A grain IterDataset of batches; `iter()` it, and use get_state()/set_state() to resume.
 
   `maps`: further per-example transforms run after tokenizing (e.g. the trainer's history
   lookup), each given and returning the example dict. `bucket`/`group`: trim each batch's
   token axis to a multiple of `bucket`, sorting windows of `group` batches by length first
   (`IndexBatches`, `MakeBatch`). `rows`: the rows of each global batch this process loads
-  (multi-process: each process tokenizes only its own rows; `None`: all).
+  (multi-process: each process tokenizes only its own rows; `None`: all). `unpad`,
+  `unpad_groups`: the `unpad` field (`MakeBatch`); no group may span two processes' rows.
   """
   stream = grain.MapDataset.range(len(source))
   if shuffle:
@@ -162,8 +184,9 @@ def make_dataset(source: Sequence, prompts: PromptFormat, *, max_target_tokens: 
   # Every example's length, tokenized once up front: only where a batch's rows are not all at
   # hand (grouping sorts a window; a process's trim must match the others').
   lengths = (token_lengths(source, prompts, max_target_tokens)
-             if group > 1 or (bucket and rows is not None) else None)
+             if group > 1 or ((bucket or unpad) and rows is not None) else None)
   batches = IndexBatches(stream, batch_size, group, lengths, seed)
   ds = grain.MapDataset.source(batches).map(
-      MakeBatch(source, Tokenize(prompts, max_target_tokens), tuple(maps), rows, bucket, lengths))
+      MakeBatch(source, Tokenize(prompts, max_target_tokens), tuple(maps), rows, bucket, lengths,
+                unpad, unpad_groups))
   return ds.to_iter_dataset()

@@ -10,6 +10,7 @@ Einsum letters:
   B batch   T query positions   S key positions (T, or the cache length when decoding)
   D hidden  H query heads   K key/value heads   G = H // K (query heads per kv head)
   E head dim   F MLP hidden   V vocab   R LoRA rank   L layers
+  G token groups   N tokens of a group (the unpadded layout; `unpad_index`)
 """
 
 from __future__ import annotations
@@ -134,6 +135,32 @@ def _apply_rope(x, cos, sin):
   return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
+def unpad_index(mask: jax.Array, groups: int, n: int) -> jax.Array:
+  """mask [B,S] -> [G,N] int32: the real slots of each group of B/G rows, as positions in the
+  group's flattened (B/G)*S slots, in order; the N - count unused entries hold (B/G)*S, one
+  past the end, which `to_flat` reads as zeros and `to_padded` drops. N must be >= the most
+  real slots of any group (a group with more loses its last ones)."""
+  flat = mask.reshape(groups, -1) > 0
+  return jax.vmap(lambda m: jnp.nonzero(m, size=n, fill_value=m.shape[0])[0])(flat).astype(
+      jnp.int32)
+
+
+def to_flat(x: jax.Array, index: jax.Array) -> jax.Array:
+  """x [B,S,...] -> [G,N,...]: the real slots of each group (`unpad_index`), zeros after."""
+  g = index.shape[0]
+  groups = x.reshape(g, -1, *x.shape[2:])
+  return jax.vmap(lambda a, i: a.at[i].get(mode="fill", fill_value=0))(groups, index)
+
+
+def to_padded(x: jax.Array, index: jax.Array, b: int, s: int) -> jax.Array:
+  """[G,N,...] -> [B,S,...]: each token back in its slot, zeros in the padding."""
+  g = index.shape[0]
+
+  def one(a, i):
+    return jnp.zeros((b // g * s,) + a.shape[1:], a.dtype).at[i].set(a, mode="drop")
+  return jax.vmap(one)(x, index).reshape(b, s, *x.shape[2:])
+
+
 class Attention(nnx.Module):
   """Grouped-query attention over stacked layers (one layer at a time inside the scan)."""
 
@@ -149,9 +176,12 @@ class Attention(nnx.Module):
       raise ValueError(f"attention must be einsum, xla or cudnn; got {cfg.attention!r}")
     self.attention = cfg.attention
 
-  def __call__(self, x, cos, sin, kv_mask, cache, cache_index, dropout_keys, layer=0):
+  def __call__(self, x, cos, sin, kv_mask, cache, cache_index, dropout_keys, layer=0,
+               index=None):
     """x [B,T,D]; kv_mask [B,S] (1 = a real key), or with a cache [B,T,S] (per query);
-    cache {"k","v"}: [L,B,S,K,E] or None.
+    cache {"k","v"}: [L,B,S,K,E] or None. With `index` [G,N] (the unpadded layout, no cache),
+    x and cos/sin are [G,N,...]: the projections run on real tokens only, and attention on
+    their padded [B,S] layout (kv_mask [B,S]).
 
     The whole stacked cache is updated in place at (`layer`, `cache_index`): carrying it through
     the layer scan, rather than scanning over per-layer slices, saves a copy of the full cache
@@ -164,6 +194,9 @@ class Attention(nnx.Module):
     key = self.k_proj(x, dk[1]).reshape(b, t, k, e)
     val = self.v_proj(x, dk[2]).reshape(b, t, k, e)
     q, key = _apply_rope(q, cos, sin), _apply_rope(key, cos, sin)
+    if index is not None:
+      b, t = kv_mask.shape
+      q, key, val = (to_padded(a, index, b, t) for a in (q, key, val))
     if cache is not None:
       at = (layer, 0, cache_index, 0, 0)
       cache = {"k": jax.lax.dynamic_update_slice(cache["k"], key[None].astype(cache["k"].dtype), at),
@@ -179,8 +212,7 @@ class Attention(nnx.Module):
       allowed = (jnp.tril(jnp.ones((t, s), bool))[None] & (kv_mask[:, None, :] > 0)) | eye[None]
       out = jax.nn.dot_product_attention(q, key, val, mask=allowed[:, None],
                                          implementation=self.attention).reshape(b, t, h * e)
-      out = constrain(out, ("batch", "length", "q_heads"))
-      return self.o_proj(out, dk[3]), cache
+      return self._out(out, index, dk[3]), cache
     q = q.reshape(b, t, k, h // k, e)
     logits = jnp.einsum("btkge,bske->bkgts", q, key).astype(jnp.float32) / math.sqrt(e)
     # Causal over absolute slots (query slot = cache_index + t) and the key padding mask.
@@ -192,8 +224,13 @@ class Attention(nnx.Module):
     logits = jnp.where(allowed[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
     out = jnp.einsum("bkgts,bske->btkge", probs, val).reshape(b, t, h * e)
-    out = constrain(out, ("batch", "length", "q_heads"))
-    return self.o_proj(out, dk[3]), cache
+    return self._out(out, index, dk[3]), cache
+
+  def _out(self, out, index, dropout_key):
+    """[B,T,H*E] attention output -> o_proj, on the real tokens alone where `index` is given."""
+    if index is not None:
+      out = to_flat(out, index)
+    return self.o_proj(constrain(out, ("batch", "length", "q_heads")), dropout_key)
 
 
 class MLP(nnx.Module):
@@ -252,17 +289,17 @@ class DecoderLayers(nnx.Module):
     self.num_layers = n
     self.unroll = cfg.scan_unroll if cfg.scan_unroll > 0 else n
 
-  def _one_layer(self, x, cos, sin, kv_mask, cache, cache_index, key, layer):
+  def _one_layer(self, x, cos, sin, kv_mask, cache, cache_index, key, layer, index):
     """Runs on a merged view whose variables hold one layer's slice."""
     dropout_keys = None if key is None else tuple(jax.random.split(key, 4))
     attn, cache = self.self_attn(self.input_layernorm(x), cos, sin, kv_mask, cache, cache_index,
-                                 dropout_keys, layer)
+                                 dropout_keys, layer, index)
     x = x + attn
     x = x + self.mlp(self.post_attention_layernorm(x))
     return constrain(x, ("batch", "length", "embed")), cache
 
   def __call__(self, x, cos, sin, kv_mask, cache: KVCache | None, cache_index, dropout_key,
-               remat: str | bool = False):
+               remat: str | bool = False, index=None):
     graphdef, state = nnx.split(self)
     policy = remat_policy(remat)
     keys = None if dropout_key is None else jax.random.split(dropout_key, self.num_layers)
@@ -271,7 +308,7 @@ class DecoderLayers(nnx.Module):
       h, cache = carry
       layer_state, i, key = xs
       layer = nnx.merge(graphdef, layer_state)
-      return layer._one_layer(h, cos, sin, kv_mask, cache, cache_index, key, i), None
+      return layer._one_layer(h, cos, sin, kv_mask, cache, cache_index, key, i, index), None
 
     if policy is not None:
       body = jax.checkpoint(body, policy=policy)
@@ -320,7 +357,8 @@ class LlamaForCausalLM(nnx.Module):
 
   def hidden_states(self, input_ids=None, *, inputs_embeds=None, attention_mask=None,
                     positions=None, cache: KVCache | None = None, cache_index: Any = 0,
-                    dropout_key=None, remat: str | bool = False):
+                    dropout_key=None, remat: str | bool = False,
+                    unpad: tuple[int, int] | None = None):
     """Final-norm hidden states [B,T,D] and the updated cache.
 
     attention_mask: [B,S] with 1 for real tokens; S = T without a cache, the cache length with
@@ -328,6 +366,10 @@ class LlamaForCausalLM(nnx.Module):
       With a cache it may be [B,T,S]: the slots each query token may see (still causal).
     positions: [B,T] rotary positions; by default the count of real tokens before each one.
     cache_index: the cache slot where this call's first token is written.
+    unpad: (G, N) static (training, no cache): the norms, projections and MLP run on the real
+      tokens alone, the B rows cut into G groups of N slots each (`unpad_index`; G divides B and
+      is a multiple of the batch shards, so that no group spans two); attention runs on the
+      padded layout. Padding slots come back as zeros (the padded layout gives them values).
     """
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -341,11 +383,18 @@ class LlamaForCausalLM(nnx.Module):
       if cache is not None:
         raise ValueError("decoding with a cache needs explicit positions")
       positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
-    x = constrain(x, ("batch", "length", "embed"))
     cos, sin = rope_cos_sin(positions, np.asarray(self._inv_freq, np.float32), x.dtype)
+    index = None
+    if unpad is not None:
+      if cache is not None or attention_mask.ndim != 2:
+        raise ValueError("unpad is for training: no cache, a [B,S] attention_mask")
+      index = unpad_index(attention_mask, *unpad)
+      x, cos, sin = (to_flat(a, index) for a in (x, cos, sin))
+    x = constrain(x, ("batch", "length", "embed"))
     x, cache = self.model.layers(x, cos, sin, attention_mask, cache, cache_index, dropout_key,
-                                 remat=remat)
-    return self.model.norm(x), cache
+                                 remat=remat, index=index)
+    x = self.model.norm(x)
+    return (x if index is None else to_padded(x, index, b, t)), cache
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """[..., D] -> [..., V] in the compute dtype."""

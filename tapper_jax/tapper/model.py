@@ -9,6 +9,9 @@ Batch fields (B batch, T tokens, K target slots, H history slots, D hidden):
   input_ids [B,T] int32, attention_mask [B,T] (right padding)
   target_pos [B,K] int32: positions in input_ids of the tokens to predict; target_valid [B,K]
   user_row [B] int32 (-1 unknown); query_z [B,D]; hist_z [B,H,D]; hist_age [B,H]; hist_valid [B,H]
+  unpad [G,N] (optional; only its shape is read): the LLM's per-token layers run on the real
+  slots alone, in G groups of B/G rows, each with room for N tokens and its rows' prefixes
+  (`models.llama.unpad_index`)
 """
 
 from __future__ import annotations
@@ -75,8 +78,12 @@ class PersonalizedLM(nnx.Module):
 def lm_loss(model: PersonalizedLM, batch, *, dropout_key=None, remat: bool = False):
   """Mean next-token NLL over the batch's target tokens; returns (loss, token count)."""
   emb, mask = model.inputs(batch)
+  unpad = None
+  if "unpad" in batch:
+    groups, n = batch["unpad"].shape
+    unpad = (groups, n + emb.shape[0] // groups * model.prefix_len)
   hidden, _ = model.llm.hidden_states(inputs_embeds=emb, attention_mask=mask,
-                                      dropout_key=dropout_key, remat=remat)
+                                      dropout_key=dropout_key, remat=remat, unpad=unpad)
   # The token at position p is predicted from the hidden state one slot before it.
   src = batch["target_pos"] - 1 + model.prefix_len
   h = jnp.take_along_axis(hidden, jnp.maximum(src, 0)[..., None], axis=1)  # [B,K,D]

@@ -178,6 +178,11 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   # a batch's rows have similar lengths and the trim removes most padding. It changes which
   # examples share a batch (not how often each is seen).
   c.train_length_groups = 0
+  # Training batches: the LLM's per-token layers (norms, projections, MLP: most of the work) run
+  # on the batch's real tokens alone, their count rounded up to a multiple of this (0: off);
+  # attention still runs on the padded rows. Exact (the padded rows' loss and gradients), and
+  # the examples in a batch are unchanged.
+  c.train_unpad = 0
   # Sort questions by prompt length and pad each batch to the next power of two (<= the prompt
   # budget) instead of the full budget: few compiled shapes, less padding; same answers.
   c.eval_buckets = True

@@ -180,16 +180,20 @@ def embed_queries(examples: Sequence[Example], embed) -> np.ndarray:
 
 
 def train_dataset(examples: Sequence[Example], prompts: PromptFormat, config, stage_cfg, *,
-                  seed: int, history: HistoryFields | None = None,
-                  rows: tuple[int, int] | None = None):
-  """Shuffled, repeated training batches (`data.pipeline.make_dataset`); `rows`: the rows of
-  each global batch this process loads (`setup.process_rows`)."""
+                  seed: int, history: HistoryFields | None = None, mesh=None):
+  """Shuffled, repeated training batches (`data.pipeline.make_dataset`). With `mesh`, each
+  process loads only its rows of each global batch (`setup.process_rows`), and `train_unpad`
+  groups rows by the batch's shards (`setup.batch_shards`); without, one process, one group."""
+  from tapper_jax.training import setup  # setup reaches the methods, which import this module
   source = [{"input": e.input, "target": e.target, "keep": e.keep} for e in examples]
+  rows = None if mesh is None else setup.process_rows(mesh, config, stage_cfg.batch_size)
   return make_dataset(source, prompts, max_target_tokens=config.max_target_tokens,
                       batch_size=stage_cfg.batch_size, seed=seed, shuffle=True, num_epochs=None,
                       maps=[history] if history is not None else [],
                       bucket=config.get("train_bucket", 0),
-                      group=config.get("train_length_groups", 0), rows=rows)
+                      group=config.get("train_length_groups", 0), rows=rows,
+                      unpad=config.get("train_unpad", 0),
+                      unpad_groups=1 if mesh is None else setup.batch_shards(mesh, config))
 
 
 def budget_report(examples: Sequence[Example], prompts: PromptFormat,

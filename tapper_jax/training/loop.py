@@ -313,7 +313,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       n_steps = resolve_steps(config.stage1, len(examples))
       run = StageRun(1, llm, config, mesh, num_rows=1, num_steps=n_steps)
       ds = ex.train_dataset(examples, prompts, config, config.stage1, seed=config.seed,
-                            rows=setup.process_rows(mesh, config, config.stage1.batch_size))
+                            mesh=mesh)
       state = run.fit(ds, workdir, {}, stop_after=stop_after, example_ids=[e.id for e in examples])
       if int(jax.device_get(state["step"])) < n_steps:
         return {"stopped_after": stop_after, "stage": 1}
@@ -356,7 +356,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     if trains:
       run = StageRun(2, llm, config, mesh, num_rows, n_steps, p.method.init_values())
       ds = ex.train_dataset(examples, prompts, config, s2, seed=config.seed, history=fields,
-                            rows=setup.process_rows(mesh, config, s2.batch_size))
+                            mesh=mesh)
       state = run.fit(ds, workdir, id_map, stop_after=stop_after,
                       example_ids=[e.id for e in examples])
       if int(jax.device_get(state["step"])) < n_steps:

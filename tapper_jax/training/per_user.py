@@ -15,7 +15,7 @@ import jax
 from absl import logging
 
 from tapper_jax.models.lora import save_peft_adapter
-from tapper_jax.training import distributed, evaluation, setup
+from tapper_jax.training import distributed, evaluation
 from tapper_jax.training import examples as ex
 
 
@@ -41,7 +41,7 @@ def train_and_predict(run, config, workdir: str, users, examples, evaluate, prom
     folder = os.path.join(workdir, "users", user_dir(user))
     run.key = jax.random.fold_in(base_key, i)
     ds = ex.train_dataset(mine, prompts, config, config.stage2, seed=config.seed + i,
-                          rows=setup.process_rows(run.mesh, config, config.stage2.batch_size))
+                          mesh=run.mesh)
     state = run.fit(ds, folder, {}, example_ids=[e.id for e in mine])
     model = run.model(state)
     adapter = os.path.join(workdir, "adapters", user_dir(user))

@@ -88,6 +88,10 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
                       "in [0, 1)")
   if config.stage2.get("table_memory", "device") not in ("device", "host"):
     raise ConfigError(f"config.stage2.table_memory={config.stage2.table_memory!r}: device or host")
+  for field in ("train_bucket", "train_length_groups", "train_unpad"):
+    v = config.get(field, 0)
+    if not (isinstance(v, int) and v >= 0):
+      raise ConfigError(f"config.{field}={v!r}: an int >= 0 (0: off)")
   if config.stage2.max_history < 0:
     raise ConfigError(f"config.stage2.max_history={config.stage2.max_history}: >= 0 (0 = all)")
   for field in ("stage2.prefix_len", "stage2.attention_chunk", "stage2.record_tokens",
@@ -172,13 +176,22 @@ def process_rows(mesh: Mesh, config, batch_size: int) -> tuple[int, int]:
   return lo, hi
 
 
+def batch_shards(mesh: Mesh, config) -> int:
+  """How many blocks the batch axis is cut into over the mesh (its data-parallel degree)."""
+  entry = batch_sharding(mesh, config, 1).spec[0]
+  return math.prod(mesh.shape[a] for a in ((entry,) if isinstance(entry, str) else entry or ()))
+
+
 def put_batch(batch: dict, mesh: Mesh, config, global_rows: int | None = None) -> dict:
   """Places a batch by its sharding. `batch` holds the whole global batch, or, with
   `global_rows`, only this process's rows of it (`process_rows`): each process then transfers
-  only the slices its own devices hold."""
+  only the slices its own devices hold. Every field's leading axis is this process's share of
+  the global one (rows of examples; `unpad`'s groups of rows)."""
+  share = 1 if global_rows is None else global_rows // len(batch["input_ids"])
+
   def put(v):
     v = np.asarray(v)
-    shape = v.shape if global_rows is None else (global_rows,) + v.shape[1:]
+    shape = (v.shape[0] * share,) + v.shape[1:]
     return jax.make_array_from_process_local_data(batch_sharding(mesh, config, v.ndim), v, shape)
   return {k: put(v) for k, v in batch.items()}
 
