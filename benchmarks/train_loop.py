@@ -104,16 +104,20 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   final_s = t0 + loop_s - times[-1]  # after the last iteration: the final checkpoint
   prefix = config.stage2.prefix_len
   seen, kept_s, kept_real, kept_padded, widths, input_s = set(), 0.0, 0, 0, [], 0.0
+  compile_s = 0.0
   for i, b in enumerate(ds.batches[: len(times)]):
     w = b["input_ids"].shape[1]
+    shape = (w, b["unpad"].shape[1] if "unpad" in b else 0)  # what the step compiles for
     dt = times[i] - (times[i - 1] if i else t0)
-    if w in seen:  # compiled already: a steady-state iteration
+    if shape in seen:  # compiled already: a steady-state iteration
       kept_s += dt
       input_s += ds.input_s[i]
       kept_real += int(b["attention_mask"].sum()) + len(b["input_ids"]) * prefix
       kept_padded += b["input_ids"].size + len(b["input_ids"]) * prefix
       widths.append(w)
-    seen.add(w)
+    else:
+      compile_s += dt
+    seen.add(shape)
   kept_s += final_s
   # The bare step: the same compiled function, one batch per width, every token counted.
   holder = {"state": state}
@@ -135,6 +139,7 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   return {"setting": name, "bucket": config.train_bucket, "groups": config.train_length_groups,
           "unpad": config.train_unpad,
           "loop_s": loop_s, "steady_steps": len(widths), "widths": sorted(set(widths)),
+          "compiled_shapes": len(seen), "compile_steps_s": compile_s,
           "real_token_share": kept_real / max(kept_padded, 1),
           "loop_s_per_step": kept_s / max(len(widths), 1),
           "input_s_per_step": input_s / max(len(widths), 1),  # waiting on the input pipeline
@@ -182,10 +187,11 @@ def main(argv):
       print(json.dumps(r), flush=True)
   print(f"\nStage-2 loop vs bare step, {_TASK.value}, {_MODEL.value}, batch {_BATCH.value}, "
         f"{_STEPS.value} steps, {platform.machine()}, {os.cpu_count()} cores")
-  print("| setting | real tokens | s/step (loop) | input s/step | us/real token (loop) | "
-        "us/token (bare) | loop / bare |\n|---|---|---|---|---|---|---|")
+  print("| setting | real tokens | shapes (s) | s/step (loop) | input s/step | "
+        "us/real token (loop) | us/token (bare) | loop / bare |\n|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['setting']} | {100 * r['real_token_share']:.0f}% | {r['loop_s_per_step']:.2f} | "
+    print(f"| {r['setting']} | {100 * r['real_token_share']:.0f}% | {r['compiled_shapes']} "
+          f"({r['compile_steps_s']:.0f}) | {r['loop_s_per_step']:.2f} | "
           f"{r['input_s_per_step']:.3f} | "
           f"{r['loop_us_per_real_token']:.0f} | {r['bare_us_per_token']:.0f} | "
           f"**{r['ratio']:.2f}x** |")

@@ -37,7 +37,8 @@ c.stage2.batch_size = 8
 c.eval_batch_size = 8
 c.stage2.bridge_dropout = 0.0
 c.mesh.shape = (-1, 1, 1)
-c.stage2.table_memory = "host" if sys.argv[6:] == ["host"] else "device"
+c.stage2.table_memory = "host" if "host" in sys.argv[6:] else "device"
+c.train_unpad = 16 if "unpad" in sys.argv[6:] else 0  # each of the 4 batch shards its group
 summary = train_and_evaluate(c, workdir)
 preds = {}
 for name, path in summary.get("predictions", {}).items():

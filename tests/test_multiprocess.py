@@ -89,3 +89,19 @@ def test_a_host_table_trains_across_processes_like_one_process(tmp_path, model_c
   for a, b in zip(params, ref_params):
     assert_trained_close(a, b, rtol=RTOL, atol=1e-7)
   assert got["predictions"] == ref["predictions"] and got["eval"] == ref["eval"]
+
+
+def test_unpadded_batches_train_across_processes_like_padded_ones(one_process, tmp_path,
+                                                                  model_cache):
+  """`train_unpad` over 2 processes x 2 devices (4 groups of rows, one per batch shard, each
+  process building its own) trains as the padded one-process run: the same losses, gradient
+  norms and final values, up to the order of float sums."""
+  ref, ref_params = one_process
+  env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
+  got = _multi(2, 2, tmp_path / "run", env, "unpad")
+  np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-5)
+  np.testing.assert_allclose(got["grad_norms"], ref["grad_norms"], rtol=1e-4)
+  params = _trained(str(tmp_path / "run"))
+  for a, b in zip(params, ref_params, strict=True):
+    assert_trained_close(a, b, rtol=1e-4, atol=1e-6)
+  assert got["eval"]["questions"] == ref["eval"]["questions"]

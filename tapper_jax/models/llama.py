@@ -135,30 +135,50 @@ def _apply_rope(x, cos, sin):
   return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-def unpad_index(mask: jax.Array, groups: int, n: int) -> jax.Array:
-  """mask [B,S] -> [G,N] int32: the real slots of each group of B/G rows, as positions in the
-  group's flattened (B/G)*S slots, in order; the N - count unused entries hold (B/G)*S, one
-  past the end, which `to_flat` reads as zeros and `to_padded` drops. N must be >= the most
-  real slots of any group (a group with more loses its last ones)."""
+def unpad_index(mask: jax.Array, groups: int, n: int) -> tuple[jax.Array, jax.Array]:
+  """mask [B,S] -> (index [G,N], inverse [G,(B/G)*S]) int32, over each group of B/G rows
+  flattened to (B/G)*S slots: index[g, j] is the slot of the group's j-th real token (past the
+  last one: (B/G)*S, out of range), inverse[g, s] the j of slot s (a padding slot: N, out of
+  range). N must be >= the most real slots of any group (a group with more loses its last)."""
   flat = mask.reshape(groups, -1) > 0
-  return jax.vmap(lambda m: jnp.nonzero(m, size=n, fill_value=m.shape[0])[0])(flat).astype(
-      jnp.int32)
+  index = jax.vmap(lambda m: jnp.nonzero(m, size=n, fill_value=m.shape[0])[0])(flat)
+  rank = jnp.cumsum(flat, axis=1) - 1
+  inverse = jnp.where(flat & (rank < n), rank, n)
+  return index.astype(jnp.int32), inverse.astype(jnp.int32)
 
 
-def to_flat(x: jax.Array, index: jax.Array) -> jax.Array:
+@jax.custom_vjp
+def _take(a: jax.Array, take: jax.Array, back: jax.Array) -> jax.Array:
+  """a [G,M,...] -> [G,len(take),...]: a[g, take[g, j]], zero where take is out of range.
+  `back` is the inverse map (a's slot -> its j, or out of range), so that the gradient is a
+  gather too: autodiff would transpose the gather into a scatter-add, much slower on a CPU."""
+  del back
+  return jax.vmap(lambda x, i: x.at[i].get(mode="fill", fill_value=0))(a, take)
+
+
+def _take_fwd(a, take, back):
+  return _take(a, take, back), (take, back)
+
+
+def _take_bwd(res, g):
+  take, back = res
+  return _take(g, back, take), None, None
+
+
+_take.defvjp(_take_fwd, _take_bwd)
+
+
+def to_flat(x: jax.Array, index) -> jax.Array:
   """x [B,S,...] -> [G,N,...]: the real slots of each group (`unpad_index`), zeros after."""
-  g = index.shape[0]
-  groups = x.reshape(g, -1, *x.shape[2:])
-  return jax.vmap(lambda a, i: a.at[i].get(mode="fill", fill_value=0))(groups, index)
+  take, back = index
+  g = take.shape[0]
+  return _take(x.reshape(g, -1, *x.shape[2:]), take, back)
 
 
-def to_padded(x: jax.Array, index: jax.Array, b: int, s: int) -> jax.Array:
+def to_padded(x: jax.Array, index, b: int, s: int) -> jax.Array:
   """[G,N,...] -> [B,S,...]: each token back in its slot, zeros in the padding."""
-  g = index.shape[0]
-
-  def one(a, i):
-    return jnp.zeros((b // g * s,) + a.shape[1:], a.dtype).at[i].set(a, mode="drop")
-  return jax.vmap(one)(x, index).reshape(b, s, *x.shape[2:])
+  take, back = index
+  return _take(x, back, take).reshape(b, s, *x.shape[2:])
 
 
 class Attention(nnx.Module):
@@ -179,7 +199,7 @@ class Attention(nnx.Module):
   def __call__(self, x, cos, sin, kv_mask, cache, cache_index, dropout_keys, layer=0,
                index=None):
     """x [B,T,D]; kv_mask [B,S] (1 = a real key), or with a cache [B,T,S] (per query);
-    cache {"k","v"}: [L,B,S,K,E] or None. With `index` [G,N] (the unpadded layout, no cache),
+    cache {"k","v"}: [L,B,S,K,E] or None. With `index` (`unpad_index`: the unpadded layout, no cache),
     x and cos/sin are [G,N,...]: the projections run on real tokens only, and attention on
     their padded [B,S] layout (kv_mask [B,S]).
 
@@ -194,9 +214,11 @@ class Attention(nnx.Module):
     key = self.k_proj(x, dk[1]).reshape(b, t, k, e)
     val = self.v_proj(x, dk[2]).reshape(b, t, k, e)
     q, key = _apply_rope(q, cos, sin), _apply_rope(key, cos, sin)
-    if index is not None:
+    if index is not None:  # one gather for the three: [G,N,(H+2K)E] -> [B,S,(H+2K)E]
+      flat = jnp.concatenate([a.reshape(*a.shape[:2], -1) for a in (q, key, val)], axis=-1)
       b, t = kv_mask.shape
-      q, key, val = (to_padded(a, index, b, t) for a in (q, key, val))
+      q, key, val = jnp.split(to_padded(flat, index, b, t), [h * e, (h + k) * e], axis=-1)
+      q, key, val = q.reshape(b, t, h, e), key.reshape(b, t, k, e), val.reshape(b, t, k, e)
     if cache is not None:
       at = (layer, 0, cache_index, 0, 0)
       cache = {"k": jax.lax.dynamic_update_slice(cache["k"], key[None].astype(cache["k"].dtype), at),

@@ -82,7 +82,7 @@ class StageRun:
     frozen = nnx.state(PersonalizedLM(llm, None))
     self.frozen_sh = setup.shardings(frozen, mesh, config)
     self.frozen = jax.device_put(frozen, self.frozen_sh)
-    self._step = None
+    self._steps = {}  # the batch's field names -> its jitted step
 
   def rules(self):
     return use_rules(self.mesh, self.config.mesh.rules)
@@ -100,9 +100,10 @@ class StageRun:
       return jax.jit(init, out_shardings=self.state_sh)(self.key, self.init_values)
 
   def step_fn(self, batch):
-    """The jitted step for batches shaped like `batch`: (state, frozen, batch) -> (state,
+    """The jitted step for batches with `batch`'s fields: (state, frozen, batch) -> (state,
     metrics); with a host table (state, frozen, batch, rows) -> (state, metrics, rows)."""
-    if self._step is None:
+    fields = tuple(sorted(batch))
+    if fields not in self._steps:
       batch_sh = {k: setup.batch_sharding(self.mesh, self.config, np.ndim(v))
                   for k, v in batch.items()}
       rep = setup.replicated(self.mesh)
@@ -110,15 +111,16 @@ class StageRun:
         fn = steps.host_table_step_fn(self.graphdef, self.tx, self.lr, self.sparse,
                                       jax.tree.structure(self.table_abstract["table"]),
                                       self.config.model.remat, self.user_dropout)
-        self._step = jax.jit(fn, in_shardings=(self.state_sh, self.frozen_sh, batch_sh, rep),
-                             out_shardings=(self.state_sh, rep, rep), donate_argnums=0)
+        self._steps[fields] = jax.jit(
+            fn, in_shardings=(self.state_sh, self.frozen_sh, batch_sh, rep),
+            out_shardings=(self.state_sh, rep, rep), donate_argnums=0)
       else:
-        self._step = jax.jit(
+        self._steps[fields] = jax.jit(
             steps.train_step_fn(self.graphdef, self.tx, self.lr, self.config.model.remat,
                                 self.sparse, self.user_dropout),
             in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
             out_shardings=(self.state_sh, rep), donate_argnums=0)
-    return self._step
+    return self._steps[fields]
 
   def train_step(self, state, host: dict, step: int):
     """One step on this process's rows `host` of the global batch -> (state, metrics). A host
