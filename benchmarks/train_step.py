@@ -43,19 +43,38 @@ _USERS = flags.DEFINE_integer("users", 1024, "Rows of the user prefix table.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported) after 2 warm-up steps.")
 _SIDE = flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Internal: one side per process.")
 _OUT = flags.DEFINE_string("out", "bench_out", "Folder for train_step_MODEL_DTYPE.json.")
+_REAL = flags.DEFINE_float("real_share", 1.0, "Rows right-padded so that about this share of "
+                           "the B x T slots are real tokens (row 0 full, the others' lengths "
+                           "uniform); in (0.5, 1]. Both sides get the same rows.")
+_UNPAD = flags.DEFINE_integer("unpad", 0, "Ours also times the step with config.train_unpad = "
+                              "this (the per-token layers on real tokens only), interleaved with "
+                              "the padded step on the same batch (0: not).")
 _DROPOUT = flags.DEFINE_float("bridge_dropout", 0.05, "Bridge LoRA dropout, both sides.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Ours: trace 3 more steps with jax.profiler into "
                              "OUT/trace_* and print where the device time goes (trace_summary).")
+
+
+def _lengths():
+  """[B] real tokens per row (`--real_share`): row 0 full, the others uniform around it."""
+  import numpy as np
+  b, t, share = _BATCH.value, _SEQ.value, _REAL.value
+  if not 0.5 < share <= 1:
+    raise ValueError(f"--real_share={share}: in (0.5, 1]")
+  lo = max(_TARGET.value + 1, int(round((2 * share - 1) * t)))
+  lengths = np.random.default_rng(1).integers(lo, t + 1, b)
+  lengths[0] = t
+  return lengths
 
 
 def _batch_np(vocab, d, seed=0):
   import numpy as np
   rng = np.random.default_rng(seed)
   b, t, k, h = _BATCH.value, _SEQ.value, _TARGET.value, _HISTORY.value
+  n = _lengths()
   return {
       "input_ids": rng.integers(100, vocab - 100, (b, t)).astype(np.int32),
-      "attention_mask": np.ones((b, t), np.int32),
-      "target_pos": np.tile(np.arange(t - k, t, dtype=np.int32), (b, 1)),
+      "attention_mask": (np.arange(t)[None] < n[:, None]).astype(np.int32),
+      "target_pos": (n[:, None] - k + np.arange(k)[None]).astype(np.int32),
       "target_valid": np.ones((b, k), np.int32),
       "user_row": rng.integers(0, _USERS.value, (b,)).astype(np.int32),
       "query_z": rng.normal(0, 0.02, (b, d)).astype(np.float32),
@@ -105,12 +124,35 @@ def side_jax(folder):
     jax.block_until_ready(m["loss"])
     holder["loss"] = float(m["loss"])
 
-  t = _time(step, _STEPS.value)
+  unpad_t = None
+  if _UNPAD.value:  # the same batch with room for its real tokens, timed in turns with padded
+    import numpy as np
+    host = _batch_np(llm.config.vocab_size, llm.config.hidden_size)
+    room = -(-int(host["attention_mask"].sum()) // _UNPAD.value) * _UNPAD.value
+    unpadded = setup.put_batch({**host, "unpad": np.zeros((1, room), np.int8)}, mesh, c)
+    fn_u = run.step_fn(unpadded)
+
+    def step_u():
+      with run.rules(), jax.set_mesh(mesh):
+        holder["state"], m = fn_u(holder["state"], run.frozen, unpadded)
+      jax.block_until_ready(m["loss"])
+      holder["unpad_loss"] = float(m["loss"])
+    for _ in range(2):
+      step(), step_u()
+
+    def once(fn):
+      t0 = time.perf_counter()
+      fn()
+      return time.perf_counter() - t0
+    pairs = [(once(step), once(step_u)) for _ in range(_STEPS.value)]
+    t, unpad_t = (statistics.median(x) for x in zip(*pairs))
+  else:
+    t = _time(step, _STEPS.value)
   profile = _profile(step) if _PROFILE.value else None
   cfg = llm.config
   per_layer = cfg.hidden_size * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim \
       + cfg.num_attention_heads * cfg.head_dim * cfg.hidden_size + 3 * cfg.hidden_size * cfg.intermediate_size
-  tokens = _BATCH.value * (_SEQ.value + _PREFIX.value)
+  tokens = _BATCH.value * (_SEQ.value + _PREFIX.value)  # every slot: the padded step's work
   # Matmul FLOPs the step needs: forward 2 P T, backward 2 P T (input gradients only: the
   # backbone is frozen), over the layer weights; logits at the target positions only.
   model_flops = 4 * cfg.num_hidden_layers * per_layer * tokens \
@@ -121,7 +163,7 @@ def side_jax(folder):
           "peak_device_mb": stats.get("peak_bytes_in_use", 0) / 2**20,
           "model_flops": model_flops, "achieved_tflops": model_flops / t / 1e12,
           "mfu": _mfu(model_flops / t, device), "backend": jax.default_backend(), "device": device,
-          "profile": profile}
+          "profile": profile, "unpad_seconds": unpad_t, "unpad_loss": holder.get("unpad_loss")}
 
 
 def _profile(step, n=3):
@@ -188,8 +230,10 @@ def side_torch(folder):
   nb = {k: torch.from_numpy(v).to(dev)
         for k, v in _batch_np(model.config.vocab_size, d).items()}
   labels = torch.full((_BATCH.value, L + _SEQ.value), -100, dtype=torch.long, device=dev)
-  labels[:, L + _SEQ.value - _TARGET.value:] = nb["input_ids"][:, -_TARGET.value:].long()
-  mask = torch.ones((_BATCH.value, L + _SEQ.value), dtype=torch.long, device=dev)
+  for i, n in enumerate(_lengths()):  # each row's last K real tokens
+    labels[i, L + n - _TARGET.value:L + n] = nb["input_ids"][i, n - _TARGET.value:n].long()
+  mask = torch.cat([torch.ones((_BATCH.value, L), dtype=torch.long, device=dev),
+                    nb["attention_mask"].long()], 1)
   params = [p for p in model.parameters() if p.requires_grad]
   opt = torch.optim.AdamW([{"params": params + [p for n, p in tapper.named_parameters()
                                                 if n != "table"], "lr": 1e-4},
@@ -231,11 +275,18 @@ def main(argv):
     if p.returncode:
       raise SystemExit(f"{side} side failed:\n{p.stderr[-4000:]}")
     results[side] = json.loads([l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
-  tokens = _BATCH.value * (_SEQ.value + _PREFIX.value)
+  # Real tokens (prefix included) per second: with --real_share < 1 the padding is not counted.
+  tokens = int(_lengths().sum()) + _BATCH.value * _PREFIX.value
   for r in results.values():
     r["tokens_per_s"] = tokens / r["seconds"]
   ratio = results["torch"]["seconds"] / results["jax"]["seconds"]
   rows = [("jax (ours)", results["jax"]), ("torch + peft", results["torch"])]
+  if results["jax"].get("unpad_seconds"):
+    r = results["jax"]
+    unpadded = {"seconds": r["unpad_seconds"], "loss": r["unpad_loss"], "mfu": None,
+                "peak_rss_mb": r["peak_rss_mb"], "peak_device_mb": r["peak_device_mb"],
+                "tokens_per_s": tokens / r["unpad_seconds"]}
+    rows.insert(1, (f"jax, unpadded ({_UNPAD.value})", unpadded))
   print(f"\nTAP-PER stage-2 train step, {_BATCH.value} x ({_SEQ.value} + {_PREFIX.value}) tokens, "
         f"{_HISTORY.value} history, {_MODEL.value}, {_DTYPE.value}, attention {_ATTENTION.value}, "
         f"remat {_REMAT.value}, "
@@ -252,20 +303,28 @@ def main(argv):
           f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {r['peak_rss_mb']:.0f} | "
           f"{r.get('peak_device_mb', 0):.0f} | {r['loss']:.4f} |")
   print(f"| ratio (torch time / jax time) | **{ratio:.2f}x** | | | | | |")
+  unpad_speedup = None
+  if results["jax"].get("unpad_seconds"):
+    unpad_speedup = results["jax"]["seconds"] / results["jax"]["unpad_seconds"]
+    print(f"| ratio (padded / unpadded, ours) | **{unpad_speedup:.2f}x** | | | | | |")
   os.makedirs(_OUT.value, exist_ok=True)
   from tapper_jax.fileio import keep_previous, slug
   stem = os.path.join(_OUT.value, f"train_step_{slug(_MODEL.value)}_{_DTYPE.value}"
                       + ("" if _ATTENTION.value == "einsum" else f"_{_ATTENTION.value}")
                       + ("" if _REMAT.value == "none" else f"_remat_{_REMAT.value}")
-                      + ("" if _UNROLL.value == 1 else f"_unroll{_UNROLL.value}"))
+                      + ("" if _UNROLL.value == 1 else f"_unroll{_UNROLL.value}")
+                      + ("" if _REAL.value == 1 else f"_real{round(100 * _REAL.value)}")
+                      + ("" if not _UNPAD.value else f"_unpad{_UNPAD.value}"))
   keep_previous(stem, (".json",))
   with open(stem + ".json", "w") as f:
     json.dump({"batch": _BATCH.value, "seq": _SEQ.value, "target": _TARGET.value,
                "prefix": _PREFIX.value, "history": _HISTORY.value, "users": _USERS.value,
                "model": _MODEL.value, "remat": _REMAT.value, "scan_unroll": _UNROLL.value,
-               "attention": _ATTENTION.value,
+               "attention": _ATTENTION.value, "real_share": _REAL.value, "unpad": _UNPAD.value,
+               "real_tokens": tokens,
                "dtype": _DTYPE.value, "machine": platform.machine(), "cpus": os.cpu_count(),
-               "results": results, "speedup_vs_torch": ratio}, f, indent=2)
+               "results": results, "speedup_vs_torch": ratio, "unpad_speedup": unpad_speedup},
+              f, indent=2)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,15 @@ def test_train_step_bench_reports_both_sides_and_flops(tmp_path):
   # A sanity check only (random weights: both near ln(vocab)); parity is tested elsewhere.
   assert abs(j["loss"] - t["loss"]) < 0.05 * t["loss"], (j["loss"], t["loss"])
   assert j["model_flops"] > 0 and res["speedup_vs_torch"] > 0
+  # Padded rows on both sides, and ours unpadded beside our padded step.
+  out = _run("train_step.py", tmp_path, "--model=random:tiny", "--batch=4", "--seq=16",
+             "--steps=1", "--history=3", "--users=5", "--real_share=0.75", "--unpad=8")
+  with open(tmp_path / "train_step_random_tiny_float32_real75_unpad8.json") as f:
+    res = json.load(f)
+  j, t = res["results"]["jax"], res["results"]["torch"]
+  assert res["real_tokens"] < 4 * (16 + 8) and "| jax, unpadded (8) |" in out
+  assert abs(j["loss"] - t["loss"]) < 0.05 * t["loss"], (j["loss"], t["loss"])
+  assert abs(j["unpad_loss"] - t["loss"]) < 0.05 * t["loss"] and res["unpad_speedup"] > 0
 
 
 def test_history_attention_bench_runs_every_chunk(tmp_path):
