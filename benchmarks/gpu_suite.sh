@@ -3,7 +3,8 @@
 # writing its JSON into OUT and its table into OUT/log.txt:
 #   serving (mixed-user greedy, ours vs transformers + peft), whole-history attention,
 #   the stage-2 train step at SmolLM2-135M and Llama-3.2-1B shapes (random weights, bf16, MFU),
-#   and what each lever gives the 1B step's MFU (mfu_sweep).
+#   padded rows against the unpadded layout (train_step_1b_unpad), and what each lever gives
+#   the 1B step's MFU (mfu_sweep).
 # Usage: bash benchmarks/gpu_suite.sh OUT [SECONDS_BUDGET] [STEP,STEP,...]  (default: all steps)
 set -u
 OUT=${1:?usage: gpu_suite.sh OUT [SECONDS_BUDGET] [STEPS]}
@@ -44,6 +45,10 @@ step() {  # step NAME LIMIT COMMAND...: runs COMMAND if LIMIT seconds are left
   step train_step_1b_cudnn_b32_unrolled 150 python3 benchmarks/train_step.py \
     --model=random:llama-3.2-1b --dtype=bfloat16 --attention=cudnn --scan_unroll=0 --batch=32 \
     --seq=512 --target=8 --history=32 --steps=5 --out="$OUT/b32"
+  # Padded rows (75% real) against the unpadded layout, in turns on the same batch.
+  step train_step_1b_unpad 200 python3 benchmarks/train_step.py \
+    --model=random:llama-3.2-1b --dtype=bfloat16 --attention=cudnn --scan_unroll=0 --batch=32 \
+    --seq=512 --target=8 --history=32 --steps=5 --real_share=0.75 --unpad=256 --out="$OUT/unpad"
   step mfu_sweep 420 python3 benchmarks/mfu_sweep.py --model=random:llama-3.2-1b \
     --batch=32 --seq=512 --steps=5 --variants=base,unroll,unroll_dots,remat_dots,profile \
     --out="$OUT"

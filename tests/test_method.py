@@ -211,11 +211,11 @@ def test_held_out_users_get_no_examples_and_no_row(tmp_path):
   assert p.skips.counts["held_out_users"] == 1
 
 
-def test_unpadded_layout_equals_the_padded_one(tiny):
+def test_unpadded_layout_equals_the_padded_one(model_cache):
   """`unpad` runs norms, projections and MLP on the real slots alone: the loss, every gradient
   and the hidden states at real slots equal the padded computation's (groups of 1 and 2 rows),
   and too few slots (a group's last tokens dropped) changes them: the test can tell."""
-  llm, _ = tiny
+  llm, _ = models.load("tiny-random")  # its own: the module's `tiny` has a LoRA attached
   d = llm.config.hidden_size
   attach_lora(llm, rank=4, alpha=8.0, key=jax.random.PRNGKey(1))
   for _, mod in nnx.iter_graph(llm):

@@ -12,8 +12,8 @@ prompt budget, K the target budget):
   index      []  int32  the example's position in the source (to find its user and history)
 Batches may trim T to their longest row (`bucket`), after grouping rows of similar length
 (`group`); in a multi-process run each process loads only its rows of each global batch.
-With `unpad`, a batch also carries `unpad` [G, N] int8 zeros whose shape tells the model to run
-its per-token layers on N slots for each group of B/G rows (`models.llama.unpad_index`).
+With `unpad`, a batch also carries `unpad` [U, N] int8 zeros whose shape tells the model to run
+its per-token layers on N slots for each group of B/U rows (`models.llama.unpad_index`).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class MakeBatch(grain.transforms.Map):
   bucket: int = 0
   lengths: np.ndarray | None = None  # [N] token lengths (needed with bucket/unpad and rows)
   unpad: int = 0  # round each group's real slots up to a multiple of this (0: no `unpad`)
-  unpad_groups: int = 1  # G: groups the global batch's rows are cut into
+  unpad_groups: int = 1  # U: groups the global batch's rows are cut into
 
   def map(self, ids):
     full = self.tokenize.prompts.max_prompt_tokens + self.tokenize.max_target_tokens
@@ -141,7 +141,7 @@ class MakeBatch(grain.transforms.Map):
     return batch
 
   def _unpad(self, ids, batch, width: int, local_rows: int) -> np.ndarray:
-    """[G_local, N] zeros: N the most real tokens of any group of the global batch, rounded up
+    """[U_local, N] zeros: N the most real tokens of any group of the global batch, rounded up
     to `unpad` (at most the group's padded slots). The model adds its soft-prefix slots."""
     g = self.unpad_groups
     if len(ids) % g or local_rows % (len(ids) // g):

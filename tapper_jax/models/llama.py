@@ -10,7 +10,7 @@ Einsum letters:
   B batch   T query positions   S key positions (T, or the cache length when decoding)
   D hidden  H query heads   K key/value heads   G = H // K (query heads per kv head)
   E head dim   F MLP hidden   V vocab   R LoRA rank   L layers
-  G token groups   N tokens of a group (the unpadded layout; `unpad_index`)
+  U groups of rows and N token slots per group (the unpadded layout, `unpad_index`)
 """
 
 from __future__ import annotations
@@ -136,9 +136,9 @@ def _apply_rope(x, cos, sin):
 
 
 def unpad_index(mask: jax.Array, groups: int, n: int) -> tuple[jax.Array, jax.Array]:
-  """mask [B,S] -> (index [G,N], inverse [G,(B/G)*S]) int32, over each group of B/G rows
-  flattened to (B/G)*S slots: index[g, j] is the slot of the group's j-th real token (past the
-  last one: (B/G)*S, out of range), inverse[g, s] the j of slot s (a padding slot: N, out of
+  """mask [B,S] -> (index [U,N], inverse [U,(B/U)*S]) int32, over each group of B/U rows
+  flattened to (B/U)*S slots: index[u, j] is the slot of the group's j-th real token (past the
+  last one: (B/U)*S, out of range), inverse[u, s] the j of slot s (a padding slot: N, out of
   range). N must be >= the most real slots of any group (a group with more loses its last)."""
   flat = mask.reshape(groups, -1) > 0
   index = jax.vmap(lambda m: jnp.nonzero(m, size=n, fill_value=m.shape[0])[0])(flat)
@@ -149,7 +149,7 @@ def unpad_index(mask: jax.Array, groups: int, n: int) -> tuple[jax.Array, jax.Ar
 
 @jax.custom_vjp
 def _take(a: jax.Array, take: jax.Array, back: jax.Array) -> jax.Array:
-  """a [G,M,...] -> [G,len(take),...]: a[g, take[g, j]], zero where take is out of range.
+  """a [U,M,...] -> [U,len(take),...]: a[u, take[u, j]], zero where take is out of range.
   `back` is the inverse map (a's slot -> its j, or out of range), so that the gradient is a
   gather too: autodiff would transpose the gather into a scatter-add, much slower on a CPU."""
   del back
@@ -169,14 +169,13 @@ _take.defvjp(_take_fwd, _take_bwd)
 
 
 def to_flat(x: jax.Array, index) -> jax.Array:
-  """x [B,S,...] -> [G,N,...]: the real slots of each group (`unpad_index`), zeros after."""
+  """x [B,S,...] -> [U,N,...]: the real slots of each group (`unpad_index`), zeros after."""
   take, back = index
-  g = take.shape[0]
-  return _take(x.reshape(g, -1, *x.shape[2:]), take, back)
+  return _take(x.reshape(take.shape[0], -1, *x.shape[2:]), take, back)
 
 
 def to_padded(x: jax.Array, index, b: int, s: int) -> jax.Array:
-  """[G,N,...] -> [B,S,...]: each token back in its slot, zeros in the padding."""
+  """[U,N,...] -> [B,S,...]: each token back in its slot, zeros in the padding."""
   take, back = index
   return _take(x, back, take).reshape(b, s, *x.shape[2:])
 
@@ -199,9 +198,9 @@ class Attention(nnx.Module):
   def __call__(self, x, cos, sin, kv_mask, cache, cache_index, dropout_keys, layer=0,
                index=None):
     """x [B,T,D]; kv_mask [B,S] (1 = a real key), or with a cache [B,T,S] (per query);
-    cache {"k","v"}: [L,B,S,K,E] or None. With `index` (`unpad_index`: the unpadded layout, no cache),
-    x and cos/sin are [G,N,...]: the projections run on real tokens only, and attention on
-    their padded [B,S] layout (kv_mask [B,S]).
+    cache {"k","v"}: [L,B,S,K,E] or None. With `index` (`unpad_index`; no cache), x and
+    cos/sin are [U,N,...]: the projections run on the real tokens alone, attention on their
+    padded [B,S] layout (kv_mask [B,S]).
 
     The whole stacked cache is updated in place at (`layer`, `cache_index`): carrying it through
     the layer scan, rather than scanning over per-layer slices, saves a copy of the full cache
@@ -214,7 +213,7 @@ class Attention(nnx.Module):
     key = self.k_proj(x, dk[1]).reshape(b, t, k, e)
     val = self.v_proj(x, dk[2]).reshape(b, t, k, e)
     q, key = _apply_rope(q, cos, sin), _apply_rope(key, cos, sin)
-    if index is not None:  # one gather for the three: [G,N,(H+2K)E] -> [B,S,(H+2K)E]
+    if index is not None:  # one gather for the three: [U,N,(H+2K)E] -> [B,S,(H+2K)E]
       flat = jnp.concatenate([a.reshape(*a.shape[:2], -1) for a in (q, key, val)], axis=-1)
       b, t = kv_mask.shape
       q, key, val = jnp.split(to_padded(flat, index, b, t), [h * e, (h + k) * e], axis=-1)
@@ -388,8 +387,8 @@ class LlamaForCausalLM(nnx.Module):
       With a cache it may be [B,T,S]: the slots each query token may see (still causal).
     positions: [B,T] rotary positions; by default the count of real tokens before each one.
     cache_index: the cache slot where this call's first token is written.
-    unpad: (G, N) static (training, no cache): the norms, projections and MLP run on the real
-      tokens alone, the B rows cut into G groups of N slots each (`unpad_index`; G divides B and
+    unpad: (U, N) static (training, no cache): the norms, projections and MLP run on the real
+      tokens alone, the B rows cut into U groups of N slots each (`unpad_index`; U divides B and
       is a multiple of the batch shards, so that no group spans two); attention runs on the
       padded layout. Padding slots come back as zeros (the padded layout gives them values).
     """

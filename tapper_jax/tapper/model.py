@@ -9,8 +9,8 @@ Batch fields (B batch, T tokens, K target slots, H history slots, D hidden):
   input_ids [B,T] int32, attention_mask [B,T] (right padding)
   target_pos [B,K] int32: positions in input_ids of the tokens to predict; target_valid [B,K]
   user_row [B] int32 (-1 unknown); query_z [B,D]; hist_z [B,H,D]; hist_age [B,H]; hist_valid [B,H]
-  unpad [G,N] (optional; only its shape is read): the LLM's per-token layers run on the real
-  slots alone, in G groups of B/G rows, each with room for N tokens and its rows' prefixes
+  unpad [U,N] (optional; only its shape is read): the LLM's per-token layers run on the real
+  slots alone, in U groups of B/U rows, each with room for N tokens and its rows' prefixes
   (`models.llama.unpad_index`)
 """
 
