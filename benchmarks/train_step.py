@@ -55,7 +55,8 @@ _PROFILE = flags.DEFINE_bool("profile", False, "Ours: trace 3 more steps with ja
 
 
 def _lengths():
-  """[B] real tokens per row (`--real_share`): row 0 full, the others uniform around it."""
+  """[B] real tokens per row (`--real_share` s): row 0 full, the others uniform in
+  [(2s - 1) T, T], so that about s of the slots are real."""
   import numpy as np
   b, t, share = _BATCH.value, _SEQ.value, _REAL.value
   if not 0.5 < share <= 1:
@@ -283,8 +284,9 @@ def main(argv):
   rows = [("jax (ours)", results["jax"]), ("torch + peft", results["torch"])]
   if results["jax"].get("unpad_seconds"):
     r = results["jax"]
+    # Both steps ran in one process: its peak memory is not the unpadded step's own.
     unpadded = {"seconds": r["unpad_seconds"], "loss": r["unpad_loss"], "mfu": None,
-                "peak_rss_mb": r["peak_rss_mb"], "peak_device_mb": r["peak_device_mb"],
+                "peak_rss_mb": float("nan"), "peak_device_mb": float("nan"),
                 "tokens_per_s": tokens / r["unpad_seconds"]}
     rows.insert(1, (f"jax, unpadded ({_UNPAD.value})", unpadded))
   print(f"\nTAP-PER stage-2 train step, {_BATCH.value} x ({_SEQ.value} + {_PREFIX.value}) tokens, "
