@@ -89,15 +89,19 @@ def _peak_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _time(step, n):
+def _time(n, *steps):
+  """Median seconds of each step over n rounds (after 2 warm-up rounds), the steps called in
+  turns within a round, so that a slow spell of the machine falls on all of them alike."""
   for _ in range(2):
-    step()
-  times = []
+    for step in steps:
+      step()
+  times = [[] for _ in steps]
   for _ in range(n):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+    for step, ts in zip(steps, times):
+      t = time.perf_counter()
+      step()
+      ts.append(time.perf_counter() - t)
+  return [statistics.median(ts) for ts in times]
 
 
 def side_jax(folder):
@@ -115,40 +119,29 @@ def side_jax(folder):
   mesh = setup.make_mesh(c)
   run = StageRun(2, llm, c, mesh, _USERS.value, c.stage2.steps)
   state = run.fresh_state()
-  batch = setup.put_batch(_batch_np(llm.config.vocab_size, llm.config.hidden_size), mesh, c)
-  fn = run.step_fn(batch)
+  host = _batch_np(llm.config.vocab_size, llm.config.hidden_size)
   holder = {"state": state}
 
-  def step():
-    with run.rules(), jax.set_mesh(mesh):
-      holder["state"], m = fn(holder["state"], run.frozen, batch)
-    jax.block_until_ready(m["loss"])
-    holder["loss"] = float(m["loss"])
+  def stepper(fields, loss_key):
+    """One step on `fields` (placed once), its loss kept as holder[loss_key]."""
+    batch = setup.put_batch(fields, mesh, c)
+    fn = run.step_fn(batch)
 
-  unpad_t = None
+    def step():
+      with run.rules(), jax.set_mesh(mesh):
+        holder["state"], m = fn(holder["state"], run.frozen, batch)
+      jax.block_until_ready(m["loss"])
+      holder[loss_key] = float(m["loss"])
+    return step
+
+  step = stepper(host, "loss")
+  steps = [step]
   if _UNPAD.value:  # the same batch with room for its real tokens, timed in turns with padded
     import numpy as np
-    host = _batch_np(llm.config.vocab_size, llm.config.hidden_size)
     room = -(-int(host["attention_mask"].sum()) // _UNPAD.value) * _UNPAD.value
-    unpadded = setup.put_batch({**host, "unpad": np.zeros((1, room), np.int8)}, mesh, c)
-    fn_u = run.step_fn(unpadded)
-
-    def step_u():
-      with run.rules(), jax.set_mesh(mesh):
-        holder["state"], m = fn_u(holder["state"], run.frozen, unpadded)
-      jax.block_until_ready(m["loss"])
-      holder["unpad_loss"] = float(m["loss"])
-    for _ in range(2):
-      step(), step_u()
-
-    def once(fn):
-      t0 = time.perf_counter()
-      fn()
-      return time.perf_counter() - t0
-    pairs = [(once(step), once(step_u)) for _ in range(_STEPS.value)]
-    t, unpad_t = (statistics.median(x) for x in zip(*pairs))
-  else:
-    t = _time(step, _STEPS.value)
+    steps.append(stepper({**host, "unpad": np.zeros((1, room), np.int8)}, "unpad_loss"))
+  t, *rest = _time(_STEPS.value, *steps)
+  unpad_t = rest[0] if rest else None
   profile = _profile(step) if _PROFILE.value else None
   cfg = llm.config
   per_layer = cfg.hidden_size * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim \
@@ -252,7 +245,7 @@ def side_torch(folder):
     out["loss"] = float(loss)
 
   model.train()
-  t = _time(step, _STEPS.value)
+  (t,) = _time(_STEPS.value, step)
   return {"seconds": t, "loss": out["loss"], "peak_rss_mb": _peak_mb(),
           "peak_device_mb": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else 0,
           "threads": torch.get_num_threads(),

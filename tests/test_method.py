@@ -31,6 +31,14 @@ def _config_module(path):
   return mod
 
 
+def _attach_trained_looking_lora(llm):
+  """A rank-4 LoRA whose B is not zero, so that it takes part in the loss and its gradients."""
+  attach_lora(llm, rank=4, alpha=8.0, key=jax.random.PRNGKey(1))
+  for _, mod in nnx.iter_graph(llm):
+    if getattr(mod, "lora_b", None) is not None:
+      mod.lora_b.set_value(0.05 * jax.random.normal(jax.random.PRNGKey(2), mod.lora_b.get_value().shape))
+
+
 @pytest.fixture(scope="module")
 def tiny():
   return models.load("tiny-random")
@@ -41,10 +49,7 @@ def test_loss_equals_a_plain_full_logits_cross_entropy(tiny, model_cache):
   target], shifted by one, cross-entropy where the pipeline's loss_mask says, averaged."""
   llm, tok = tiny
   d = llm.config.hidden_size
-  attach_lora(llm, rank=4, alpha=8.0, key=jax.random.PRNGKey(1))
-  for _, mod in nnx.iter_graph(llm):  # a trained-looking LoRA, so it takes part in the loss
-    if getattr(mod, "lora_b", None) is not None:
-      mod.lora_b.set_value(0.05 * jax.random.normal(jax.random.PRNGKey(2), mod.lora_b.get_value().shape))
+  _attach_trained_looking_lora(llm)
   model = PersonalizedLM(llm, Tapper(d, 3, 2, rngs=nnx.Rngs(3)))
   fmt = PromptFormat(tok, 40, chat=False)
   src = [{"input": "Which tag? description: a robot", "target": "sci-fi"},
@@ -217,10 +222,7 @@ def test_unpadded_layout_equals_the_padded_one(model_cache):
   and too few slots (a group's last tokens dropped) changes them: the test can tell."""
   llm, _ = models.load("tiny-random")  # its own: the module's `tiny` has a LoRA attached
   d = llm.config.hidden_size
-  attach_lora(llm, rank=4, alpha=8.0, key=jax.random.PRNGKey(1))
-  for _, mod in nnx.iter_graph(llm):
-    if getattr(mod, "lora_b", None) is not None:
-      mod.lora_b.set_value(0.05 * jax.random.normal(jax.random.PRNGKey(2), mod.lora_b.get_value().shape))
+  _attach_trained_looking_lora(llm)
   model = PersonalizedLM(llm, Tapper(d, 3, 4, rngs=nnx.Rngs(3)))
   rng = np.random.default_rng(0)
   b, t, k = 4, 12, 3

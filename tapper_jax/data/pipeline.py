@@ -126,30 +126,30 @@ class MakeBatch(grain.transforms.Map):
         ex = m.map(ex) if hasattr(m, "map") else m(ex)
       rows.append(ex)
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    # The whole global batch's row lengths: precomputed where other rows are elsewhere.
+    lengths = (self.lengths[ids] if self.lengths is not None
+               else batch["attention_mask"].sum(1))
     keep = full
-    if self.bucket:  # the whole batch's longest row: precomputed where other rows are elsewhere
-      longest = (int(self.lengths[ids].max()) if self.lengths is not None
-                 else int(batch["attention_mask"].sum(1).max()))
-      keep = min(full, -(-longest // self.bucket) * self.bucket)
+    if self.bucket:  # the longest row
+      keep = min(full, -(-int(lengths.max()) // self.bucket) * self.bucket)
     if keep < full:
       if batch["attention_mask"][:, keep:].any():
         raise ValueError(f"example {int(mine[0])}..: longer than its precomputed length")
       for k in TOKEN_AXIS:
         batch[k] = batch[k][:, :keep]
     if self.unpad:
-      batch["unpad"] = self._unpad(ids, batch, keep, len(mine))
+      batch["unpad"] = self._unpad(lengths, keep, len(mine))
     return batch
 
-  def _unpad(self, ids, batch, width: int, local_rows: int) -> np.ndarray:
-    """[U_local, N] zeros: N the most real tokens of any group of the global batch, rounded up
-    to `unpad` (at most the group's padded slots). The model adds its soft-prefix slots."""
-    g = self.unpad_groups
-    if len(ids) % g or local_rows % (len(ids) // g):
-      raise ValueError(f"unpad: {g} groups do not cut the batch of {len(ids)} rows (this "
+  def _unpad(self, lengths: np.ndarray, width: int, local_rows: int) -> np.ndarray:
+    """[U_local, N] zeros: N the most real tokens of any group of the global batch (row
+    `lengths`), rounded up to `unpad` (at most the group's padded slots). The model adds its
+    soft-prefix slots."""
+    g, total = self.unpad_groups, len(lengths)
+    if total % g or local_rows % (total // g):
+      raise ValueError(f"unpad: {g} groups do not cut the batch of {total} rows (this "
                        f"process: {local_rows}) evenly")
-    per = len(ids) // g
-    lengths = (self.lengths[ids] if self.lengths is not None
-               else batch["attention_mask"].sum(1))
+    per = total // g
     most = int(np.asarray(lengths).reshape(g, per).sum(1).max())
     n = min(-(-most // self.unpad) * self.unpad, per * width)
     return np.zeros((local_rows // per, n), np.int8)
