@@ -42,7 +42,7 @@ from tapper_jax.fileio import keep_previous  # noqa: E402  (tests reach it here 
 from tapper_jax.metrics import paired_bootstrap  # noqa: E402
 
 _BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "cpu-methods", "dev-rates",
-                                             "dev-batches", "full"],
+                                             "dev-batches", "cpu-headlines", "full"],
                             "Which budget.")
 _OFFLINE = flags.DEFINE_string("offline", os.path.join("data", "offline"),
                                "Offline suite root (built here from --raw if missing).")
@@ -120,7 +120,7 @@ ABLATIONS = (Row("TAP-PER without P_u", (("stage2.user_prefix", False),)),
 HUFFPOST_CPU = {"huffpost_2N": {**SHORT_RATES, **CPU_RECIPE["huffpost_2N"]}}  # one-task budgets
 BUDGETS = {
     "cpu": (("huffpost_2N", "movielens_2M"), (TAPPER, LONG, STEP_MATCHED),
-            {t: {**SHORT_RATES, **r} for t, r in CPU_RECIPE.items()}),
+            {t: {**SHORT_RATES, **CPU_RECIPE[t]} for t in ("huffpost_2N", "movielens_2M")}),
     "cpu-ablate": (("huffpost_2N",), (TAPPER,) + ABLATIONS, HUFFPOST_CPU),
     # Learning rates of the lambdas and the table, chosen on dev (run with --split=dev).
     "dev-rates": (("huffpost_2N",), (TAPPER,) + RATE_ROWS, HUFFPOST_CPU),
@@ -129,6 +129,10 @@ BUDGETS = {
     # The other methods beside TAP-PER, same data, steps and rates (issue 11).
     "cpu-methods": (("huffpost_2N",), (TAPPER, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED + (PER_USER,),
                     HUFFPOST_CPU),
+    # Headlines (LaMP-4 style): does any personal input help, read as a prefix (TAP-PER) or as
+    # text (RAG)? Run with --split=dev: it diagnoses, it does not report.
+    "cpu-headlines": (("huffpost_4",), (TAPPER, STEP_MATCHED, rag_row("bm25", 4, True)),
+                      {"huffpost_4": {**SHORT_RATES, **CPU_RECIPE["huffpost_4"]}}),
     "full": (("huffpost_2N", "huffpost_4", "movielens_3", "movielens_2M"),
              (TAPPER, LONG, STEP_MATCHED, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED_ALL
     + (Row("per-user LoRA", method="per_user_lora"),) + ABLATIONS, {}),  # the paper's recipe: epochs

@@ -9,8 +9,10 @@ whose tokens are counted, and the loop's time per *real* token (attention mask +
 compared with it: padding, the input pipeline, logging and checkpoints are what the ratio
 charges the loop for. Settings (`--settings`): the full budget (no trim), the trim to a
 multiple of 16, the trim after grouping batches by length, and any of them with the per-token
-layers run on real tokens alone (`_unpadN`, `config.train_unpad`). The bare step is always the
-padded one (no unpadding): unpadding is one of the ways the loop avoids paying for padding.
+layers run on real tokens alone (`_unpadN`, `config.train_unpad`) or with each batch run as M
+micro-batches of rows sorted by length, each cut to its own longest row (`_microM`,
+`config.train_micro_batches`). The bare step is always the whole padded batch (no unpadding,
+no micro-batches): both are ways the loop avoids paying for padding.
 
   python benchmarks/train_loop.py --offline=/work/offline --task=huffpost_2N \\
       --backbone=bench_out/quality/runs/huffpost_2N_seed0/stage1/backbone --steps=24
@@ -42,14 +44,15 @@ _SETTINGS = flags.DEFINE_list("settings", "full,trim16,trim16_grouped",
 _OUT = flags.DEFINE_string("out", "bench_out", "Folder for train_loop_TASK.json.")
 
 
-def setting(name: str) -> tuple[int, int, int]:
-  """A setting's (train_bucket, train_length_groups, train_unpad), e.g. 'trim8_grouped50' ->
-  (8, 50, 0), 'full_unpad64' -> (0, 0, 64)."""
-  m = re.fullmatch(r"(?:full|trim(\d+)(_grouped(\d*))?)(?:_unpad(\d+))?", name)
-  if not m or (m[4] is not None and int(m[4]) <= 0):
+def setting(name: str) -> tuple[int, int, int, int]:
+  """A setting's (train_bucket, train_length_groups, train_unpad, train_micro_batches), e.g.
+  'trim8_grouped50' -> (8, 50, 0, 1), 'full_unpad64' -> (0, 0, 64, 1), 'trim16_micro2' ->
+  (16, 0, 0, 2)."""
+  m = re.fullmatch(r"(?:full|trim(\d+)(_grouped(\d*))?)(?:_unpad(\d+)|_micro(\d+))?", name)
+  if not m or (m[4] is not None and int(m[4]) <= 0) or (m[5] is not None and int(m[5]) < 2):
     raise ValueError(f"--settings: {name!r} is not full, trimB or trimB_grouped[G], with an "
-                     "optional _unpadN")
-  return (int(m[1] or 0), int(m[3] or 8) if m[2] else 0, int(m[4] or 0))
+                     "optional _unpadN (N > 0) or _microM (M >= 2)")
+  return (int(m[1] or 0), int(m[3] or 8) if m[2] else 0, int(m[4] or 0), int(m[5] or 1))
 
 
 class _Recorder:
@@ -85,7 +88,8 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   from tapper_jax.training import setup
   from tapper_jax.training import loop
   p = plan
-  config.train_bucket, config.train_length_groups, config.train_unpad = setting(name)
+  (config.train_bucket, config.train_length_groups, config.train_unpad,
+   config.train_micro_batches) = setting(name)
   prompts = loop.prompt_format(config, tok)
   examples = p.method.prompts(p.stage2, p, tok, prompts)
   ev = p.method.prompts(p.evaluate, p, tok, prompts)
@@ -107,13 +111,15 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   compile_s = 0.0
   for i, b in enumerate(ds.batches[: len(times)]):
     w = b["input_ids"].shape[1]
-    shape = (w, b["unpad"].shape[1] if "unpad" in b else 0)  # what the step compiles for
+    micro = tuple(int(x) for x in b["micro"]) if "micro" in b else (w,)
+    # What the step compiles for: the width, the unpadded room, the micro-batch widths.
+    shape = (w, b["unpad"].shape[1] if "unpad" in b else 0, micro)
     dt = times[i] - (times[i - 1] if i else t0)
     if shape in seen:  # compiled already: a steady-state iteration
       kept_s += dt
       input_s += ds.input_s[i]
       kept_real += int(b["attention_mask"].sum()) + len(b["input_ids"]) * prefix
-      kept_padded += b["input_ids"].size + len(b["input_ids"]) * prefix
+      kept_padded += len(b["input_ids"]) // len(micro) * sum(x + prefix for x in micro)
       widths.append(w)
     else:
       compile_s += dt
@@ -125,7 +131,7 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   for w in sorted(set(widths)):
     host = next(b for b in ds.batches if b["input_ids"].shape[1] == w)
     batch = setup.put_batch({k: v for k, v in host.items()
-                             if k not in loop.HOST_ONLY + ("unpad",)}, mesh, config)
+                             if k not in loop.HOST_ONLY + ("unpad",)}, mesh, config)  # whole
     fn = run.step_fn(batch)
 
     def step():
@@ -137,7 +143,7 @@ def run_setting(name, config, workdir, llm, tok, plan, recorder_times):
   bare_per_token = float(np.mean([bare[w] for w in widths])) if widths else float("nan")
   loop_per_real = kept_s / max(kept_real, 1)
   return {"setting": name, "bucket": config.train_bucket, "groups": config.train_length_groups,
-          "unpad": config.train_unpad,
+          "unpad": config.train_unpad, "micro_batches": config.train_micro_batches,
           "loop_s": loop_s, "steady_steps": len(widths), "widths": sorted(set(widths)),
           "compiled_shapes": len(seen), "compile_steps_s": compile_s,
           "real_token_share": kept_real / max(kept_padded, 1),

@@ -39,6 +39,7 @@ c.stage2.bridge_dropout = 0.0
 c.mesh.shape = (-1, 1, 1)
 c.stage2.table_memory = "host" if "host" in sys.argv[6:] else "device"
 c.train_unpad = 16 if "unpad" in sys.argv[6:] else 0  # each of the 4 batch shards its group
+c.train_micro_batches = 2 if "micro" in sys.argv[6:] else 1  # each spread over the 4 shards
 summary = train_and_evaluate(c, workdir)
 preds = {}
 for name, path in summary.get("predictions", {}).items():

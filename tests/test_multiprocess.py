@@ -91,14 +91,17 @@ def test_a_host_table_trains_across_processes_like_one_process(tmp_path, model_c
   assert got["predictions"] == ref["predictions"] and got["eval"] == ref["eval"]
 
 
-def test_unpadded_batches_train_across_processes_like_padded_ones(one_process, tmp_path,
-                                                                  model_cache):
+@pytest.mark.parametrize("mode", ["unpad", "micro"])
+def test_unpadded_or_micro_batches_train_across_processes_like_whole_ones(mode, one_process,
+                                                                          tmp_path, model_cache):
   """`train_unpad` over 2 processes x 2 devices (4 groups of rows, one per batch shard, each
-  process building its own) trains as the padded one-process run: the same losses, gradient
-  norms and final values, up to the order of float sums."""
+  process building its own), or `train_micro_batches = 2` (each micro-batch spread over the 4
+  shards, each process loading its rows of both), trains as the padded one-process run with
+  whole batches: the same losses, gradient norms and final values, up to the order of float
+  sums."""
   ref, ref_params = one_process
   env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
-  got = _multi(2, 2, tmp_path / "run", env, "unpad")
+  got = _multi(2, 2, tmp_path / "run", env, mode)
   np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-5)
   np.testing.assert_allclose(got["grad_norms"], ref["grad_norms"], rtol=1e-4)
   params = _trained(str(tmp_path / "run"))

@@ -142,7 +142,7 @@ def test_unpad_field_gives_each_group_room_for_its_real_tokens():
   fmt = PromptFormat(tok, 96)
   make = lambda rows, groups: iter(make_dataset(  # noqa: E731
       src, fmt, max_target_tokens=8, batch_size=4, seed=1, bucket=8, rows=rows, unpad=16,
-      unpad_groups=groups))
+      shards=groups))
   whole, one, halves = make(None, 2), make(None, 1), [make((0, 2), 2), make((2, 4), 2)]
   for _ in range(5):
     full, single, parts = next(whole), next(one), [next(h) for h in halves]
@@ -154,3 +154,40 @@ def test_unpad_field_gives_each_group_room_for_its_real_tokens():
       np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), full[k])
   with pytest.raises(ValueError, match="3 groups"):
     next(make(None, 3))
+
+
+def test_micro_batches_hold_the_length_sorted_rows_spread_over_the_shards():
+  """`micro`: the global batch's rows sorted by length, micro-batch m the m-th run of them,
+  laid out [shard, micro-batch, row]; each one's width its longest row rounded up. Cut apart by
+  `training.steps.micro_batches`, they hold the rows of the batch drawn without micro-batches;
+  every process loads its contiguous shards of that layout."""
+  from tapper_jax.training.steps import micro_batches
+  tok, src = CharTokenizer(), _varied_source()
+  fmt = PromptFormat(tok, 96)
+  make = lambda rows, micro, shards: iter(make_dataset(  # noqa: E731
+      src, fmt, max_target_tokens=8, batch_size=8, seed=1, bucket=8, rows=rows, micro=micro,
+      shards=shards))
+  plain, whole = make(None, 1, 2), make(None, 2, 2)
+  halves = [make((0, 4), 2, 2), make((4, 8), 2, 2)]
+  narrower = 0
+  for _ in range(6):
+    drawn, full, parts = next(plain), next(whole), [next(h) for h in halves]
+    widths = tuple(int(w) for w in full["micro"])
+    real = full["attention_mask"].sum(1)
+    order = np.argsort(drawn["attention_mask"].sum(1), kind="stable")
+    micro = micro_batches({k: full[k] for k in ("input_ids", "attention_mask", "index")},
+                          widths, shards=2)
+    for m, (w, b) in enumerate(zip(widths, micro)):
+      rows = b["attention_mask"].sum(1)
+      assert w % 8 == 0 and rows.max() > w - 8 and b["input_ids"].shape == (4, w)
+      assert np.array_equal(np.sort(rows), np.sort(drawn["attention_mask"].sum(1)[order][4 * m:4 * m + 4]))
+      assert not full["attention_mask"][np.isin(full["index"], b["index"]), w:].any()
+    assert sorted(full["index"]) == sorted(drawn["index"])
+    assert real.max() == max(micro[1]["attention_mask"].sum(1))  # the long half is the last
+    narrower += widths[0] < widths[1]
+    for k in full:
+      if k != "micro":
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), full[k])
+  assert narrower  # the draws give the short half a narrower width at least once
+  with pytest.raises(ValueError, match="3 micro-batches"):
+    next(make(None, 3, 1))

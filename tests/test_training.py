@@ -52,7 +52,9 @@ def test_bad_configs_fail_before_any_compile():
            ("data.source", "s3", "data.source"),
            ("stage2.table_memory", "disk", "table_memory"),
            ("model.remat", "some", "model.remat"),
-           ("model.scan_unroll", -1, "model.scan_unroll")]
+           ("model.scan_unroll", -1, "model.scan_unroll"),
+           ("train_micro_batches", 0, "train_micro_batches"),
+           ("train_micro_batches", 3, "train_micro_batches")]
   for field, value, message in cases:
     bad = tiny_config()
     node, _, leaf = field.rpartition(".")
@@ -532,6 +534,45 @@ def test_trimmed_and_unpadded_batches_train_exactly_as_the_full_budget(synth_fol
     assert abs(loss - loss_full) <= 1e-5 * abs(loss_full)
     for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(grads), strict=True):
       np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_micro_batches_give_the_whole_batch_loss_and_gradients(synth_folder, model_cache):
+  """`train_micro_batches`: the batch's rows sorted by length and run as micro-batches, each
+  cut to its own longest row. The token-weighted sum of their losses and gradients equals the
+  whole batch's, computed at the full width on the same rows (LoRA dropout off: its masks are
+  drawn per micro-batch); the train step (sparse table, row-wise AdamW) logs that loss."""
+  from tapper_jax.training.loop import HOST_ONLY
+  llm_tok = models.load("tiny-random")
+  config = tiny_config(steps=4, warmup=0.0, bridge_dropout=0.0, sparse_table=True)
+  config.train_bucket, config.train_micro_batches = 8, 2
+  config.max_prompt_tokens = 160
+  run, ds, _ = _stage2_run(config, synth_folder, llm_tok)
+  it = iter(ds)
+  for _ in range(8):  # a batch whose short half is narrower than its long half
+    host = next(it)
+    widths = tuple(int(w) for w in host["micro"])
+    if widths[0] < widths[1]:
+      break
+  assert widths[0] < widths[1] == host["input_ids"].shape[1]
+  batch = setup.put_batch({k: v for k, v in host.items() if k not in HOST_ONLY}, run.mesh, config)
+  state = run.fresh_state()
+  trainable = {"params": state["params"], "table": state["table"]}
+  key = jax.random.key(0)
+  with run.rules(), jax.set_mesh(run.mesh):
+    (loss, count), grads = jax.jit(steps.grads_fn(run.graphdef))(trainable, run.frozen, batch, key)
+    (loss_m, count_m), grads_m = jax.jit(steps.grads_fn(run.graphdef, micro=(widths, 1)))(
+        trainable, run.frozen, batch, key)
+    # One micro-batch alone is not the batch: the weighting matters.
+    short = steps.micro_batches(batch, widths, 1)[0]
+    (alone, _), _ = jax.jit(steps.grads_fn(run.graphdef))(trainable, run.frozen, short, key)
+    _, metrics = run.step_fn(batch, widths)(state, run.frozen, batch)  # donates the state
+  assert float(count_m) == float(count) == host["loss_mask"].sum()
+  assert abs(float(loss_m) - float(loss)) <= 1e-5 * abs(float(loss))
+  assert abs(float(metrics["loss"]) - float(loss)) <= 1e-5 * abs(float(loss))
+  scale = max(np.abs(g).max() for g in jax.tree.leaves(grads))
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_m), strict=True):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * scale)
+  assert abs(float(alone) - float(loss)) > 1e-3
 
 
 def _count(jaxpr, primitive: str) -> int:

@@ -14,6 +14,10 @@ Batches may trim T to their longest row (`bucket`), after grouping rows of simil
 (`group`); in a multi-process run each process loads only its rows of each global batch.
 With `unpad`, a batch also carries `unpad` [U, N] int8 zeros whose shape tells the model to run
 its per-token layers on N slots for each group of B/U rows (`models.llama.unpad_index`).
+With `micro` = M > 1, a batch's rows are sorted by length and cut into M micro-batches, laid
+out [shard, micro-batch, row] so each micro-batch is spread over every shard; `micro` [M] int32
+(host only) holds each one's width, its longest row rounded up to `bucket`
+(`training.steps.micro_batches` cuts them apart).
 """
 
 from __future__ import annotations
@@ -114,10 +118,14 @@ class MakeBatch(grain.transforms.Map):
   bucket: int = 0
   lengths: np.ndarray | None = None  # [N] token lengths (needed with bucket/unpad and rows)
   unpad: int = 0  # round each group's real slots up to a multiple of this (0: no `unpad`)
-  unpad_groups: int = 1  # U: groups the global batch's rows are cut into
+  shards: int = 1  # the blocks the global batch's rows are cut into (data parallelism)
+  micro: int = 1  # M: micro-batches of rows sorted by length (1: the batch as drawn)
 
   def map(self, ids):
     full = self.tokenize.prompts.max_prompt_tokens + self.tokenize.max_target_tokens
+    widths = None
+    if self.micro > 1:
+      ids, widths = self._micro_order(np.asarray(ids), full)
     mine = ids if self.rows is None else ids[self.rows[0]:self.rows[1]]
     rows = []
     for i in mine:
@@ -139,13 +147,31 @@ class MakeBatch(grain.transforms.Map):
         batch[k] = batch[k][:, :keep]
     if self.unpad:
       batch["unpad"] = self._unpad(lengths, keep, len(mine))
+    if widths is not None:
+      batch["micro"] = np.asarray(widths, np.int32)
     return batch
+
+  def _micro_order(self, ids: np.ndarray, full: int) -> tuple[np.ndarray, list[int]]:
+    """The global batch's rows sorted by length, cut into `micro` runs of consecutive rows,
+    laid out [shard, micro-batch, row]; and each micro-batch's width: its longest row rounded
+    up to `bucket` (0: the full budget)."""
+    m, s, total = self.micro, self.shards, len(ids)
+    if self.lengths is None:
+      raise ValueError("micro-batches need every example's precomputed length")
+    if total % (m * s):
+      raise ValueError(f"micro-batches: {m} micro-batches x {s} shards do not cut the batch of "
+                       f"{total} rows evenly")
+    ids = ids[np.argsort(self.lengths[ids], kind="stable")].reshape(m, s, total // (m * s))
+    longest = self.lengths[ids].max(axis=(1, 2))
+    widths = [min(full, -(-int(n) // self.bucket) * self.bucket) if self.bucket else full
+              for n in longest]
+    return ids.transpose(1, 0, 2).reshape(-1), widths
 
   def _unpad(self, lengths: np.ndarray, width: int, local_rows: int) -> np.ndarray:
     """[U_local, N] zeros: N the most real tokens of any group of the global batch (row
     `lengths`), rounded up to `unpad` (at most the group's padded slots). The model adds its
     soft-prefix slots."""
-    g, total = self.unpad_groups, len(lengths)
+    g, total = self.shards, len(lengths)
     if total % g or local_rows % (total // g):
       raise ValueError(f"unpad: {g} groups do not cut the batch of {total} rows (this "
                        f"process: {local_rows}) evenly")
@@ -163,7 +189,7 @@ def make_dataset(source: Sequence, prompts: PromptFormat, *, max_target_tokens: 
                  num_epochs: int | None = None, drop_remainder: bool = True,
                  maps: Sequence = (), bucket: int = 0, group: int = 0,
                  rows: tuple[int, int] | None = None, unpad: int = 0,
-                 unpad_groups: int = 1) -> grain.IterDataset:
+                 shards: int = 1, micro: int = 1) -> grain.IterDataset:
   """A grain IterDataset of batches; `iter()` it, and use get_state()/set_state() to resume.
 
   `maps`: further per-example transforms run after tokenizing (e.g. the trainer's history
@@ -171,7 +197,8 @@ def make_dataset(source: Sequence, prompts: PromptFormat, *, max_target_tokens: 
   token axis to a multiple of `bucket`, sorting windows of `group` batches by length first
   (`IndexBatches`, `MakeBatch`). `rows`: the rows of each global batch this process loads
   (multi-process: each process tokenizes only its own rows; `None`: all). `unpad`,
-  `unpad_groups`: the `unpad` field (`MakeBatch`); no group may span two processes' rows.
+  `shards`: the `unpad` field's groups (`MakeBatch`; no group may span two processes' rows)
+  and the blocks each of `micro` micro-batches is spread over (`MakeBatch`).
   """
   stream = grain.MapDataset.range(len(source))
   if shuffle:
@@ -182,11 +209,12 @@ def make_dataset(source: Sequence, prompts: PromptFormat, *, max_target_tokens: 
   if rows is not None and tuple(rows) == (0, batch_size):
     rows = None  # one process holds every row
   # Every example's length, tokenized once up front: only where a batch's rows are not all at
-  # hand (grouping sorts a window; a process's trim must match the others').
+  # hand (grouping sorts a window; a process's trim must match the others'; micro-batches
+  # sort the batch before its rows are loaded).
   lengths = (token_lengths(source, prompts, max_target_tokens)
-             if group > 1 or ((bucket or unpad) and rows is not None) else None)
+             if group > 1 or micro > 1 or ((bucket or unpad) and rows is not None) else None)
   batches = IndexBatches(stream, batch_size, group, lengths, seed)
   ds = grain.MapDataset.source(batches).map(
       MakeBatch(source, Tokenize(prompts, max_target_tokens), tuple(maps), rows, bucket, lengths,
-                unpad, unpad_groups))
+                unpad, shards, micro))
   return ds.to_iter_dataset()

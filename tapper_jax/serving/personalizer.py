@@ -152,6 +152,7 @@ class Personalizer:
     history). Every other row stays bit-identical; a user without a row gets one at the end of
     the table (N(0, 0.02), as in training). Returns the loss before and after."""
     from tapper_jax.training import examples as ex
+    from tapper_jax.training.loop import HOST_ONLY
     if user_id not in self.histories and self._row(user_id) < 0:
       raise KeyError(f"unknown user {user_id!r}: add them first with add_user(user_id, records)")
     hist = sorted(list(self.histories.get(user_id, [])) + _checked(new_records, user_id),
@@ -176,20 +177,21 @@ class Personalizer:
       row = len(self.users) - 1
     fields = self._fields(examples, {user_id: hist}, {user_id: 0})
     bsz = min(config.stage2.batch_size, len(examples))
-    it = iter(ex.train_dataset(examples, self.t.prompts, config, _with_batch(config.stage2, bsz),
+    whole = config.copy_and_resolve_references()  # a few rows: whole batches, the row's step
+    whole.train_micro_batches, whole.train_unpad = 1, 0
+    it = iter(ex.train_dataset(examples, self.t.prompts, whole, _with_batch(config.stage2, bsz),
                                seed=seed, history=fields))
     from tapper_jax.tapper.prefix import PrefixTable
     # The model with a one-row table (this user's, at row 0); only that row is differentiated.
     graphdef, table_state, rest = nnx.split(self._model(self.table[row:row + 1]), PrefixTable,
                                             ...)
     lr = learning_rate or config.stage2.get("table_learning_rate", config.stage2.learning_rate)
-    drop = ("index", "loss_mask", "shortened", "target_cut")
     p = jnp.asarray(self.table[row:row + 1])
     opt = _row_tx(lr, config.stage2.weight_decay).init(p)
     losses = []
     with self.t.rules():
       for _ in range(steps):
-        batch = {k: jnp.asarray(v) for k, v in next(it).items() if k not in drop}
+        batch = {k: jnp.asarray(v) for k, v in next(it).items() if k not in HOST_ONLY}
         p, opt, value = _row_step(graphdef, table_state, p, opt, rest, batch, lr,
                                   config.stage2.weight_decay)
         losses.append(float(value))

@@ -183,6 +183,11 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   # attention still runs on the padded rows. Exact (the padded rows' loss and gradients), and
   # the examples in a batch are unchanged.
   c.train_unpad = 0
+  # Run each training batch as this many micro-batches (1: off): its rows sorted by length, each
+  # micro-batch cut to its own longest row (rounded up to train_bucket), their gradients
+  # weighted by target tokens and summed. The same examples and the same update as the whole
+  # batch (up to dropout draws and float rounding), with the padding of the short rows gone.
+  c.train_micro_batches = 1
   # Sort questions by prompt length and pad each batch to the next power of two (<= the prompt
   # budget) instead of the full budget: few compiled shapes, less padding; same answers.
   c.eval_buckets = True

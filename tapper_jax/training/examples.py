@@ -183,7 +183,8 @@ def train_dataset(examples: Sequence[Example], prompts: PromptFormat, config, st
                   seed: int, history: HistoryFields | None = None, mesh=None):
   """Shuffled, repeated training batches (`data.pipeline.make_dataset`). With `mesh`, each
   process loads only its rows of each global batch (`setup.process_rows`), and `train_unpad`
-  groups rows by the batch's shards (`setup.batch_shards`); without, one process, one group."""
+  and `train_micro_batches` lay rows out by the batch's shards (`setup.batch_shards`);
+  without, one process, one shard."""
   from tapper_jax.training import setup  # setup reaches the methods, which import this module
   source = [{"input": e.input, "target": e.target, "keep": e.keep} for e in examples]
   rows = None if mesh is None else setup.process_rows(mesh, config, stage_cfg.batch_size)
@@ -193,7 +194,8 @@ def train_dataset(examples: Sequence[Example], prompts: PromptFormat, config, st
                       bucket=config.get("train_bucket", 0),
                       group=config.get("train_length_groups", 0), rows=rows,
                       unpad=config.get("train_unpad", 0),
-                      unpad_groups=1 if mesh is None else setup.batch_shards(mesh, config))
+                      shards=1 if mesh is None else setup.batch_shards(mesh, config),
+                      micro=config.get("train_micro_batches", 1))
 
 
 def budget_report(examples: Sequence[Example], prompts: PromptFormat,

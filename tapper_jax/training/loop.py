@@ -37,7 +37,9 @@ from tapper_jax.training.checkpoint import Checkpoints
 from tapper_jax.training.host_table import HostTable
 from tapper_jax.training.logger import Logger, bars_and_logs
 
-HOST_ONLY = ("index", "loss_mask", "shortened", "target_cut")  # batch fields the step never sees
+# Batch fields the step never sees as arrays (`micro`, the micro-batch widths, reaches it as
+# static Python ints).
+HOST_ONLY = ("index", "loss_mask", "shortened", "target_cut", "micro")
 TABLE_ENTRIES = ("table", "sparse")  # the state entries a host table keeps off the device
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")
@@ -82,7 +84,7 @@ class StageRun:
     frozen = nnx.state(PersonalizedLM(llm, None))
     self.frozen_sh = setup.shardings(frozen, mesh, config)
     self.frozen = jax.device_put(frozen, self.frozen_sh)
-    self._steps = {}  # the batch's field names -> its jitted step
+    self._steps = {}  # (the batch's field names, micro-batch widths) -> its jitted step
 
   def rules(self):
     return use_rules(self.mesh, self.config.mesh.rules)
@@ -99,10 +101,12 @@ class StageRun:
     with self.rules(), jax.set_mesh(self.mesh):
       return jax.jit(init, out_shardings=self.state_sh)(self.key, self.init_values)
 
-  def step_fn(self, batch):
-    """The jitted step for batches with `batch`'s fields: (state, frozen, batch) -> (state,
-    metrics); with a host table (state, frozen, batch, rows) -> (state, metrics, rows)."""
-    fields = tuple(sorted(batch))
+  def step_fn(self, batch, widths: tuple[int, ...] | None = None):
+    """The jitted step for batches with `batch`'s fields, run as micro-batches of `widths`
+    (None: whole): (state, frozen, batch) -> (state, metrics); with a host table (state,
+    frozen, batch, rows) -> (state, metrics, rows)."""
+    fields = (tuple(sorted(batch)), widths)
+    micro = None if widths is None else (widths, setup.batch_shards(self.mesh, self.config))
     if fields not in self._steps:
       batch_sh = {k: setup.batch_sharding(self.mesh, self.config, np.ndim(v))
                   for k, v in batch.items()}
@@ -110,14 +114,14 @@ class StageRun:
       if self.on_host:
         fn = steps.host_table_step_fn(self.graphdef, self.tx, self.lr, self.sparse,
                                       jax.tree.structure(self.table_abstract["table"]),
-                                      self.config.model.remat, self.user_dropout)
+                                      self.config.model.remat, self.user_dropout, micro)
         self._steps[fields] = jax.jit(
             fn, in_shardings=(self.state_sh, self.frozen_sh, batch_sh, rep),
             out_shardings=(self.state_sh, rep, rep), donate_argnums=0)
       else:
         self._steps[fields] = jax.jit(
             steps.train_step_fn(self.graphdef, self.tx, self.lr, self.config.model.remat,
-                                self.sparse, self.user_dropout),
+                                self.sparse, self.user_dropout, micro),
             in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
             out_shardings=(self.state_sh, rep), donate_argnums=0)
     return self._steps[fields]
@@ -126,16 +130,17 @@ class StageRun:
     """One step on this process's rows `host` of the global batch -> (state, metrics). A host
     table gathers the batch's rows before and writes them back after (if the step was finite)."""
     fields = {k: v for k, v in host.items() if k not in HOST_ONLY}
+    widths = tuple(int(w) for w in host["micro"]) if "micro" in host else None
     if not self.on_host:
       batch = setup.put_batch(fields, self.mesh, self.config, global_rows=self.cfg.batch_size)
-      return self.step_fn(batch)(state, self.frozen, batch)
+      return self.step_fn(batch, widths)(state, self.frozen, batch)
     local = np.asarray(fields["user_row"])
     every = local if jax.process_count() == 1 else \
         np.asarray(multihost_utils.process_allgather(local)).reshape(-1)
     rows, uniq, fields["user_row"] = self.table.gather(local, every)
     rows = jax.device_put(rows, setup.replicated(self.mesh))
     batch = setup.put_batch(fields, self.mesh, self.config, global_rows=self.cfg.batch_size)
-    state, metrics, out = self.step_fn(batch)(state, self.frozen, batch, rows)
+    state, metrics, out = self.step_fn(batch, widths)(state, self.frozen, batch, rows)
     if bool(jax.device_get(metrics["finite"])):
       self.table.scatter(uniq, jax.device_get(out), step)
     return state, metrics

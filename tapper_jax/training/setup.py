@@ -92,6 +92,12 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
     v = config.get(field, 0)
     if not (isinstance(v, int) and v >= 0):
       raise ConfigError(f"config.{field}={v!r}: an int >= 0 (0: off)")
+  micro = config.get("train_micro_batches", 1)
+  if not (isinstance(micro, int) and micro >= 1):
+    raise ConfigError(f"config.train_micro_batches={micro!r}: an int >= 1 (1: off)")
+  if micro > 1 and config.get("train_unpad", 0):
+    raise ConfigError("config.train_micro_batches > 1 with config.train_unpad: choose one (each "
+                      "cuts the padding of short rows)")
   if config.stage2.max_history < 0:
     raise ConfigError(f"config.stage2.max_history={config.stage2.max_history}: >= 0 (0 = all)")
   for field in ("stage2.prefix_len", "stage2.attention_chunk", "stage2.record_tokens",
@@ -114,6 +120,9 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
     if s.batch_size <= 0 or s.batch_size % batch_shards:
       raise ConfigError(f"config.{stage}.batch_size={s.batch_size} must be a positive multiple "
                         f"of the {batch_shards} data*fsdp devices of mesh {shape}")
+    if s.batch_size % (batch_shards * micro):
+      raise ConfigError(f"config.{stage}.batch_size={s.batch_size}: config.train_micro_batches="
+                        f"{micro} micro-batches x {batch_shards} data*fsdp devices must divide it")
   if config.eval_batch_size % batch_shards:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of "
                       f"the {batch_shards} data*fsdp devices")

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from tapper_jax.data.pipeline import TOKEN_AXIS
 from tapper_jax.models.llama import LlamaForCausalLM
 from tapper_jax.tapper.attention import ZSTATS
 from tapper_jax.tapper.model import lm_loss
@@ -140,18 +141,49 @@ def loss_fn(graphdef, trainable, frozen, batch, key, remat: bool):
   return lm_loss(model, batch, dropout_key=key, remat=remat)
 
 
-def grads_fn(graphdef, remat: bool = False):
-  """(trainable, frozen, batch, key) -> ((loss, tokens), grads over the trainable dict only)."""
-  return jax.value_and_grad(
-      lambda t, f, b, k: loss_fn(graphdef, t, f, b, k, remat), has_aux=True)
+def micro_batches(batch: dict, widths: tuple[int, ...], shards: int) -> list[dict]:
+  """The micro-batches of a batch whose rows `data.pipeline.MakeBatch` laid out [shard,
+  micro-batch, row]: micro-batch m is every shard's m-th block of rows (so it stays spread
+  over the shards, no rows move between devices), its token axis cut to `widths[m]`.
+  Fields [B, ...] -> [B/M, ...]; the token-axis fields [B, T] -> [B/M, widths[m]]."""
+  m = len(widths)
+
+  def part(k, v, i):
+    v = v.reshape(shards, m, -1, *v.shape[1:])[:, i].reshape(-1, *v.shape[1:])
+    return v[:, :widths[i]] if k in TOKEN_AXIS else v
+  return [{k: part(k, v, i) for k, v in batch.items()} for i in range(m)]
+
+
+def grads_fn(graphdef, remat: bool = False, micro: tuple | None = None):
+  """(trainable, frozen, batch, key) -> ((loss, tokens), grads over the trainable dict only).
+
+  micro: (widths, shards) to run the batch as `micro_batches`, one after another: the loss is
+  each micro-batch's mean weighted by its share of the target tokens, which is the whole
+  batch's mean, and so are the gradients. Micro-batch m's dropout key is fold_in(key, m)."""
+  grad = jax.value_and_grad(lambda t, f, b, k: loss_fn(graphdef, t, f, b, k, remat),
+                            has_aux=True)
+  if micro is None:
+    return grad
+
+  def accumulated(t, f, batch, key):
+    outs = [grad(t, f, b, jax.random.fold_in(key, i))
+            for i, b in enumerate(micro_batches(batch, *micro))]
+    count = sum(c for (_, c), _ in outs)
+    share = [c / jnp.maximum(count, 1.0) for (_, c), _ in outs]
+    loss = sum(w * l for w, ((l, _), _) in zip(share, outs))
+    grads = jax.tree.map(lambda *g: sum(w * x for w, x in zip(share, g)), *(g for _, g in outs))
+    return (loss, count), grads
+  return accumulated
 
 
 def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False,
-                  sparse: SparseTableAdamW | None = None, user_dropout: float = 0.0):
+                  sparse: SparseTableAdamW | None = None, user_dropout: float = 0.0,
+                  micro: tuple | None = None):
   """The pure step (state, frozen, batch) -> (state, metrics). With `sparse` (and a table in
   the state) the model runs on the batch's rows of the table alone and the table takes a
-  row-wise AdamW step (training/sparse_table.py). `user_dropout`: see `_core`."""
-  core = _core(graphdef, tx, lr_schedule, remat, user_dropout)
+  row-wise AdamW step (training/sparse_table.py). `user_dropout`: see `_core`; `micro`: see
+  `grads_fn` (one optimizer update for the whole batch)."""
+  core = _core(graphdef, tx, lr_schedule, remat, user_dropout, micro)
 
   def step(state, frozen, batch):
     rowwise = sparse is not None and "sparse" in state
@@ -170,12 +202,13 @@ def train_step_fn(graphdef, tx, lr_schedule, remat: bool = False,
 
 
 def host_table_step_fn(graphdef, tx, lr_schedule, sparse: SparseTableAdamW, table_treedef,
-                       remat: bool = False, user_dropout: float = 0.0):
+                       remat: bool = False, user_dropout: float = 0.0,
+                       micro: tuple | None = None):
   """The step of `table_memory = "host"` (training/host_table.py): (state without the table,
   frozen, batch, rows) -> (state, metrics, new rows). `rows` holds the batch's distinct table
   rows as the host gathered them ({"w", "m", "v"} [B,L,D], "last" [B]) and `batch["user_row"]`
   points into them; the new rows come back for the host to write."""
-  core = _core(graphdef, tx, lr_schedule, remat, user_dropout)
+  core = _core(graphdef, tx, lr_schedule, remat, user_dropout, micro)
 
   def step(state, frozen, batch, rows):
     mini = jax.tree.unflatten(table_treedef, [rows["w"]])
@@ -190,14 +223,15 @@ def host_table_step_fn(graphdef, tx, lr_schedule, sparse: SparseTableAdamW, tabl
   return step
 
 
-def _core(graphdef, tx, lr_schedule, remat: bool, user_dropout: float = 0.0):
+def _core(graphdef, tx, lr_schedule, remat: bool, user_dropout: float = 0.0,
+          micro: tuple | None = None):
   """(state, table, frozen, batch) -> (state with params, opt, step updated; metrics;
   (the table's gradient, the global gradient norm)). The table passed is the state's or the
   batch's rows of it; what becomes of it is the caller's.
 
   user_dropout: each example's user row is dropped (-1: P_u = 0, a cold start) with this
   probability, so that P_q learns to carry the history alone, as a new user's prefix must."""
-  grad = grads_fn(graphdef, remat)
+  grad = grads_fn(graphdef, remat, micro)
 
   def core(state, table, frozen, batch):
     key = jax.random.fold_in(state["rng"], state["step"])
