@@ -210,28 +210,51 @@ def run_task(kind, name, folder, rows, recipe, seed, out) -> dict:
 
 
 def history_label_rows(c, base: str, preds: dict) -> dict:
-  """No-model controls for label tasks: answer with the user's most frequent label in the
-  visible history (ties: the newest), or with the newest record's label. If these match a
-  method, the method has learned a per-user label prior and nothing more."""
+  """No-model controls that answer from the user's visible history alone. Label tasks: the
+  user's most frequent label (ties: the newest), or the newest record's label; if these match
+  a method, it has learned a per-user label prior and nothing more. Generation tasks: the
+  output (e.g. headline) of the user's record most similar to the question (BM25, as RAG
+  picks it), or of the newest record: what copying the user's own past text scores; and the
+  first with another user's history (the other-user control's pairing): what of that is the
+  user's own rather than the topic's."""
   import collections
   from tapper_jax import metrics
+  from tapper_jax.data.retrieval import corpus_text
   from tapper_jax.fileio import slug, write_json
-  from tapper_jax.training.loop import plan
+  from tapper_jax.methods.rag import bm25_top
+  from tapper_jax.training.loop import other_user_example, plan
   p = plan(c, base)
   field = p.spec.target_field
-  if p.spec.kind == "generation" or not field:
+  if not field:
     return {}
+  generation = p.spec.kind == "generation"
   records = {(q.user_id, r.id): r for q in p.eval_qs + p.stage1_qs for r in q.profile}
-  rows = {"no model: user's majority label": [], "no model: newest record's label": []}
+  most = ("no model: user's most similar past " + field if generation
+          else "no model: user's majority label")
+  newest = f"no model: newest record's {field if generation else 'label'}"
+  other = most.replace("user's", "another user's")
+  rows = {most: [], newest: [], **({other: []} if generation else {})}
+
+  def visible(e):
+    return [records[(e.user, h)] for h in e.history if (e.user, h) in records]
+
+  def similar(e, hist):
+    top = bm25_top(e.query, [corpus_text(p.spec, r.fields) for r in hist], 1)
+    return str(hist[top[0]].fields.get(field, "")) if top else ""
+
+  pairs = other_user_example(p.evaluate) if generation else {}
   for e in p.evaluate:
-    hist = [records[(e.user, h)] for h in e.history if (e.user, h) in records]
+    hist = visible(e)
     labels = [str(r.fields.get(field, "")) for r in hist]
-    counts = collections.Counter(labels)
-    best = max(counts.values(), default=0)
     newest_first = labels[::-1]
-    rows["no model: user's majority label"].append(
-        next((x for x in newest_first if counts[x] == best), ""))
-    rows["no model: newest record's label"].append(newest_first[0] if newest_first else "")
+    if generation:
+      rows[most].append(similar(e, hist))
+      rows[other].append(similar(e, visible(p.evaluate[pairs[e.user]])))
+    else:
+      counts = collections.Counter(labels)
+      best = max(counts.values(), default=0)
+      rows[most].append(next((x for x in newest_first if counts[x] == best), ""))
+    rows[newest].append(newest_first[0] if newest_first else "")
   out = {}
   for name, answers in rows.items():
     path = os.path.join(base, "no_model", f"{c.data.eval_split}_{slug(name)}.json")

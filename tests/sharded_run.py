@@ -34,6 +34,7 @@ c.stage2.bridge_dropout = 0.0
 c.mesh.shape = tuple(int(x) for x in mesh.split(","))
 c.stage2.sparse_table = "sparse" in modes
 c.stage2.table_memory = "host" if "host" in modes else "device"
+c.train_micro_batches = 1  # whole batches: the reference the multi-process variants match
 summary = train_and_evaluate(c, workdir)
 
 

@@ -94,3 +94,57 @@ def test_no_model_label_rows_answer_from_the_users_own_visible_labels(tmp_path):
   newest = lamp_io.read_outputs(preds["no model: newest record's label"])[1]
   for q in qs:  # the newest visible record's tag, from the question's own (date-sorted) profile
     assert newest[q.id] == q.profile[-1].fields["tag"]
+
+
+def test_no_model_rows_of_a_generation_task_copy_the_users_own_past_outputs(tmp_path):
+  """Headlines: the title of the user's visible record BM25 ranks first for the question (the
+  official query against each record's corpus text), and the newest record's title."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  import lamp4
+  from lamp_fixtures import write_setting
+  from rank_bm25 import BM25Okapi
+  from tapper_jax.data import lamp as lamp_io
+  from tapper_jax.data.retrieval import corpus_text
+  from tapper_jax.data.tasks import get_task
+  import json
+  c = lamp4.get_config("time")
+  c.data.folder = write_setting(str(tmp_path / "data"), c.task, "time")
+  # Each dev question (on item k) gets one older record, item k - 2, whose text is the
+  # question's article: BM25's pick. A record is the same in every file that holds it.
+  with open(os.path.join(c.data.folder, "dev_questions.json")) as f:
+    article = {f"{q['user_id']}-{int(q['input'].split()[-3]) - 2}": q["input"].split(": ", 1)[1]
+               for q in json.load(f)}
+  for split in ("train", "dev", "test"):
+    path = os.path.join(c.data.folder, f"{split}_questions.json")
+    with open(path) as f:
+      raw = json.load(f)
+    for q in raw:
+      for r in q["profile"]:
+        r["text"] = article.get(r["id"], r["text"])
+    with open(path, "w") as f:
+      json.dump(raw, f)
+  preds = {}
+  scores = Q.history_label_rows(c, str(tmp_path / "runs"), preds)
+  similar, newest = "no model: user's most similar past title", "no model: newest record's title"
+  other = "no model: another user's most similar past title"
+  assert set(scores) == {similar, newest, other} and {"rouge-1", "rouge-L"} <= set(scores[similar])
+  qs, _ = lamp_io.load_split(c.data.folder, "LaMP_4", "dev")
+  got, last, theirs = (lamp_io.read_outputs(preds[k])[1] for k in (similar, newest, other))
+  spec = get_task("LaMP_4")
+  first = {}
+  for q in qs:
+    first.setdefault(q.user_id, q)
+  users = sorted(first)
+
+  def best(q, profile):
+    s = BM25Okapi([corpus_text(spec, r.fields).split() for r in profile]).get_scores(
+        spec.query(q.input).split())
+    return profile[int(np.argmax(s))].fields["title"]
+  for q in qs:
+    assert last[q.id] == q.profile[-1].fields["title"]
+    assert got[q.id] == best(q, q.profile) == next(
+        r.fields["title"] for r in q.profile if r.fields["text"] in q.input)
+    nxt = first[users[(users.index(q.user_id) + 1) % len(users)]]  # the next user's first question
+    assert theirs[q.id] == best(q, nxt.profile)
+    assert theirs[q.id] in {r.fields["title"] for r in nxt.profile}

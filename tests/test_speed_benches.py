@@ -127,17 +127,18 @@ def test_trace_summary_sums_a_gpu_trace_by_kernel_and_kind(tmp_path):
   assert ops["total_ms"] == pytest.approx(4.5) and ops["top"][0]["name"] == "fusion.1"
 
 
-def test_train_loop_settings_name_the_trim_the_grouping_and_unpadding(tmp_path):
+def test_train_loop_settings_name_the_trim_the_grouping_unpadding_and_micro_batches(tmp_path):
   # Its own process: train_loop.py's absl flags would clash with another benchmark's here.
   code = ("import train_loop as t; print([t.setting(n) for n in "
           "('full', 'trim16', 'trim16_grouped', 'trim8_grouped50', 'full_unpad64', "
-          "'trim16_grouped_unpad8')])")
+          "'trim16_grouped_unpad8', 'trim16_micro2')])")
   p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                      cwd=os.path.join(REPO, "benchmarks"), timeout=120)
   assert p.returncode == 0, p.stderr[-3000:]
-  assert p.stdout.strip() == ("[(0, 0, 0), (16, 0, 0), (16, 8, 0), (8, 50, 0), (0, 0, 64), "
-                              "(16, 8, 8)]")
-  for bad in ("trim16_groupd", "full_unpad0"):  # refused before any model loads
+  assert p.stdout.strip() == ("[(0, 0, 0, 1), (16, 0, 0, 1), (16, 8, 0, 1), (8, 50, 0, 1), "
+                              "(0, 0, 64, 1), (16, 8, 8, 1), (16, 0, 0, 2)]")
+  for bad in ("trim16_groupd", "full_unpad0", "trim16_micro1", "trim16_unpad8_micro2"):
+    # refused before any model loads
     with pytest.raises(AssertionError, match=bad):
       _run("train_loop.py", tmp_path, "--offline=nowhere", f"--settings=full,{bad}")
 
@@ -151,16 +152,18 @@ def test_train_loop_bench_times_the_real_loop_against_its_bare_step(tmp_path, sh
   build_offline.build(shared_data, str(offline))
   out = _run("train_loop.py", tmp_path, f"--offline={offline}", "--task=huffpost_2N",
              "--model=tiny-random", "--steps=6", "--batch=4", "--repeats=1",
-             "--settings=full,trim16_grouped,trim8_grouped3,trim16_unpad32")
+             "--settings=full,trim16_grouped,trim8_grouped3,trim16_unpad32,trim16_micro2")
   with open(tmp_path / "train_loop_huffpost_2n.json") as f:
     res = json.load(f)
-  full, grouped, fine, unpadded = res["rows"]
+  full, grouped, fine, unpadded, micro = res["rows"]
   assert (full["setting"], grouped["setting"]) == ("full", "trim16_grouped")
   assert full["widths"] == [168] and all(w % 16 == 0 and w <= 168 for w in grouped["widths"])
   assert (fine["bucket"], fine["groups"]) == (8, 3)
   assert fine["widths"] and all(w % 8 == 0 and w <= 168 for w in fine["widths"])
   assert grouped["real_token_share"] > full["real_token_share"]
   assert (unpadded["bucket"], unpadded["unpad"]) == (16, 32)
+  assert (micro["bucket"], micro["micro_batches"]) == (16, 2)
+  assert micro["real_token_share"] > full["real_token_share"]
   assert all(r["ratio"] > 0 and r["steady_steps"] > 0 for r in res["rows"]) and "| full |" in out
 
 

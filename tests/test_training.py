@@ -53,7 +53,7 @@ def test_bad_configs_fail_before_any_compile():
            ("stage2.table_memory", "disk", "table_memory"),
            ("model.remat", "some", "model.remat"),
            ("model.scan_unroll", -1, "model.scan_unroll"),
-           ("train_micro_batches", 0, "train_micro_batches"),
+           ("train_micro_batches", -1, "train_micro_batches"),
            ("train_micro_batches", 3, "train_micro_batches")]
   for field, value, message in cases:
     bad = tiny_config()
@@ -534,6 +534,19 @@ def test_trimmed_and_unpadded_batches_train_exactly_as_the_full_budget(synth_fol
     assert abs(loss - loss_full) <= 1e-5 * abs(loss_full)
     for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(grads), strict=True):
       np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_micro_batches_auto_is_two_on_a_cpu_where_they_fit():
+  """train_micro_batches = 0 (the default): 2 on this CPU backend; 1 with train_unpad or where
+  2 x the batch shards do not divide the batch; an explicit count is kept."""
+  c = tiny_config()
+  assert c.train_micro_batches == 0 and jax.default_backend() == "cpu"
+  assert setup.micro_batches(c, 8, 1) == 2 and setup.micro_batches(c, 8, 4) == 2
+  assert setup.micro_batches(c, 6, 2) == 1
+  c.train_unpad = 16
+  assert setup.micro_batches(c, 8, 1) == 1
+  c.train_unpad, c.train_micro_batches = 0, 4
+  assert setup.micro_batches(c, 8, 1) == 4
 
 
 def test_micro_batches_give_the_whole_batch_loss_and_gradients(synth_folder, model_cache):

@@ -188,14 +188,15 @@ def train_dataset(examples: Sequence[Example], prompts: PromptFormat, config, st
   from tapper_jax.training import setup  # setup reaches the methods, which import this module
   source = [{"input": e.input, "target": e.target, "keep": e.keep} for e in examples]
   rows = None if mesh is None else setup.process_rows(mesh, config, stage_cfg.batch_size)
+  shards = 1 if mesh is None else setup.batch_shards(mesh, config)
   return make_dataset(source, prompts, max_target_tokens=config.max_target_tokens,
                       batch_size=stage_cfg.batch_size, seed=seed, shuffle=True, num_epochs=None,
                       maps=[history] if history is not None else [],
                       bucket=config.get("train_bucket", 0),
                       group=config.get("train_length_groups", 0), rows=rows,
                       unpad=config.get("train_unpad", 0),
-                      shards=1 if mesh is None else setup.batch_shards(mesh, config),
-                      micro=config.get("train_micro_batches", 1))
+                      shards=shards,
+                      micro=setup.micro_batches(config, stage_cfg.batch_size, shards))
 
 
 def budget_report(examples: Sequence[Example], prompts: PromptFormat,

@@ -433,15 +433,21 @@ def _control_fields(control: str, ev, fields: "ex.HistoryFields"):
   if control == "no_personal":
     empty = dataclasses.replace(fields, examples=[dataclasses.replace(e, history=()) for e in ev])
     return lambda i: empty.fields(i, user="")
+  other = other_user_example(ev)
+  return lambda i: fields.fields(i, user=ev[other[ev[i].user]].user,
+                                 history_of=other[ev[i].user])
+
+
+def other_user_example(ev) -> dict[str, int]:
+  """The other-user control's pairing: each evaluated user -> the index in `ev` of the first
+  question of the next user in sorted order (whose row and visible history stand in)."""
   users = sorted({e.user for e in ev})
   if len(users) < 2:
     raise ValueError("the other-user control needs at least two evaluated users")
   first = {}
   for j, e in enumerate(ev):
     first.setdefault(e.user, j)
-  other = {u: first[users[(k + 1) % len(users)]] for k, u in enumerate(users)}
-  return lambda i: fields.fields(i, user=ev[other[ev[i].user]].user,
-                                 history_of=other[ev[i].user])
+  return {u: first[users[(k + 1) % len(users)]] for k, u in enumerate(users)}
 
 
 def _per_user(config, workdir, p, llm, examples, ev, prompts, mesh, summary, t0, t_start):

@@ -93,8 +93,8 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
     if not (isinstance(v, int) and v >= 0):
       raise ConfigError(f"config.{field}={v!r}: an int >= 0 (0: off)")
   micro = config.get("train_micro_batches", 1)
-  if not (isinstance(micro, int) and micro >= 1):
-    raise ConfigError(f"config.train_micro_batches={micro!r}: an int >= 1 (1: off)")
+  if not (isinstance(micro, int) and micro >= 0):
+    raise ConfigError(f"config.train_micro_batches={micro!r}: an int >= 0 (1: off, 0: auto)")
   if micro > 1 and config.get("train_unpad", 0):
     raise ConfigError("config.train_micro_batches > 1 with config.train_unpad: choose one (each "
                       "cuts the padding of short rows)")
@@ -120,7 +120,7 @@ def validate(config, num_devices: int | None = None) -> tuple[int, ...]:
     if s.batch_size <= 0 or s.batch_size % batch_shards:
       raise ConfigError(f"config.{stage}.batch_size={s.batch_size} must be a positive multiple "
                         f"of the {batch_shards} data*fsdp devices of mesh {shape}")
-    if s.batch_size % (batch_shards * micro):
+    if micro > 1 and s.batch_size % (batch_shards * micro):
       raise ConfigError(f"config.{stage}.batch_size={s.batch_size}: config.train_micro_batches="
                         f"{micro} micro-batches x {batch_shards} data*fsdp devices must divide it")
   if config.eval_batch_size % batch_shards:
@@ -189,6 +189,17 @@ def batch_shards(mesh: Mesh, config) -> int:
   """How many blocks the batch axis is cut into over the mesh (its data-parallel degree)."""
   entry = batch_sharding(mesh, config, 1).spec[0]
   return math.prod(mesh.shape[a] for a in ((entry,) if isinstance(entry, str) else entry or ()))
+
+
+def micro_batches(config, batch_size: int, shards: int) -> int:
+  """How many micro-batches a training batch runs as (config.train_micro_batches; 0: auto,
+  which is 2 on a CPU backend unless the batch is unpadded or 2 x `shards` does not divide
+  `batch_size`, else 1)."""
+  micro = config.get("train_micro_batches", 1)
+  if micro:
+    return micro
+  fits = batch_size % (2 * shards) == 0 and not config.get("train_unpad", 0)
+  return 2 if fits and jax.default_backend() == "cpu" else 1
 
 
 def put_batch(batch: dict, mesh: Mesh, config, global_rows: int | None = None) -> dict:
