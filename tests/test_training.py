@@ -537,10 +537,12 @@ def test_trimmed_and_unpadded_batches_train_exactly_as_the_full_budget(synth_fol
 
 
 def test_micro_batches_auto_is_two_on_a_cpu_where_they_fit():
-  """train_micro_batches = 0 (the default): 2 on this CPU backend; 1 with train_unpad or where
-  2 x the batch shards do not divide the batch; an explicit count is kept."""
+  """train_micro_batches = 0 (auto): 2 on this CPU backend; 1 with train_unpad or where 2 x
+  the batch shards do not divide the batch; an explicit count is kept (the default: 1)."""
   c = tiny_config()
-  assert c.train_micro_batches == 0 and jax.default_backend() == "cpu"
+  assert c.train_micro_batches == 1 and setup.micro_batches(c, 8, 1) == 1
+  c.train_micro_batches = 0
+  assert jax.default_backend() == "cpu"
   assert setup.micro_batches(c, 8, 1) == 2 and setup.micro_batches(c, 8, 4) == 2
   assert setup.micro_batches(c, 6, 2) == 1
   c.train_unpad = 16
