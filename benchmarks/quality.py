@@ -21,7 +21,8 @@ switches (configs/offline.py + `stage2.*` fields):
 TAP-PER is also evaluated with no personal input (P_u = 0, empty history) and with another
 evaluated user's row and history. "No model" rows answer from the user's visible history alone
 (`history_label_rows`: label tasks, the majority and the newest label; generation tasks, the
-most similar past output, the newest, and another user's most similar). Rows resume: a row whose summary.json exists is not rerun.
+most similar past output, the newest, and another user's most similar). Rows resume: a row
+whose summary.json exists is not rerun.
 Output: OUT/quality.md (table, best per column in bold), OUT/quality.json, OUT/quality.png.
 """
 

@@ -160,7 +160,7 @@ def main(argv):
   for name in _SETTINGS.value:  # a misspelt setting fails before any model loads
     setting(name)
   if len(set(_SETTINGS.value)) < len(_SETTINGS.value):  # each trains in its own workdir
-    raise ValueError(f"--settings: each setting once (run the benchmark again to repeat one)")
+    raise ValueError("--settings: each setting once (run the benchmark again to repeat one)")
   import sys
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "configs"))

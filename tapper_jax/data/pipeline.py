@@ -137,9 +137,7 @@ class MakeBatch(grain.transforms.Map):
     # The whole global batch's row lengths: precomputed where other rows are elsewhere.
     lengths = (self.lengths[ids] if self.lengths is not None
                else batch["attention_mask"].sum(1))
-    keep = full
-    if self.bucket:  # the longest row
-      keep = min(full, -(-int(lengths.max()) // self.bucket) * self.bucket)
+    keep = self._width(int(lengths.max()), full)
     if keep < full:
       if batch["attention_mask"][:, keep:].any():
         raise ValueError(f"example {int(mine[0])}..: longer than its precomputed length")
@@ -162,10 +160,13 @@ class MakeBatch(grain.transforms.Map):
       raise ValueError(f"micro-batches: {m} micro-batches x {s} shards do not cut the batch of "
                        f"{total} rows evenly")
     ids = ids[np.argsort(self.lengths[ids], kind="stable")].reshape(m, s, total // (m * s))
-    longest = self.lengths[ids].max(axis=(1, 2))
-    widths = [min(full, -(-int(n) // self.bucket) * self.bucket) if self.bucket else full
-              for n in longest]
+    widths = [self._width(int(n), full) for n in self.lengths[ids].max(axis=(1, 2))]
     return ids.transpose(1, 0, 2).reshape(-1), widths
+
+  def _width(self, longest: int, full: int) -> int:
+    """The token axis kept for rows whose longest has `longest` tokens: rounded up to `bucket`,
+    at most `full` (no bucket: `full`)."""
+    return min(full, -(-longest // self.bucket) * self.bucket) if self.bucket else full
 
   def _unpad(self, lengths: np.ndarray, width: int, local_rows: int) -> np.ndarray:
     """[U_local, N] zeros: N the most real tokens of any group of the global batch (row

@@ -177,10 +177,11 @@ class Personalizer:
       row = len(self.users) - 1
     fields = self._fields(examples, {user_id: hist}, {user_id: 0})
     bsz = min(config.stage2.batch_size, len(examples))
-    whole = config.copy_and_resolve_references()  # a few rows: whole batches, the row's step
-    whole.train_micro_batches, whole.train_unpad = 1, 0
-    it = iter(ex.train_dataset(examples, self.t.prompts, whole, _with_batch(config.stage2, bsz),
-                               seed=seed, history=fields))
+    online = config.copy_and_resolve_references()  # a few rows: whole batches, the row's step
+    online.stage2.batch_size = bsz
+    online.train_micro_batches, online.train_unpad = 1, 0
+    it = iter(ex.train_dataset(examples, self.t.prompts, online, online.stage2, seed=seed,
+                               history=fields))
     from tapper_jax.tapper.prefix import PrefixTable
     # The model with a one-row table (this user's, at row 0); only that row is differentiated.
     graphdef, table_state, rest = nnx.split(self._model(self.table[row:row + 1]), PrefixTable,
@@ -231,9 +232,3 @@ def _row_step(graphdef, table_state, p, opt, rest, batch, lr, weight_decay):
   value, g = jax.value_and_grad(lambda q: _row_loss(graphdef, table_state, q, rest, batch))(p)
   updates, opt = _row_tx(lr, weight_decay).update(g, opt, p)
   return optax.apply_updates(p, updates), opt, value
-
-
-def _with_batch(stage_cfg, batch_size: int):
-  c = stage_cfg.copy_and_resolve_references()
-  c.batch_size = batch_size
-  return c

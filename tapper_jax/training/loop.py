@@ -106,8 +106,8 @@ class StageRun:
     (None: whole): (state, frozen, batch) -> (state, metrics); with a host table (state,
     frozen, batch, rows) -> (state, metrics, rows)."""
     fields = (tuple(sorted(batch)), widths)
-    micro = None if widths is None else (widths, setup.batch_shards(self.mesh, self.config))
     if fields not in self._steps:
+      micro = None if widths is None else (widths, setup.batch_shards(self.mesh, self.config))
       batch_sh = {k: setup.batch_sharding(self.mesh, self.config, np.ndim(v))
                   for k, v in batch.items()}
       rep = setup.replicated(self.mesh)
