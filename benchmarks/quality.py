@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.join(REPO, "configs"))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from recipes import CPU_RECIPE, SHORT_RATES  # noqa: E402
 from tapper_jax.fileio import keep_previous  # noqa: E402  (tests reach it here too)
-from tapper_jax.metrics import paired_bootstrap  # noqa: E402
+from tapper_jax.metrics import paired_bootstrap, paired_mean_interval  # noqa: E402
 
 _BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "cpu-methods", "dev-rates",
                                              "dev-batches", "cpu-headlines", "full"],
@@ -134,13 +134,18 @@ BUDGETS = {
                     HUFFPOST_CPU),
     # Headlines (LaMP-4 style): does any personal input help, read as a prefix (TAP-PER) or as
     # text (RAG)? Run with --split=dev: it diagnoses, it does not report.
-    "cpu-headlines": (("huffpost_4",), (TAPPER, STEP_MATCHED, rag_row("bm25", 4, True)),
+    # At 150 steps the gold's NLL is the same with the user's input, none or another user's:
+    # does a user's row read anything after an epoch (~66 updates a row, not ~13)?
+    "cpu-headlines": (("huffpost_4",), (TAPPER, STEP_MATCHED, rag_row("bm25", 4, True),
+                                        Row("TAP-PER, one epoch",
+                                            (("stage2.steps", 0), ("stage2.epochs", 1)),
+                                            controls=("no_personal", "other_user", "cold"))),
                       {"huffpost_4": {**SHORT_RATES, **CPU_RECIPE["huffpost_4"]}}),
     "full": (("huffpost_2N", "huffpost_4", "movielens_3", "movielens_2M"),
              (TAPPER, LONG, STEP_MATCHED, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED_ALL
     + (Row("per-user LoRA", method="per_user_lora"),) + ABLATIONS, {}),  # the paper's recipe: epochs
 }
-LOWER_IS_BETTER = ("mae", "rmse")
+LOWER_IS_BETTER = ("mae", "rmse", "gold_nll")
 
 
 def task_config(kind: str, name: str, folder: str, recipe: dict, seed: int):
@@ -155,6 +160,7 @@ def task_config(kind: str, name: str, folder: str, recipe: dict, seed: int):
   c.seed = seed
   c.progress = False
   c.checkpoint_every = 1000
+  c.eval_nll = True  # the gold's NLL per row: what the personal input moves, beside the answers
   for k, v in recipe.items():
     set_field(c, k, v)
   if _TINY.value:
@@ -274,21 +280,31 @@ def _load_preds(path):
   return read_outputs(path)[1]
 
 
+def _load_nll(path) -> dict | None:
+  """A row's per-question gold NLL (written beside its predictions), or None (no model)."""
+  from tapper_jax.training.evaluation import nll_path
+  if not os.path.isfile(nll_path(path)):
+    return None
+  with open(nll_path(path), encoding="utf-8") as f:
+    return json.load(f)
+
+
 def report(all_results: dict, header: str) -> str:
   lines = [header, ""]
   for task, res in all_results.items():
     rows = {k: v for k, v in res["scores"].items() if not k.startswith("_")}
-    keys = [k for k in next(iter(rows.values())) if not k.endswith("_mean")]
+    keys = list(dict.fromkeys(k for v in rows.values() for k in v if not k.endswith("_mean")))
     best = {}
     for k in keys:
-      vals = [v[k] for v in rows.values()]
+      vals = [v[k] for v in rows.values() if k in v]
       best[k] = min(vals) if k.lower() in LOWER_IS_BETTER else max(vals)
     lines += [f"### {task} ({res['questions']} {_SPLIT.value} questions, "
               f"{res['users']} users)", "",
               "| row | " + " | ".join(keys) + " | TAP-PER minus row, 95% CI |",
               "|---|" + "---|" * (len(keys) + 1)]
     for name, v in rows.items():
-      cells = [(f"**{v[k]:.4f}**" if v[k] == best[k] else f"{v[k]:.4f}") for k in keys]
+      cells = [("" if k not in v else f"**{v[k]:.4f}**" if v[k] == best[k] else f"{v[k]:.4f}")
+               for k in keys]
       ci = res["intervals"].get(name)
       ci_text = "; ".join(f"{k} [{lo:+.3f}, {hi:+.3f}]" for k, (lo, hi) in ci.items()) if ci else ""
       lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci_text} |")
@@ -359,6 +375,10 @@ def main(argv):
                                        {i: g for i, g in golds.items() if i in v},
                                        preds["TAP-PER"], v, _BOOT.value)
                    for k, v in preds.items() if k != "TAP-PER"}
+      nll = {k: _load_nll(p) for k, p in res["_preds"].items()}
+      for k, v in nll.items():
+        if k != "TAP-PER" and v is not None and nll.get("TAP-PER") is not None:
+          intervals[k]["gold_nll"] = paired_mean_interval(nll["TAP-PER"], v, _BOOT.value)
       all_results[key] = {"scores": res, "intervals": intervals, "questions": len(qs),
                           "users": len({q.user_id for q in qs}), "minutes": res["_minutes"]}
       print(report({key: all_results[key]}, ""), flush=True)

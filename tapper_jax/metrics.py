@@ -168,3 +168,16 @@ def paired_bootstrap(task, labels, golds, a, b, n, seed=0):
         diffs.setdefault(k, []).append(ma[k] - mb[k])
   return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
           for k, v in diffs.items() if not k.endswith("_mean")}
+
+
+def paired_mean_interval(a: dict, b: dict, n: int, seed: int = 0) -> list[float]:
+  """95% interval of mean(a) - mean(b) over the questions both score ({id: value}, e.g. the
+  per-question gold NLL), resampled with replacement."""
+  import numpy as np
+  ids = sorted(set(a) & set(b))
+  if not ids:
+    raise ValueError("paired_mean_interval: no question scored by both rows")
+  d = np.asarray([a[i] - b[i] for i in ids], np.float64)
+  rng = np.random.default_rng(seed)
+  means = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(n)]
+  return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]

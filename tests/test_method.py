@@ -85,6 +85,48 @@ def test_loss_equals_a_plain_full_logits_cross_entropy(tiny, model_cache):
   assert abs(shifted - total / n) > 0.1
 
 
+def test_gold_nll_equals_a_plain_cross_entropy_per_question(model_cache):
+  """evaluation.gold_nll (batched, the last batch padded, each row its own prefix inputs)
+  against each question alone: full logits over [prefix, prompt, target], the gold's tokens
+  scored one slot before them, averaged. Another question's prefix inputs change the value."""
+  from tapper_jax.training.evaluation import gold_nll
+  llm, tok = models.load("tiny-random")
+  d = llm.config.hidden_size
+  _attach_trained_looking_lora(llm)
+  model = PersonalizedLM(llm, Tapper(d, 3, 2, rngs=nnx.Rngs(3)))
+  fmt = PromptFormat(tok, 40, chat=False)
+  texts = [("Headline? article: a robot wins chess", "Robot Beats Champion"),
+           ("Headline? article: two friends drive across the country", "Road Trip"),
+           ("Headline? article: rain", "Storms Ahead For The Weekend In Ohio")]
+  ev = [exm.Example(f"q{i}", f"u{i}", a, b, a, 0.0) for i, (a, b) in enumerate(texts)]
+  rng = np.random.default_rng(0)
+  per = [{"user_row": np.int32(i - 1), "query_z": rng.normal(size=(d,)).astype(np.float32),
+          "hist_z": rng.normal(size=(8, d)).astype(np.float32),
+          "hist_age": rng.uniform(0, 9, size=(8,)).astype(np.float32),
+          "hist_valid": np.arange(8) < 2 + 2 * i} for i in range(3)]
+
+  class Config(dict):
+    __getattr__ = dict.get
+  config = Config(eval_batch_size=2, max_target_tokens=8)
+  got = gold_nll(model, ev, fmt, config, lambda i: per[i])
+
+  want = []
+  for e, f in zip(ev, per):
+    prompt, target = fmt.encode(e.input)[0], fmt.encode_target(e.target, 8)[0]
+    ids = np.asarray([prompt + target], np.int32)
+    batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.ones_like(ids),
+             **{k: jnp.asarray(v)[None] for k, v in f.items()}}
+    emb, mask = model.inputs(batch)
+    logits, _ = llm(inputs_embeds=emb, attention_mask=mask)
+    logp = jax.nn.log_softmax(np.asarray(logits, np.float64)[0], axis=-1)
+    want.append(-np.mean([logp[3 + t - 1, ids[0, t]]
+                          for t in range(len(prompt), len(prompt) + len(target))]))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert len(set(np.round(want, 4))) == 3  # the rows differ: a mixed-up order would fail
+  swapped = gold_nll(model, ev, fmt, config, lambda i: per[(i + 1) % 3])
+  assert np.abs(swapped - got).max() > 1e-4  # the prefix inputs are read
+
+
 def test_lora_a_init_matches_peft(model_cache):
   torch = pytest.importorskip("torch")
   peft = pytest.importorskip("peft")

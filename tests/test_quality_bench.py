@@ -5,6 +5,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,3 +149,31 @@ def test_no_model_rows_of_a_generation_task_copy_the_users_own_past_outputs(tmp_
     nxt = first[users[(users.index(q.user_id) + 1) % len(users)]]  # the next user's first question
     assert theirs[q.id] == best(q, nxt.profile)
     assert theirs[q.id] in {r.fields["title"] for r in nxt.profile}
+
+
+def test_paired_mean_interval_of_per_question_values():
+  """The gold-NLL interval: mean(a - b) over shared questions, resampled; a question only one
+  row scored is left out."""
+  rng = np.random.default_rng(0)
+  b = {str(i): float(rng.normal(3.0, 1.0)) for i in range(400)}
+  a = {k: v - 0.2 + float(rng.normal(0, 0.1)) for k, v in b.items()}
+  a["only_a"] = 100.0
+  lo, hi = Q.paired_mean_interval(a, b, 500)
+  obs = np.mean([a[k] - b[k] for k in b])
+  assert lo <= obs <= hi and hi < 0 and hi - lo < 0.05
+  assert Q.paired_mean_interval(b, b, 50) == [0.0, 0.0]
+  with pytest.raises(ValueError, match="no question"):
+    Q.paired_mean_interval({"x": 1.0}, {"y": 1.0}, 10)
+
+
+def test_report_marks_the_lower_nll_best_and_leaves_rows_without_it_blank():
+  res = {"scores": {"non-personalized": {"rouge-1": 0.10, "rouge-L": 0.09, "gold_nll": 3.2},
+                    "TAP-PER": {"rouge-1": 0.12, "rouge-L": 0.08, "gold_nll": 3.0},
+                    "no model: newest": {"rouge-1": 0.05, "rouge-L": 0.04}},
+         "intervals": {"non-personalized": {"rouge-1": [0.0, 0.04], "gold_nll": [-0.3, -0.1]}},
+         "questions": 3, "users": 2}
+  text = Q.report({"huffpost_4": res}, "header")
+  lines = {ln.split(" | ")[0]: ln for ln in text.splitlines() if ln.startswith("| ")}
+  assert lines["| TAP-PER"].startswith("| TAP-PER | **0.1200** | 0.0800 | **3.0000** |")
+  assert lines["| no model: newest"].startswith("| no model: newest | 0.0500 | 0.0400 |  |")
+  assert "gold_nll [-0.300, -0.100]" in lines["| non-personalized"]

@@ -75,8 +75,8 @@ class PersonalizedLM(nnx.Module):
     return emb, mask
 
 
-def lm_loss(model: PersonalizedLM, batch, *, dropout_key=None, remat: bool = False):
-  """Mean next-token NLL over the batch's target tokens; returns (loss, token count)."""
+def target_nll(model: PersonalizedLM, batch, *, dropout_key=None, remat: bool = False):
+  """(nll [B,K], weight [B,K]): each target token's next-token NLL and whether it is real."""
   emb, mask = model.inputs(batch)
   unpad = None
   if "unpad" in batch:
@@ -90,7 +90,11 @@ def lm_loss(model: PersonalizedLM, batch, *, dropout_key=None, remat: bool = Fal
   logits = model.llm.logits(h).astype(jnp.float32)  # [B,K,V]
   labels = jnp.take_along_axis(batch["input_ids"], batch["target_pos"], axis=1)
   gold = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-  nll = jax.nn.logsumexp(logits, axis=-1) - gold
-  w = batch["target_valid"].astype(jnp.float32)
+  return jax.nn.logsumexp(logits, axis=-1) - gold, batch["target_valid"].astype(jnp.float32)
+
+
+def lm_loss(model: PersonalizedLM, batch, *, dropout_key=None, remat: bool = False):
+  """Mean next-token NLL over the batch's target tokens; returns (loss, token count)."""
+  nll, w = target_nll(model, batch, dropout_key=dropout_key, remat=remat)
   count = jnp.sum(w)
   return jnp.sum(nll * w) / jnp.maximum(count, 1.0), count

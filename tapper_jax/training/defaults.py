@@ -199,6 +199,11 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   # Extra evaluation rows that ask whether the personal input matters: "no_personal" (P_u = 0,
   # no history), "other_user" (another evaluated user's row and history).
   c.eval_controls = ()
+  # Also score each row's gold targets teacher-forced (`evaluation.gold_nll`: mean NLL per
+  # target token, "gold_nll" in the scores, per question beside the predictions): it shows a
+  # personal input the model reads even where greedy answers do not change. One forward pass
+  # per question and row.
+  c.eval_nll = False
   c.evaluate = True  # generate and score at the end (the eval split still picks stage 2's users)
   c.eval_backbone = True  # also evaluate the stage-1 backbone alone ("non-personalized")
   c.progress = True  # tqdm progress bars (False: quiet, for CI and logs)

@@ -19,13 +19,53 @@ from tapper_jax import metrics
 from tapper_jax.data.prompts import PromptFormat
 from tapper_jax.models.generate import beam_search, greedy_generate
 from tapper_jax.models.tokenizer import bucket_length
-from tapper_jax.tapper.model import PersonalizedLM
+from tapper_jax.tapper.model import PersonalizedLM, target_nll
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _inputs(graphdef, state, batch):
   model: PersonalizedLM = nnx.merge(graphdef, state)
   return model.inputs(batch)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _row_nll(graphdef, state, batch):
+  nll, w = target_nll(nnx.merge(graphdef, state), batch)
+  return jnp.sum(nll * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)  # [B]
+
+
+def nll_path(predictions_path: str) -> str:
+  """Where `gold_nll`'s per-question values of a row sit: beside its leaderboard file."""
+  return predictions_path.rsplit(".", 1)[0] + ".nll.json"
+
+
+def gold_nll(model: PersonalizedLM, examples, prompts: PromptFormat, config,
+             fields=None) -> np.ndarray:
+  """[N]: each example's gold target (EOS included) scored teacher-forced: the mean NLL per
+  target token, laid out as in training ([prefix, prompt, target], the same budgets).
+
+  Far more sensitive than the generated answer's score: a personal input that moves the
+  model's belief about the gold shows here even where greedy decoding writes the same words.
+  fields: as in `predict`. One process; every row of a batch carries its own prefix inputs.
+  """
+  from tapper_jax.data.pipeline import Tokenize
+  tok = Tokenize(prompts, config.max_target_tokens)
+  bsz = config.eval_batch_size
+  graphdef, state = nnx.split(model)
+  out = np.zeros((len(examples),), np.float64)
+  for start in range(0, len(examples), bsz):
+    chunk = list(range(start, min(start + bsz, len(examples))))
+    rows = chunk + [chunk[-1]] * (bsz - len(chunk))  # one compiled shape
+    enc = [tok.map((i, {"input": examples[i].input, "target": examples[i].target,
+                        "keep": examples[i].keep})) for i in rows]
+    batch = {k: np.stack([e[k] for e in enc]) for k in ("input_ids", "attention_mask",
+                                                        "target_pos", "target_valid")}
+    if fields is not None:
+      f = [fields(i) for i in rows]
+      batch.update({k: np.stack([x[k] for x in f]) for k in f[0]})
+    nll = np.asarray(_row_nll(graphdef, state, jax.tree.map(jnp.asarray, batch)))
+    out[chunk] = nll[:len(chunk)]
+  return out
 
 
 def clean(text: str) -> str:

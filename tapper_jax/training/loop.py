@@ -484,6 +484,13 @@ def _evaluate(results, files, name, spec, examples, model, prompts, config, fiel
   """Scores row `name` into results[name] and writes its leaderboard file (path in files[name])."""
   preds = evaluation.predict_everywhere(model, examples, prompts, config, fields)
   _record(results, files, name, spec, examples, preds, config, workdir, file=file)
+  if config.get("eval_nll", False) and all(e.target for e in examples):
+    local = evaluation.host_local(model) if jax.process_count() > 1 else model
+    nll = evaluation.gold_nll(local, examples, prompts, config, fields)
+    results[name]["gold_nll"] = float(np.mean(nll))
+    if distributed.is_main():
+      write_json(evaluation.nll_path(files[name]),
+                 {e.id: float(v) for e, v in zip(examples, nll)})
 
 
 def _record(results, files, name, spec, examples, preds, config, workdir, *,
