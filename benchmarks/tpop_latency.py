@@ -44,10 +44,11 @@ class EncoderClock:
 
   def __init__(self, enc):
     from tapper_jax.tpop.features import FeatureCache
-    self.enc_encode, self.enc_embed = enc.encode, enc._embed
+    self.enc, self.enc_encode, self.enc_embed = enc, enc.encode, enc._embed
     self.reset()
     enc.encode, enc._embed = self._encode, self._embed
     cached, clock = FeatureCache.features, self
+    self.restore_features = lambda: setattr(FeatureCache, "features", cached)
 
     def features(fc, cands):
       t0 = time.perf_counter()
@@ -60,6 +61,11 @@ class EncoderClock:
       clock.tokens += fc.seen.shape[0] * fc.rows  # rows computed, padding included
       return out
     FeatureCache.features = features
+
+  def close(self):
+    """Puts back what the clock wrapped (the encoder's methods, the feature cache's class)."""
+    self.enc.encode, self.enc._embed = self.enc_encode, self.enc_embed
+    self.restore_features()
 
   def reset(self):
     self.seconds, self.calls, self.forward_seconds, self.rows, self.tokens = 0.0, 0, 0.0, 0, 0
@@ -148,6 +154,7 @@ def main(argv):
                             "rows_per_call": encoder["rows"] / calls,
                             "padded_tokens_per_call": encoder["tokens"] / calls}}
     print(attribute, json.dumps(rows[attribute]), flush=True)
+  clock.close()
   out = {"run": _RUN.value, "split": split, "held_out": _HELD.value, "queries": len(asked),
          "model": cfg["model"],
          "encoder": cfg["encoder"], "top_k": top_k, "w": dec.w, "lm_score": cfg["lm_score"],

@@ -49,4 +49,5 @@ for name, path in summary.get("predictions", {}).items():
 if jax.process_index() == 0:
   print("RESULT " + json.dumps({"eval": summary["eval"], "predictions": preds,"losses": [r["loss"] for r in summary["stages"]["2"]["log"]],
                                 "grad_norms": [r["grad_norm"] for r in summary["stages"]["2"]["log"]],
+                                "micro_widths": summary["stages"]["2"]["micro_widths"],
                                 "processes": jax.process_count(), "devices": jax.device_count()}))

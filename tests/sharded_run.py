@@ -48,6 +48,7 @@ def _predictions(summary):
 
 print("RESULT " + json.dumps({"losses": [r["loss"] for r in summary["stages"]["2"]["log"]],
                               "grad_norms": [r["grad_norm"] for r in summary["stages"]["2"]["log"]],
+                              "micro_widths": summary["stages"]["2"]["micro_widths"],
                               "mesh": summary["mesh"], "rows": summary["stages"]["2"]["table_rows"],
                               "table_sharding": summary["stages"]["2"]["table_sharding"],
                               "eval": summary.get("eval"), "predictions": _predictions(summary)}))

@@ -102,6 +102,9 @@ def test_unpadded_or_micro_batches_train_across_processes_like_whole_ones(mode, 
   ref, ref_params = one_process
   env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
   got = _multi(2, 2, tmp_path / "run", env, mode)
+  # The micro run did run micro-batches (two widths a step), the whole run none.
+  assert all(len(w) == (2 if mode == "micro" else 0) for w in got["micro_widths"])
+  assert ref["micro_widths"] == [[]]
   np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-5)
   np.testing.assert_allclose(got["grad_norms"], ref["grad_norms"], rtol=1e-4)
   params = _trained(str(tmp_path / "run"))

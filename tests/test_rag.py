@@ -110,6 +110,37 @@ def test_retrieval_reads_only_the_examples_own_visible_history(retriever, tmp_pa
       assert got == [f for f, _ in newest]
 
 
+def test_rag_controls_retrieve_no_records_or_another_users(tmp_path, model_cache):
+  """The text form of the controls: no records (the plain question), or the records another
+  evaluated user could see (the other-user pairing), retrieved for this question."""
+  import dataclasses
+  import rag as rag_config
+  from tapper_jax.training.loop import control_examples, other_user_example, plan
+  c = rag_config.get_config("lamp2:time:bm25,2")
+  c.data.folder = write_setting(str(tmp_path / "data"), c.task, "time")
+  p = plan(c, str(tmp_path))
+  ev = p.evaluate
+  from tapper_jax import models
+  from tapper_jax.data.prompts import PromptFormat
+  tok = models.load("tiny-random")[1]
+  fmt = PromptFormat(tok, 256, chat=False)
+  own = p.method.prompts(ev, p, tok, fmt)
+  none = p.method.prompts(control_examples("no_personal", ev), p, tok, fmt)
+  other = p.method.prompts(control_examples("other_user", ev), p, tok, fmt)
+  pair = other_user_example(ev)
+  records = p.method._lookup(p)
+  assert [n.input for n in none] == [e.input for e in ev]
+  assert sum(o.input != w.input for o, w in zip(own, other)) > len(ev) // 2
+  for e, o in zip(ev, other):
+    donor = ev[pair[e.user]]
+    assert donor.user != e.user and o.id == e.id and o.query == e.query
+    picked = p.method.retrieve(dataclasses.replace(e, user=donor.user, history=donor.history), p)
+    assert picked and all(any(g is records[(donor.user, h)][0] for h in donor.history)
+                          for g in picked)
+    assert o.input == retrieval.rag_prompt(p.spec, e.input, picked, 256 - len(
+        tok.encode(fmt.render(""))), tok)[0]
+
+
 @pytest.mark.parametrize("variant", [
     "bm25,2,zeroshot", pytest.param("recency,1", marks=pytest.mark.slow)])  # trained: slow
 def test_rag_runs_zero_shot_and_trained_through_the_harness(variant, model_cache, tmp_path):
@@ -117,9 +148,18 @@ def test_rag_runs_zero_shot_and_trained_through_the_harness(variant, model_cache
   from tapper_jax.training.loop import train_and_evaluate
   c = rag_config.get_config(f"synthetic:tiny:{variant}")
   c.progress = False
+  c.eval_controls = ("no_personal", "other_user", "cold")  # cold needs a row: skipped
+  c.eval_nll = True
   summary = train_and_evaluate(c, str(tmp_path / "run"))
   s2 = summary["stages"]["2"]
   zeroshot = "zeroshot" in variant
+  ev = summary["eval"]
+  none, other = ev[f"{c.name}, no personal input"], ev[f"{c.name}, another user's input"]
+  assert f"{c.name}, own history, no user row" not in ev
+  assert all(v["gold_nll"] > 0 for v in (none, other, ev[c.name]))
+  if zeroshot:  # no records retrieved, nothing trained: the backbone's own answers and NLL
+    assert none == ev["non-personalized"]
+    assert other["gold_nll"] != ev[c.name]["gold_nll"]
   assert s2["steps"] == (0 if zeroshot else 2) and s2["users"] == 0
   assert c.name in summary["eval"] and "non-personalized" in summary["eval"]
   trained = os.path.isdir(os.path.join(str(tmp_path / "run"), "stage2", "checkpoints"))

@@ -37,6 +37,7 @@ def bm25_top(query: str, corpus: Sequence[str], k: int) -> list[int]:
 
 class RagMethod(Method):
   name = "rag"
+  text_controls = ("no_personal", "other_user")  # no records retrieved; another user's
 
   def __init__(self, config):
     super().__init__(config)

@@ -382,6 +382,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
             "budget": ex.budget_report(examples if trains else ev, prompts,
                                        config.max_target_tokens),
             "seconds": round(time.time() - t0, 1), "log": run.logged if run else []}
+    if run is not None:  # the micro-batch widths each compiled step ran ([]: whole batches)
+      info["micro_widths"] = sorted(list(w or ()) for _, w in run._steps)
     if state is not None and jax.tree.leaves(state["table"]):
       info["table_sharding"] = str(jax.tree.leaves(state["table"])[0].sharding.spec)
     if fields is not None:
@@ -399,10 +401,21 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
       model = run.model(state) if run else PersonalizedLM(llm, None)
       _evaluate(results, files, config.name, spec, ev, model, prompts, config,
                 None if ev_fields is None else ev_fields.fields, workdir)
-      for control in (config.eval_controls if ev_fields is not None else ()):
-        _evaluate(results, files, f"{config.name}, {setup.CONTROLS[control]}", spec, ev, model,
-                  prompts, config, _control_fields(control, ev, ev_fields), workdir,
-                  file=f"{slug(config.name)}_{control}")
+      for control in config.eval_controls:
+        name, file = f"{config.name}, {setup.CONTROLS[control]}", f"{slug(config.name)}_{control}"
+        if ev_fields is not None:
+          _evaluate(results, files, name, spec, ev, model, prompts, config,
+                    _control_fields(control, ev, ev_fields), workdir, file=file)
+        elif control in p.method.text_controls:
+          # The method reads the history as text: its prompts rebuilt from the control's
+          # examples (the user's id restored: the question is still this user's).
+          swapped = p.method.prompts(control_examples(control, p.evaluate), p, tok, prompts)
+          ctl = [dataclasses.replace(c, user=e.user) for c, e in zip(swapped, p.evaluate)]
+          _evaluate(results, files, name, spec, ctl, model, prompts, config, None, workdir,
+                    file=file)
+        else:
+          logging.warning("%s: control %r does not apply to method %s; skipped", config.name,
+                          control, p.method.name)
   elif eval_qs and config.evaluate:
     llm, tok, _ = _backbone(config, workdir)
     _evaluate(results, files, "non-personalized", spec, p.evaluate, PersonalizedLM(llm, None),
@@ -431,11 +444,24 @@ def _control_fields(control: str, ev, fields: "ex.HistoryFields"):
   if control == "cold":
     return lambda i: fields.fields(i, user="")
   if control == "no_personal":
-    empty = dataclasses.replace(fields, examples=[dataclasses.replace(e, history=()) for e in ev])
+    empty = dataclasses.replace(fields, examples=control_examples("no_personal", ev))
     return lambda i: empty.fields(i, user="")
   other = other_user_example(ev)
   return lambda i: fields.fields(i, user=ev[other[ev[i].user]].user,
                                  history_of=other[ev[i].user])
+
+
+def control_examples(control: str, ev) -> list:
+  """The examples under a control, as a method that reads the history as text sees them: no
+  visible history ("no_personal"), or the user and visible history of another evaluated user
+  (the pairing of `other_user_example`; the question, its day and its id unchanged)."""
+  if control == "no_personal":
+    return [dataclasses.replace(e, history=()) for e in ev]
+  if control == "other_user":
+    other = other_user_example(ev)
+    return [dataclasses.replace(e, user=ev[other[e.user]].user, history=ev[other[e.user]].history)
+            for e in ev]
+  raise ValueError(f"control {control!r} has no text form (it needs a user row)")
 
 
 def other_user_example(ev) -> dict[str, int]:
