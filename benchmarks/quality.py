@@ -45,7 +45,8 @@ from tapper_jax.fileio import keep_previous  # noqa: E402  (tests reach it here 
 from tapper_jax.metrics import paired_bootstrap, paired_mean_interval  # noqa: E402
 
 _BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "cpu-methods", "dev-rates",
-                                             "dev-batches", "cpu-headlines", "full"],
+                                             "dev-batches", "cpu-headlines",
+                                             "cpu-headlines-epoch", "full"],
                             "Which budget.")
 _OFFLINE = flags.DEFINE_string("offline", os.path.join("data", "offline"),
                                "Offline suite root (built here from --raw if missing).")
@@ -78,10 +79,10 @@ STEP_MATCHED = Row("step-matched control (bridge LoRA alone)", (("stage2.prefix"
 PPLUG = Row("PPlug", controls=("no_personal", "other_user"), method="pplug")
 
 
-def rag_row(retriever: str, k: int, zeroshot: bool) -> Row:
+def rag_row(retriever: str, k: int, zeroshot: bool, controls: tuple = ()) -> Row:
   name = f"RAG {retriever} k={k}" + (", zero-shot" if zeroshot else ", trained")
   return Row(name, (("rag.retriever", retriever), ("rag.k", k),
-                    ("stage2.bridge_lora", not zeroshot)), method="rag")
+                    ("stage2.bridge_lora", not zeroshot)), controls, method="rag")
 
 
 RAG_ZERO_SHOT = tuple(rag_row(r, k, True) for r, k in
@@ -141,6 +142,13 @@ BUDGETS = {
                                             (("stage2.steps", 0), ("stage2.epochs", 1)),
                                             controls=("no_personal", "other_user", "cold"))),
                       {"huffpost_4": {**SHORT_RATES, **CPU_RECIPE["huffpost_4"]}}),
+    # The same rows at one stage-2 epoch (765 steps), the length at which the gold's NLL on
+    # dev first separated the user's own input from none and another user's; to report, on
+    # test. RAG with another user's records: what the user's own text adds.
+    "cpu-headlines-epoch": (("huffpost_4",), (TAPPER, STEP_MATCHED,
+                                              rag_row("bm25", 4, True, ("other_user",))),
+                            {"huffpost_4": {**SHORT_RATES, **CPU_RECIPE["huffpost_4"],
+                                            "stage2.steps": 0, "stage2.epochs": 1}}),
     "full": (("huffpost_2N", "huffpost_4", "movielens_3", "movielens_2M"),
              (TAPPER, LONG, STEP_MATCHED, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED_ALL
     + (Row("per-user LoRA", method="per_user_lora"),) + ABLATIONS, {}),  # the paper's recipe: epochs
