@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from recipes import CPU_RECIPE, SHORT_RATES  # noqa: E402
 from tapper_jax.fileio import keep_previous  # noqa: E402  (tests reach it here too)
 from tapper_jax.metrics import paired_bootstrap, paired_mean_interval  # noqa: E402
+from tapper_jax.training.setup import CONTROLS  # noqa: E402
 
 _BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "cpu-methods", "dev-rates",
                                              "dev-batches", "cpu-headlines",
@@ -297,6 +298,28 @@ def _load_nll(path) -> dict | None:
     return json.load(f)
 
 
+def control_parents(names) -> dict[str, str]:
+  """{control row: the row it controls} for the controls of rows other than TAP-PER (whose
+  controls are paired with TAP-PER already): "RAG ..., another user's input" -> "RAG ..."."""
+  return {f"{p}, {c}": p for p in names for c in CONTROLS.values()
+          if p != "TAP-PER" and f"{p}, {c}" in names}
+
+
+def _interval(spec, golds, preds, nll, a: str, b: str) -> dict:
+  """95% paired intervals of row a minus row b: each metric, and the gold NLL where both have
+  it; paired on the questions both answered (a per-user row may cover a subset)."""
+  ci = paired_bootstrap(spec.name, spec.labels or None,
+                        {i: g for i, g in golds.items() if i in preds[b]}, preds[a], preds[b],
+                        _BOOT.value)
+  if nll.get(a) is not None and nll.get(b) is not None:
+    ci["gold_nll"] = paired_mean_interval(nll[a], nll[b], _BOOT.value)
+  return ci
+
+
+def _ci_text(ci) -> str:
+  return "; ".join(f"{k} [{lo:+.3f}, {hi:+.3f}]" for k, (lo, hi) in ci.items()) if ci else ""
+
+
 def report(all_results: dict, header: str) -> str:
   lines = [header, ""]
   for task, res in all_results.items():
@@ -306,16 +329,17 @@ def report(all_results: dict, header: str) -> str:
     for k in keys:
       vals = [v[k] for v in rows.values() if k in v]
       best[k] = min(vals) if k.lower() in LOWER_IS_BETTER else max(vals)
+    own = res.get("control_intervals") or {}
+    extra = " its model minus row, 95% CI |" if own else ""
     lines += [f"### {task} ({res['questions']} {_SPLIT.value} questions, "
               f"{res['users']} users)", "",
-              "| row | " + " | ".join(keys) + " | TAP-PER minus row, 95% CI |",
-              "|---|" + "---|" * (len(keys) + 1)]
+              "| row | " + " | ".join(keys) + " | TAP-PER minus row, 95% CI |" + extra,
+              "|---|" + "---|" * (len(keys) + 1 + bool(own))]
     for name, v in rows.items():
       cells = [("" if k not in v else f"**{v[k]:.4f}**" if v[k] == best[k] else f"{v[k]:.4f}")
                for k in keys]
-      ci = res["intervals"].get(name)
-      ci_text = "; ".join(f"{k} [{lo:+.3f}, {hi:+.3f}]" for k, (lo, hi) in ci.items()) if ci else ""
-      lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci_text} |")
+      line = f"| {name} | " + " | ".join(cells) + f" | {_ci_text(res['intervals'].get(name))} |"
+      lines.append(line + (f" {_ci_text(own.get(name))} |" if own else ""))
     lines.append("")
   return "\n".join(lines)
 
@@ -378,17 +402,14 @@ def main(argv):
         qs = qs[:12]
       golds = {q.id: q.gold for q in qs}
       preds = {k: _load_preds(p) for k, p in res["_preds"].items()}
-      # Paired on the questions both rows answered (a per-user row may cover a subset).
-      intervals = {k: paired_bootstrap(spec.name, spec.labels or None,
-                                       {i: g for i, g in golds.items() if i in v},
-                                       preds["TAP-PER"], v, _BOOT.value)
-                   for k, v in preds.items() if k != "TAP-PER"}
       nll = {k: _load_nll(p) for k, p in res["_preds"].items()}
-      for k, v in nll.items():
-        if k != "TAP-PER" and v is not None and nll.get("TAP-PER") is not None:
-          intervals[k]["gold_nll"] = paired_mean_interval(nll["TAP-PER"], v, _BOOT.value)
-      all_results[key] = {"scores": res, "intervals": intervals, "questions": len(qs),
-                          "users": len({q.user_id for q in qs}), "minutes": res["_minutes"]}
+      pair = lambda a, b: _interval(spec, golds, preds, nll, a, b)  # noqa: E731
+      intervals = {k: pair("TAP-PER", k) for k in preds if k != "TAP-PER"}
+      # Another row's controls ("RAG ..., another user's input"), against their own model.
+      own = {k: pair(parent, k) for k, parent in control_parents(preds).items()}
+      all_results[key] = {"scores": res, "intervals": intervals, "control_intervals": own,
+                          "questions": len(qs), "users": len({q.user_id for q in qs}),
+                          "minutes": res["_minutes"]}
       print(report({key: all_results[key]}, ""), flush=True)
   reused = sum(v for r in all_results.values() for v in r["minutes"].values())
   header += (f" Wall time {round((time.time() - t0) / 60, 1)} min for this invocation; the "

@@ -177,3 +177,26 @@ def test_report_marks_the_lower_nll_best_and_leaves_rows_without_it_blank():
   assert lines["| TAP-PER"].startswith("| TAP-PER | **0.1200** | 0.0800 | **3.0000** |")
   assert lines["| no model: newest"].startswith("| no model: newest | 0.0500 | 0.0400 |  |")
   assert "gold_nll [-0.300, -0.100]" in lines["| non-personalized"]
+
+
+def test_report_pairs_another_rows_controls_with_their_own_model():
+  res = {"scores": {"TAP-PER": {"rouge-1": 0.12}, "RAG k=4": {"rouge-1": 0.10},
+                    "RAG k=4, another user's input": {"rouge-1": 0.08}},
+         "intervals": {"RAG k=4": {"rouge-1": [0.0, 0.04]},
+                       "RAG k=4, another user's input": {"rouge-1": [0.02, 0.06]}},
+         "control_intervals": {"RAG k=4, another user's input": {"rouge-1": [0.01, 0.03]}},
+         "questions": 3, "users": 2}
+  text = Q.report({"huffpost_4": res}, "header")
+  assert "| row | rouge-1 | TAP-PER minus row, 95% CI | its model minus row, 95% CI |" in text
+  assert ("| RAG k=4, another user's input | 0.0800 | rouge-1 [+0.020, +0.060] | "
+          "rouge-1 [+0.010, +0.030] |") in text
+  assert "| RAG k=4 | 0.1000 | rouge-1 [+0.000, +0.040] |  |" in text
+
+
+def test_control_rows_find_the_row_they_control_by_its_control_suffix():
+  names = ["TAP-PER", "TAP-PER, no personal input", "TAP-PER, one epoch",
+           "TAP-PER, one epoch, another user's input", "non-personalized",
+           "non-personalized, trained as long", "RAG k=4", "RAG k=4, another user's input"]
+  assert Q.control_parents(names) == {
+      "TAP-PER, one epoch, another user's input": "TAP-PER, one epoch",
+      "RAG k=4, another user's input": "RAG k=4"}
