@@ -16,6 +16,10 @@ class Method:
   bridge LoRA alone, when the config keeps it)."""
 
   name = "none"
+  # Controls (config.eval_controls) a method that reads the history as text answers by
+  # rebuilding its prompts from control examples (`training.loop.control_examples`); a method
+  # with fields answers them through its fields instead.
+  text_controls: tuple[str, ...] = ()
 
   def __init__(self, config):
     self.config = config
@@ -48,8 +52,3 @@ class Method:
              slots_from: Sequence[Sequence] = ()) -> Fields | None:
     """Per-example personal inputs for `examples`, or None when the method reads none."""
     return None
-
-  # Controls (config.eval_controls) a method that reads the history as text answers by
-  # rebuilding its prompts from control examples (`training.loop.control_examples`); a method
-  # with fields answers them through its fields instead.
-  text_controls: tuple[str, ...] = ()
