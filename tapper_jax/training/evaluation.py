@@ -1,4 +1,5 @@
-"""Greedy predictions for LaMP questions (with or without the TAP-PER prefix) and their scores.
+"""Greedy predictions for LaMP questions (with or without the TAP-PER prefix), their scores, and
+the gold answers' NLL teacher-forced (`gold_nll`).
 
 Prompts are left-padded to one fixed length (or, with `eval_buckets`, to a few power-of-two
 lengths) so generation compiles once per shape. With a prefix the
