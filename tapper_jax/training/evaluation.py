@@ -35,6 +35,19 @@ def _row_nll(graphdef, state, batch):
   return jnp.sum(nll * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)  # [B]
 
 
+def _padded(chunk: list[int], size: int) -> list[int]:
+  """The batch's example indices, the last batch filled with its last row: one compiled shape."""
+  return chunk + [chunk[-1]] * (size - len(chunk))
+
+
+def _personal(fields, rows: list[int]) -> dict:
+  """The rows' personal batch fields stacked ({} without fields: no prefix)."""
+  if fields is None:
+    return {}
+  f = [fields(i) for i in rows]
+  return {k: np.stack([x[k] for x in f]) for k in f[0]}
+
+
 def nll_path(predictions_path: str) -> str:
   """Where `gold_nll`'s per-question values of a row sit: beside its leaderboard file."""
   return predictions_path.rsplit(".", 1)[0] + ".nll.json"
@@ -56,14 +69,12 @@ def gold_nll(model: PersonalizedLM, examples, prompts: PromptFormat, config,
   out = np.zeros((len(examples),), np.float64)
   for start in range(0, len(examples), bsz):
     chunk = list(range(start, min(start + bsz, len(examples))))
-    rows = chunk + [chunk[-1]] * (bsz - len(chunk))  # one compiled shape
+    rows = _padded(chunk, bsz)
     enc = [tok.map((i, {"input": examples[i].input, "target": examples[i].target,
                         "keep": examples[i].keep})) for i in rows]
     batch = {k: np.stack([e[k] for e in enc]) for k in ("input_ids", "attention_mask",
                                                         "target_pos", "target_valid")}
-    if fields is not None:
-      f = [fields(i) for i in rows]
-      batch.update({k: np.stack([x[k] for x in f]) for k in f[0]})
+    batch.update(_personal(fields, rows))
     nll = np.asarray(_row_nll(graphdef, state, jax.tree.map(jnp.asarray, batch)))
     out[chunk] = nll[:len(chunk)]
   return out
@@ -96,15 +107,13 @@ def predict(model: PersonalizedLM, examples, prompts: PromptFormat, config,
   for start in progress(range(0, len(examples), bsz), desc="evaluate", unit="batch",
                         enabled=bool(config.get("progress", False))):
     chunk = order[start:start + bsz]
-    rows = chunk + [chunk[-1]] * (bsz - len(chunk))  # pad the last batch: one compiled shape
+    rows = _padded(chunk, bsz)
     length = plen
     if config.get("eval_buckets", False):
       length = bucket_length(max(len(encoded[i]) for i in chunk), smallest=32, largest=plen)
     ids, mask = prompts.tokenizer.pad([encoded[i] for i in rows], side="left", length=length)
     batch = {"input_ids": ids, "attention_mask": mask}
-    if fields is not None:
-      f = [fields(i) for i in rows]
-      batch.update({k: np.stack([x[k] for x in f]) for k in f[0]})
+    batch.update(_personal(fields, rows))
     emb, full_mask = _inputs(graphdef, state, jax.tree.map(jnp.asarray, batch))
     beams = int(config.get("num_beams", 1))
     if beams > 1:

@@ -126,6 +126,10 @@ class StageRun:
             out_shardings=(self.state_sh, rep), donate_argnums=0)
     return self._steps[fields]
 
+  def micro_widths(self) -> list[list[int]]:
+    """Each compiled step's micro-batch widths, sorted ([]: whole batches)."""
+    return sorted(list(w or ()) for _, w in self._steps)
+
   def train_step(self, state, host: dict, step: int):
     """One step on this process's rows `host` of the global batch -> (state, metrics). A host
     table gathers the batch's rows before and writes them back after (if the step was finite)."""
@@ -383,7 +387,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
                                        config.max_target_tokens),
             "seconds": round(time.time() - t0, 1), "log": run.logged if run else []}
     if run is not None:  # the micro-batch widths each compiled step ran ([]: whole batches)
-      info["micro_widths"] = sorted(list(w or ()) for _, w in run._steps)
+      info["micro_widths"] = run.micro_widths()
     if state is not None and jax.tree.leaves(state["table"]):
       info["table_sharding"] = str(jax.tree.leaves(state["table"])[0].sharding.spec)
     if fields is not None:
