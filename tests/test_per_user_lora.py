@@ -58,6 +58,7 @@ def test_each_user_trains_on_own_records_and_leaves_others_unchanged(model_cache
   c = cfg_module.get_config("synthetic:tiny")
   c.progress = False
   c.per_user.max_users = 3
+  c.eval_nll = True
   wd = str(tmp_path / "run")
   summary = train_and_evaluate(c, wd)
   s2 = summary["stages"]["2"]
@@ -81,6 +82,18 @@ def test_each_user_trains_on_own_records_and_leaves_others_unchanged(model_cache
   assert asked
   again = evaluation.predict(PersonalizedLM(llm, None), asked, prompt_format(c, tok), c)
   assert again == [run_preds[e.id] for e in asked]
+  # The gold's NLL too: under user 0's own adapter, not the backbone's nor user 1's.
+  with open(evaluation.nll_path(summary["predictions"]["per-user LoRA"])) as f:
+    run_nll = json.load(f)
+  assert sorted(run_nll) == sorted(run_preds)
+  own = evaluation.gold_nll(PersonalizedLM(llm, None), asked, prompt_format(c, tok), c)
+  np.testing.assert_allclose([run_nll[e.id] for e in asked], own, rtol=1e-5)
+  other = models.load_pretrained(os.path.join(wd, "backbone"))
+  load_peft_adapter(other, os.path.join(wd, "adapters", user_dir(users[1])))
+  theirs = evaluation.gold_nll(PersonalizedLM(other, None), asked, prompt_format(c, tok), c)
+  assert np.abs(theirs - own).max() > 1e-4
+  mean = np.mean(list(run_nll.values()))
+  assert summary["eval"]["per-user LoRA"]["gold_nll"] == pytest.approx(mean)
   assert summary["eval"]["questions"] == len([e for e in p.evaluate if e.user in users])
 
 

@@ -487,8 +487,8 @@ def _per_user(config, workdir, p, llm, examples, ev, prompts, mesh, summary, t0,
   users = p.method.lora_users(examples)
   run = StageRun(2, llm, config, mesh, num_rows=1, num_steps=config.per_user.steps)
   base = config.stage2.backbone or os.path.join(workdir, "backbone")
-  preds, counts = per_user.train_and_predict(run, config, workdir, users, examples, ev, prompts,
-                                             base_model=base)
+  preds, counts, nll = per_user.train_and_predict(run, config, workdir, users, examples, ev,
+                                                  prompts, base_model=base)
   asked = [e for e in ev if e.user in counts]
   summary["stages"]["2"] = {"examples": sum(counts.values()), "kinds": list(config.stage2.examples),
                             "users": len(users), "steps_per_user": config.per_user.steps,
@@ -501,6 +501,8 @@ def _per_user(config, workdir, p, llm, examples, ev, prompts, mesh, summary, t0,
                 prompts, config, None, workdir)
     _record(results, files, config.name, p.spec, asked, [preds[e.id] for e in asked], config,
             workdir)
+    if nll:
+      _record_nll(results, files, config.name, asked, [nll[e.id] for e in asked])
   summary["eval"] = {"split": config.data.eval_split, "questions": len(asked), **results}
   summary["predictions"] = files
   summary["minutes"] = round((time.time() - t_start) / 60, 2)
@@ -516,11 +518,15 @@ def _evaluate(results, files, name, spec, examples, model, prompts, config, fiel
   _record(results, files, name, spec, examples, preds, config, workdir, file=file)
   if config.get("eval_nll", False) and all(e.target for e in examples):
     local = evaluation.host_local(model) if jax.process_count() > 1 else model
-    nll = evaluation.gold_nll(local, examples, prompts, config, fields)
-    results[name]["gold_nll"] = float(np.mean(nll))
-    if distributed.is_main():
-      write_json(evaluation.nll_path(files[name]),
-                 {e.id: float(v) for e, v in zip(examples, nll)})
+    _record_nll(results, files, name, examples,
+                evaluation.gold_nll(local, examples, prompts, config, fields))
+
+
+def _record_nll(results, files, name, examples, nll) -> None:
+  """Row `name`'s mean gold NLL into results, per question beside its predictions file."""
+  results[name]["gold_nll"] = float(np.mean(nll))
+  if distributed.is_main():
+    write_json(evaluation.nll_path(files[name]), {e.id: float(v) for e, v in zip(examples, nll)})
 
 
 def _record(results, files, name, spec, examples, preds, config, workdir, *,

@@ -31,8 +31,10 @@ def user_dir(user: str) -> str:
 
 def train_and_predict(run, config, workdir: str, users, examples, evaluate, prompts, base_model):
   """Trains a LoRA per user in `users` on their `examples` and answers their `evaluate`
-  examples with it. Returns (predictions by example id, {user: trained example count})."""
-  preds, counts = {}, {}
+  examples with it. Returns (predictions by example id, {user: trained example count}, the
+  gold's NLL by example id under the user's own LoRA: {} unless `config.eval_nll`)."""
+  preds, counts, nll = {}, {}, {}
+  score_nll = config.get("eval_nll", False) and all(e.target for e in evaluate)
   base_key = run.key
   for i, user in enumerate(users):
     mine = [e for e in examples if e.user == user]
@@ -53,8 +55,12 @@ def train_and_predict(run, config, workdir: str, users, examples, evaluate, prom
     asked = [e for e in evaluate if e.user == user]
     for e, p in zip(asked, evaluation.predict_everywhere(model, asked, prompts, config)):
       preds[e.id] = p
+    if score_nll and asked:
+      local = evaluation.host_local(model) if jax.process_count() > 1 else model
+      nll.update(zip((e.id for e in asked),
+                     map(float, evaluation.gold_nll(local, asked, prompts, config))))
     counts[user] = len(mine)
     logging.info("per-user LoRA %d/%d: user %s, %d examples, %d questions", i + 1, len(users),
                  user, len(mine), len(asked))
   run.key = base_key
-  return preds, counts
+  return preds, counts, nll
