@@ -152,20 +152,16 @@ def paired_bootstrap(task, labels, golds, a, b, n, seed=0):
       s = [sc.score(str(y).strip(), str(x).strip()) for x, y in zip(p, g)]
       return {"rouge-1": np.array([x["rouge1"].fmeasure for x in s]),
               "rouge-L": np.array([x["rougeL"].fmeasure for x in s])}
-    sa, sb = per(pa), per(pb)
-    diffs = {k: [] for k in sa}
-    for _ in range(n):
-      idx = rng.integers(0, len(ids), len(ids))
-      for k in sa:
-        diffs[k].append(sa[k][idx].mean() - sb[k][idx].mean())
-  else:
-    diffs = {}
-    for _ in range(n):
-      idx = rng.integers(0, len(ids), len(ids))
-      ma = score(task, [pa[i] for i in idx], [g[i] for i in idx], labels=labels)
-      mb = score(task, [pb[i] for i in idx], [g[i] for i in idx], labels=labels)
-      for k in ma:
-        diffs.setdefault(k, []).append(ma[k] - mb[k])
+    sa, sb = per(pa), per(pb)  # a mean over questions: the same resamples as any such mean
+    return {k: paired_mean_interval(dict(zip(ids, sa[k])), dict(zip(ids, sb[k])), n, seed)
+            for k in sa}
+  diffs = {}
+  for _ in range(n):  # F1, RMSE: not means over questions, so each resample is scored whole
+    idx = rng.integers(0, len(ids), len(ids))
+    ma = score(task, [pa[i] for i in idx], [g[i] for i in idx], labels=labels)
+    mb = score(task, [pb[i] for i in idx], [g[i] for i in idx], labels=labels)
+    for k in ma:
+      diffs.setdefault(k, []).append(ma[k] - mb[k])
   return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
           for k, v in diffs.items() if not k.endswith("_mean")}
 
