@@ -148,7 +148,10 @@ BUDGETS = {
                                             (("stage2.steps", 0), ("stage2.epochs", 2),
                                              ("stage2.learning_rate", 1e-4),
                                              ("stage2.table_learning_rate", 1e-3)),
-                                            controls=("no_personal", "other_user", "cold"))),
+                                            controls=("no_personal", "other_user", "cold")),
+                                        # Zero-shot RAG fell below the backbone: trained on
+                                        # its retrieval-augmented prompts, with its controls.
+                                        rag_row("bm25", 4, False, ("no_personal", "other_user"))),
                       {"huffpost_4": {**SHORT_RATES, **CPU_RECIPE["huffpost_4"]}}),
     # The same rows at one stage-2 epoch (765 steps), the length at which the gold's NLL on
     # dev first separated the user's own input from none and another user's; to report, on
