@@ -145,14 +145,12 @@ BUDGETS = {
                                         # The official code's stage 2 for news_headline
                                         # (heng380/TAP-PER task_LoRA_ragpag.py) on this stage 1:
                                         # 3 epochs, one rate 2e-4 (the table's too), batch
-                                        # 4 x 8 GPUs, warmup 0.1. Batch 32 whole runs out of
-                                        # this box's 24 GB: 4 micro-batches, the same update.
+                                        # 4 x 8 GPUs, warmup 0.1.
                                         Row("TAP-PER, official stage-2 recipe",
                                             (("stage2.steps", 0), ("stage2.epochs", 3),
                                              ("stage2.learning_rate", 2e-4),
                                              ("stage2.table_learning_rate", 2e-4),
-                                             ("stage2.batch_size", 32), ("stage2.warmup", 0.1),
-                                             ("train_micro_batches", 4)),
+                                             ("stage2.batch_size", 32), ("stage2.warmup", 0.1)),
                                             controls=("no_personal", "other_user", "cold")),
                                         # Zero-shot RAG fell below the backbone: trained on
                                         # its retrieval-augmented prompts, with its controls.

@@ -191,3 +191,31 @@ def test_micro_batches_hold_the_length_sorted_rows_spread_over_the_shards():
   assert narrower  # the draws give the short half a narrower width at least once
   with pytest.raises(ValueError, match="3 micro-batches"):
     next(make(None, 3, 1))
+
+
+def test_batches_are_made_only_a_few_ahead():
+  """Background threads make at most `prefetch` batches ahead of the consumer (grain's own
+  default, 500, held gigabytes of whole-history batches); the order stays the seed's."""
+  import threading
+  import time
+  tok, src = CharTokenizer(), _varied_source(400)
+  fmt = PromptFormat(tok, 96)
+  made, lock = [0], threading.Lock()
+
+  def count(ex):
+    with lock:
+      made[0] += 1
+    return ex
+
+  def make(prefetch, maps=()):
+    return iter(make_dataset(src, fmt, max_target_tokens=8, batch_size=4, seed=5, maps=maps,
+                             prefetch=prefetch))
+  it = make(3, [count])
+  first = next(it)
+  time.sleep(1.0)  # time for the threads to run ahead as far as they may
+  assert made[0] <= 4 * (1 + 3 + 2)  # the batch taken, the buffer, one in hand per thread
+  order = [first["index"].tolist()] + [next(it)["index"].tolist() for _ in range(5)]
+  again = make(1)
+  assert [next(again)["index"].tolist() for _ in range(6)] == order
+  with pytest.raises(ValueError, match="prefetch"):
+    make(0)

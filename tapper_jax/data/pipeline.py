@@ -190,7 +190,7 @@ def make_dataset(source: Sequence, prompts: PromptFormat, *, max_target_tokens: 
                  num_epochs: int | None = None, drop_remainder: bool = True,
                  maps: Sequence = (), bucket: int = 0, group: int = 0,
                  rows: tuple[int, int] | None = None, unpad: int = 0,
-                 shards: int = 1, micro: int = 1) -> grain.IterDataset:
+                 shards: int = 1, micro: int = 1, prefetch: int = 8) -> grain.IterDataset:
   """A grain IterDataset of batches; `iter()` it, and use get_state()/set_state() to resume.
 
   `maps`: further per-example transforms run after tokenizing (e.g. the trainer's history
@@ -199,7 +199,9 @@ def make_dataset(source: Sequence, prompts: PromptFormat, *, max_target_tokens: 
   (`IndexBatches`, `MakeBatch`). `rows`: the rows of each global batch this process loads
   (multi-process: each process tokenizes only its own rows; `None`: all). `unpad`,
   `shards`: the `unpad` field's groups (`MakeBatch`; no group may span two processes' rows)
-  and the blocks each of `micro` micro-batches is spread over (`MakeBatch`).
+  and the blocks each of `micro` micro-batches is spread over (`MakeBatch`). `prefetch`:
+  batches made ahead by background threads (grain's own default, 500 by 16 threads, held
+  6.5 GB of whole-history batches on huffpost_4 at batch 8, and competed with the step).
   """
   stream = grain.MapDataset.range(len(source))
   if shuffle:
@@ -218,4 +220,7 @@ def make_dataset(source: Sequence, prompts: PromptFormat, *, max_target_tokens: 
   ds = grain.MapDataset.source(batches).map(
       MakeBatch(source, Tokenize(prompts, max_target_tokens), tuple(maps), rows, bucket, lengths,
                 unpad, shards, micro))
-  return ds.to_iter_dataset()
+  if prefetch < 1:
+    raise ValueError(f"make_dataset: prefetch={prefetch} must be at least 1")
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=min(2, prefetch),
+                                              prefetch_buffer_size=prefetch))

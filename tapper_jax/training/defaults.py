@@ -70,6 +70,7 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.data.eval_split = "dev"
   c.data.eval_max_examples = 0  # evaluate on the first N questions only (0 = all)
   c.data.strict = False  # skipped bad records become errors
+  c.data.prefetch = 8  # training batches made ahead (host memory: a batch holds its histories)
   c.data.synthetic = ml_collections.ConfigDict(dict(  # data.source == "synthetic" only
       num_users=24, items_per_user=24, drift=1.0, favour=0.9, topical=0.25, seed=0))
 

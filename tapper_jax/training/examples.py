@@ -196,7 +196,8 @@ def train_dataset(examples: Sequence[Example], prompts: PromptFormat, config, st
                       group=config.get("train_length_groups", 0), rows=rows,
                       unpad=config.get("train_unpad", 0),
                       shards=shards,
-                      micro=setup.micro_batches(config, stage_cfg.batch_size, shards))
+                      micro=setup.micro_batches(config, stage_cfg.batch_size, shards),
+                      prefetch=config.data.get("prefetch", 8))
 
 
 def budget_report(examples: Sequence[Example], prompts: PromptFormat,
