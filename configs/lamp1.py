@@ -14,5 +14,4 @@ def get_config(variant: str = ""):
       "LaMP_1", variant,
       max_prompt_tokens=128,  # instruction + the (shortened) input
       max_target_tokens=16,  # "[1]" or "[2]" + EOS
-      max_new_tokens=4,
-      **{"stage1.learning_rate": 0.0001, "stage2.learning_rate": 0.0001})
+      max_new_tokens=4)

@@ -14,5 +14,4 @@ def get_config(variant: str = ""):
       "LaMP_2M", variant,
       max_prompt_tokens=256,  # instruction + the (shortened) input
       max_target_tokens=8,  # one tag + EOS
-      max_new_tokens=8,
-      **{"stage1.learning_rate": 0.0001, "stage2.learning_rate": 0.0001})
+      max_new_tokens=8)

@@ -14,5 +14,4 @@ def get_config(variant: str = ""):
       "LaMP_5", variant,
       max_prompt_tokens=384,  # instruction + the (shortened) input
       max_target_tokens=32,  # a paper title + EOS
-      max_new_tokens=32,
-      **{"stage1.learning_rate": 5e-05, "stage2.learning_rate": 5e-05})
+      max_new_tokens=32)

@@ -14,5 +14,4 @@ def get_config(variant: str = ""):
       "LaMP_7", variant,
       max_prompt_tokens=128,  # instruction + the (shortened) input
       max_target_tokens=48,  # a tweet + EOS
-      max_new_tokens=48,
-      **{"stage1.learning_rate": 5e-05, "stage2.learning_rate": 5e-05})
+      max_new_tokens=48)

@@ -305,6 +305,36 @@ def test_lambdas_take_their_own_learning_rate(synth_folder, model_cache):
   assert seen == {0.25, 1e-2, 1e-3, 0.0}
 
 
+def test_weight_decay_skips_biases_and_lambdas_and_the_table_shares_the_rate(synth_folder,
+                                                                            model_cache):
+  """One AdamW update with zero gradients is the decoupled decay alone, -lr * wd * value: on
+  every kernel, LoRA factor and table row, never on a bias or a lambda (the official code's HF
+  Trainer). table_learning_rate 0 = the shared rate (the official code: one rate)."""
+  config = tiny_config()
+  config.stage2.update(learning_rate=1e-3, table_learning_rate=0.0, lambda_learning_rate=0.0,
+                       warmup=0.0, weight_decay=0.5, grad_clip=1e9)
+  llm, tok = models.load("tiny-random")
+  run, _, _ = _stage2_run(config, synth_folder, (llm, tok))
+  state = run.fresh_state()
+  leaves, tree = jax.tree.flatten({"params": state["params"], "table": state["table"]})
+  rng = np.random.default_rng(0)  # nonzero values everywhere (LoRA B starts at 0)
+  trainable = jax.tree.unflatten(tree, [jnp.asarray(rng.normal(size=np.shape(x)), jnp.float32)
+                                        for x in leaves])
+  zeros = jax.tree.map(jnp.zeros_like, trainable)
+  updates, _ = run.tx.update(zeros, run.tx.init(trainable), trainable)
+  kinds = set()
+  for (path, u), v in zip(jax.tree_util.tree_leaves_with_path(updates),
+                          jax.tree.leaves(trainable)):
+    name = "/".join(map(str, path))
+    fixed = "z_center" in name or "z_scale" in name or "lambda_" in name or "bias" in name
+    want = 0.0 if fixed else -1e-3 * 0.5 * np.asarray(v)
+    np.testing.assert_allclose(np.asarray(u), want, rtol=1e-5, atol=1e-12, err_msg=name)
+    kinds.add(("table" if "table" in name else "lambda" if "lambda_" in name else
+               "bias" if "bias" in name else "lora" if "lora" in name else
+               "fixed" if fixed else "kernel"))
+  assert kinds == {"table", "lambda", "bias", "lora", "kernel", "fixed"}
+
+
 def test_standardized_z_statistics_come_from_the_bank_and_stay_fixed(synth_folder, model_cache,
                                                                    tmp_path):
   """With stage2.standardize_z the method's init values (the record bank's mean and inverse

@@ -31,6 +31,7 @@ from flax import nnx
 
 from tapper_jax.data.lamp import Record
 from tapper_jax.fileio import atomic_folder
+from tapper_jax.training.defaults import table_learning_rate
 
 
 def _versions(folder: str) -> list[int]:
@@ -186,7 +187,7 @@ class Personalizer:
     # The model with a one-row table (this user's, at row 0); only that row is differentiated.
     graphdef, table_state, rest = nnx.split(self._model(self.table[row:row + 1]), PrefixTable,
                                             ...)
-    lr = learning_rate or config.stage2.get("table_learning_rate", config.stage2.learning_rate)
+    lr = learning_rate or table_learning_rate(config.stage2)
     p = jnp.asarray(self.table[row:row + 1])
     opt = _row_tx(lr, config.stage2.weight_decay).init(p)
     losses = []

@@ -18,6 +18,7 @@ from tapper_jax.models.llama import LlamaForCausalLM
 from tapper_jax.tapper.attention import ZSTATS
 from tapper_jax.tapper.model import lm_loss
 from tapper_jax.training import setup
+from tapper_jax.training.defaults import table_learning_rate
 from tapper_jax.training.sparse_table import SparseTableAdamW
 
 
@@ -41,9 +42,11 @@ def param_path(path) -> tuple[str, ...]:
 def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with a global grad-norm clip over `steps`; the prefix table and the decay lambdas
   take their own learning rates (`table_learning_rate`, `lambda_learning_rate`; 0 = the shared
-  one) and the same weight decay. With `sparse_table` the table is left to `sparse_table_fn`
-  (row-wise AdamW): here it only counts in the clip's norm. Fixed statistics among the params
-  (TAP-PER's z_center, z_scale) take a zero update: no weight decay either."""
+  one). Weight decay on every kernel, LoRA factor and the table, not on biases or the lambdas
+  (as the Hugging Face Trainer of the official code: no decay on names holding "bias"). With
+  `sparse_table` the table is left to `sparse_table_fn` (row-wise AdamW): here it only counts in
+  the clip's norm. Fixed statistics among the params (TAP-PER's z_center, z_scale) take a zero
+  update: no weight decay either."""
   warmup = int(round(stage_cfg.warmup * steps))
   lr = schedule(stage_cfg.learning_rate, warmup, steps)
   lambda_lr = schedule(stage_cfg.get("lambda_learning_rate", 0.0) or stage_cfg.learning_rate,
@@ -59,20 +62,23 @@ def optimizer(stage_cfg, steps: int) -> tuple[optax.GradientTransformation, opta
     return {"params": jax.tree_util.tree_map_with_path(param_label, t["params"]),
             "table": jax.tree.map(lambda _: "table", t["table"])}
 
+  def decayed(params):
+    return jax.tree_util.tree_map_with_path(lambda p, _: "bias" not in param_path(p), params)
+
   wd = stage_cfg.weight_decay
   table_tx = optax.set_to_zero() if rowwise_table(stage_cfg) else \
       optax.adamw(table_schedule(stage_cfg, steps), weight_decay=wd)
   tx = optax.chain(
       optax.clip_by_global_norm(stage_cfg.grad_clip),
-      optax.multi_transform({"rest": optax.adamw(lr, weight_decay=wd),
-                             "lambda": optax.adamw(lambda_lr, weight_decay=wd),
+      optax.multi_transform({"rest": optax.adamw(lr, weight_decay=wd, mask=decayed),
+                             "lambda": optax.adamw(lambda_lr, weight_decay=0.0),
                              "table": table_tx, "fixed": optax.set_to_zero()}, labels))
   return tx, lr
 
 
 def table_schedule(stage_cfg, steps: int) -> optax.Schedule:
   warmup = int(round(stage_cfg.warmup * steps))
-  return schedule(stage_cfg.get("table_learning_rate", stage_cfg.learning_rate), warmup, steps)
+  return schedule(table_learning_rate(stage_cfg), warmup, steps)
 
 
 def on_host(stage_cfg) -> bool:
