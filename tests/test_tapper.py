@@ -114,6 +114,26 @@ def test_lambdas_start_at_n_0_002():
   assert (vals[:, 0] != vals[:, 1]).all()
 
 
+def test_scorer_and_projection_start_as_pytorch_linear_layers():
+  """The official code's MLP and projection are nn.Linear with PyTorch's default init: weight
+  and bias uniform in +-1/sqrt(fan_in). Ours, per layer, against a torch draw of that shape."""
+  torch = pytest.importorskip("torch")
+  d, L = 96, 4
+  att = TemporalAttention(d, L, rngs=nnx.Rngs(0))
+  for dense, (fan_in, fan_out) in ((att.score_in, (4 * d, d)), (att.score_out, (d, 1)),
+                                   (att.proj, (d, L * d))):
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(fan_in, fan_out)
+    for ours, theirs in ((dense.kernel[...], ref.weight), (dense.bias[...], ref.bias)):
+      ours, theirs = np.asarray(ours), theirs.detach().numpy()
+      assert ours.size == theirs.size
+      bound = 1 / np.sqrt(fan_in)
+      assert np.abs(ours).max() <= bound and np.abs(theirs).max() <= bound
+      if ours.size >= 96:  # enough draws to compare the spread
+        np.testing.assert_allclose(ours.std(), theirs.std(), rtol=0.15)
+        np.testing.assert_allclose(ours.std(), bound / np.sqrt(3), rtol=0.15)
+
+
 def test_chunked_whole_history_attention_equals_the_unchunked_computation():
   """1,200 history slots in chunks of 64 (a streaming softmax) against the plain softmax."""
   b, h = 3, 1216

@@ -41,18 +41,18 @@ def _init(key, shape, std=0.02):
 
 
 class Dense(nnx.Module):
-  """y = x W + b with logical axis names on W (float32: these weights are small); b starts at
-  N(0, bias_std) (0: zeros)."""
+  """y = x W + b with logical axis names on W (float32: these weights are small), initialised as
+  PyTorch's nn.Linear (the official code's modules): W and b uniform in +-1/sqrt(d_in)."""
 
-  def __init__(self, d_in: int, d_out: int, axes: tuple[str, str], *, rngs: nnx.Rngs,
-               bias_std: float = 0.0):
+  def __init__(self, d_in: int, d_out: int, axes: tuple[str, str], *, rngs: nnx.Rngs):
     key = rngs.params()
-    self.kernel = nnx.Param(_init(key, (d_in, d_out)), out_sharding=axes)
-    # The bias key derives from the kernel's: one draw from the stream either way, so every
-    # later parameter (the prefix table) keeps the init it had when biases started at 0.
-    bias = (_init(jax.random.fold_in(key, 1), (d_out,), bias_std) if bias_std
-            else jnp.zeros((d_out,), jnp.float32))
-    self.bias = nnx.Param(bias, out_sharding=axes[1:])
+    bound = 1.0 / d_in ** 0.5  # kaiming_uniform(a=sqrt(5)) of the kernel; the bias's own rule
+    self.kernel = nnx.Param(jax.random.uniform(key, (d_in, d_out), jnp.float32, -bound, bound),
+                            out_sharding=axes)
+    # The bias key derives from the kernel's: one draw from the stream, so every later
+    # parameter (the prefix table) keeps its place in it.
+    self.bias = nnx.Param(jax.random.uniform(jax.random.fold_in(key, 1), (d_out,), jnp.float32,
+                                             -bound, bound), out_sharding=axes[1:])
 
   def __call__(self, x):
     return jnp.einsum("...i,io->...o", x, self.kernel[...]) + self.bias[...]
@@ -100,11 +100,11 @@ class TemporalAttention(nnx.Module):
     self.score_out = Dense(d, 1, ("tapper_hidden", None), rngs=rngs)
     self.lambda_t = nnx.Param(_init(rngs.params(), ()))
     self.lambda_o = nnx.Param(_init(rngs.params(), ()))
-    # The bias starts at N(0, 0.02), not 0 (PyTorch's nn.Linear draws it too): with a zero bias a
-    # user with no row and no history gets an exactly zero prefix, and an all-zero first token
-    # overflows the backward (its RMSNorm scales the gradient by 1/sqrt(eps) ~ 316 in every
-    # layer through the attention sink): NaN LoRA gradients on SmolLM2 (tests/test_tapper.py).
-    self.proj = Dense(d, prefix_len * d, ("embed", "tapper_out"), rngs=rngs, bias_std=0.02)
+    # Its bias is drawn, not 0: with a zero bias a user with no row and no history gets an
+    # exactly zero prefix, and an all-zero first token overflows the backward (its RMSNorm
+    # scales the gradient by 1/sqrt(eps) ~ 316 in every layer through the attention sink): NaN
+    # LoRA gradients on SmolLM2 (tests/test_tapper.py).
+    self.proj = Dense(d, prefix_len * d, ("embed", "tapper_out"), rngs=rngs)
     self.z_center = ZStats(jnp.full((d,), ZSTATS["z_center"], jnp.float32),
                            out_sharding=("embed",))
     self.z_scale = ZStats(jnp.full((), ZSTATS["z_scale"], jnp.float32))
