@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from tapper_jax.metrics import canonical_task
+
 # One logical-axis -> mesh-axis table for the whole run (model code names logical axes only).
 # A mesh axis is used at most once per array; an axis that does not divide a dimension is
 # dropped for that array (it stays replicated there) rather than failing.
@@ -163,7 +165,8 @@ def base_config(task: str = "LaMP_2M") -> ml_collections.ConfigDict:
   c.stage2.epochs = 3.0
   c.stage2.steps = 0  # > 0 overrides epochs
   # Peak learning rate of every stage-2 part, and the global batch: the official per-task pair.
-  c.stage2.learning_rate, c.stage2.batch_size = OFFICIAL_STAGE2.get(_canonical(task), (2e-4, 8))
+  c.stage2.learning_rate, c.stage2.batch_size = OFFICIAL_STAGE2.get(canonical_task(task),
+                                                                     (2e-4, 8))
   # Of the user prefix table (0 = learning_rate, as the official code): a rate of its own for
   # runs so short that a row sees its user's examples only a few times.
   c.stage2.table_learning_rate = 0.0
@@ -278,11 +281,6 @@ METHOD_DEFAULTS = {
     "rag": {"name": "RAG", "stage2.prefix": False, "stage2.examples": ("pooled",),
             "max_prompt_tokens": 256},
 }
-
-
-def _canonical(task: str) -> str:
-  from tapper_jax.metrics import canonical_task
-  return canonical_task(task)
 
 
 def table_learning_rate(stage_cfg) -> float:

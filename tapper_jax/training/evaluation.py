@@ -48,6 +48,11 @@ def _personal(fields, rows: list[int]) -> dict:
   return {k: np.stack([x[k] for x in f]) for k in f[0]}
 
 
+def wants_nll(config, examples) -> bool:
+  """Whether a row's gold NLL is scored: asked for (`eval_nll`) and every question has a gold."""
+  return bool(config.get("eval_nll", False)) and all(e.target for e in examples)
+
+
 def nll_path(predictions_path: str) -> str:
   """Where `gold_nll`'s per-question values of a row sit: beside its leaderboard file."""
   return predictions_path.rsplit(".", 1)[0] + ".nll.json"
@@ -60,9 +65,12 @@ def gold_nll(model: PersonalizedLM, examples, prompts: PromptFormat, config,
 
   Far more sensitive than the generated answer's score: a personal input that moves the
   model's belief about the gold shows here even where greedy decoding writes the same words.
-  fields: as in `predict`. One process; every row of a batch carries its own prefix inputs.
+  fields: as in `predict`. Every row of a batch carries its own prefix inputs. Across
+  processes, each scores every example on the model gathered whole (`host_local`).
   """
   from tapper_jax.data.pipeline import Tokenize
+  if jax.process_count() > 1:
+    model = host_local(model)
   tok = Tokenize(prompts, config.max_target_tokens)
   bsz = config.eval_batch_size
   graphdef, state = nnx.split(model)

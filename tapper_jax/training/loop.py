@@ -516,10 +516,9 @@ def _evaluate(results, files, name, spec, examples, model, prompts, config, fiel
   """Scores row `name` into results[name] and writes its leaderboard file (path in files[name])."""
   preds = evaluation.predict_everywhere(model, examples, prompts, config, fields)
   _record(results, files, name, spec, examples, preds, config, workdir, file=file)
-  if config.get("eval_nll", False) and all(e.target for e in examples):
-    local = evaluation.host_local(model) if jax.process_count() > 1 else model
+  if evaluation.wants_nll(config, examples):
     _record_nll(results, files, name, examples,
-                evaluation.gold_nll(local, examples, prompts, config, fields))
+                evaluation.gold_nll(model, examples, prompts, config, fields))
 
 
 def _record_nll(results, files, name, examples, nll) -> None:

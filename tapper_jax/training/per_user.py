@@ -34,7 +34,7 @@ def train_and_predict(run, config, workdir: str, users, examples, evaluate, prom
   examples with it. Returns (predictions by example id, {user: trained example count}, the
   gold's NLL by example id under the user's own LoRA: {} unless `config.eval_nll`)."""
   preds, counts, nll = {}, {}, {}
-  score_nll = config.get("eval_nll", False) and all(e.target for e in evaluate)
+  score_nll = evaluation.wants_nll(config, evaluate)
   base_key = run.key
   for i, user in enumerate(users):
     mine = [e for e in examples if e.user == user]
@@ -56,9 +56,8 @@ def train_and_predict(run, config, workdir: str, users, examples, evaluate, prom
     for e, p in zip(asked, evaluation.predict_everywhere(model, asked, prompts, config)):
       preds[e.id] = p
     if score_nll and asked:
-      local = evaluation.host_local(model) if jax.process_count() > 1 else model
       nll.update(zip((e.id for e in asked),
-                     map(float, evaluation.gold_nll(local, asked, prompts, config))))
+                     map(float, evaluation.gold_nll(model, asked, prompts, config))))
     counts[user] = len(mine)
     logging.info("per-user LoRA %d/%d: user %s, %d examples, %d questions", i + 1, len(users),
                  user, len(mine), len(asked))
