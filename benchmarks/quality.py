@@ -47,7 +47,7 @@ from tapper_jax.training.setup import CONTROLS  # noqa: E402
 
 _BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "cpu-ablate", "cpu-methods", "dev-rates",
                                              "dev-batches", "cpu-headlines",
-                                             "cpu-headlines-epoch", "full"],
+                                             "cpu-headlines-epoch", "cpu-ratings", "full"],
                             "Which budget.")
 _OFFLINE = flags.DEFINE_string("offline", os.path.join("data", "offline"),
                                "Offline suite root (built here from --raw if missing).")
@@ -163,6 +163,11 @@ BUDGETS = {
                                               rag_row("bm25", 4, True, ("other_user",))),
                             {"huffpost_4": {**SHORT_RATES, **CPU_RECIPE["huffpost_4"],
                                             "stage2.steps": 0, "stage2.epochs": 1}}),
+    # Ratings (LaMP-3 style, 610 users, 610 questions a split): the first figures of this
+    # task. Run with --split=dev first. 300 + 300 steps of 8: each user's row sees about 4
+    # updates, so what stage 2 can add here is mostly P_q reading the user's past ratings.
+    "cpu-ratings": (("movielens_3",), (TAPPER, STEP_MATCHED),
+                    {"movielens_3": {**SHORT_RATES, **CPU_RECIPE["movielens_3"]}}),
     "full": (("huffpost_2N", "huffpost_4", "movielens_3", "movielens_2M"),
              (TAPPER, LONG, STEP_MATCHED, PPLUG) + RAG_ZERO_SHOT + RAG_TRAINED_ALL
     + (Row("per-user LoRA", method="per_user_lora"),) + ABLATIONS, {}),  # the paper's recipe: epochs
@@ -264,7 +269,10 @@ def history_label_rows(c, base: str, preds: dict) -> dict:
           else "no model: user's majority label")
   newest = f"no model: newest record's {field if generation else 'label'}"
   other = most.replace("user's", "another user's")
-  rows = {most: [], newest: [], **({other: []} if generation else {})}
+  mean = "no model: user's mean rating, rounded"  # rating tasks: the RMSE-optimal constant
+  regression = p.spec.kind == "regression"
+  rows = {most: [], newest: [], **({other: []} if generation else {}),
+          **({mean: []} if regression else {})}
 
   def visible(e):
     return [records[(e.user, h)] for h in e.history if (e.user, h) in records]
@@ -285,6 +293,9 @@ def history_label_rows(c, base: str, preds: dict) -> dict:
       counts = collections.Counter(labels)
       best = max(counts.values(), default=0)
       rows[most].append(next((x for x in newest_first if counts[x] == best), ""))
+      if regression:
+        values = [float(x) for x in labels if _is_number(x)]
+        rows[mean].append(str(round(sum(values) / len(values))) if values else "")  # half to even
     rows[newest].append(newest_first[0] if newest_first else "")
   out = {}
   for name, answers in rows.items():
@@ -295,6 +306,14 @@ def history_label_rows(c, base: str, preds: dict) -> dict:
     out[name] = metrics.score(p.spec.name, answers, [e.target for e in p.evaluate],
                               labels=p.spec.labels or None)
   return out
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
 
 
 def _load_preds(path):

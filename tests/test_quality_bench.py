@@ -97,6 +97,28 @@ def test_no_model_label_rows_answer_from_the_users_own_visible_labels(tmp_path):
     assert newest[q.id] == q.profile[-1].fields["tag"]
 
 
+def test_no_model_rows_of_a_rating_task_add_the_users_mean_rating(tmp_path):
+  """Ratings: the mean of the user's visible ratings, rounded, computed here from each
+  question's own profile; a fixed-rating shift or another user's profile would fail."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  import lamp3
+  from lamp_fixtures import write_setting
+  from tapper_jax.data import lamp as lamp_io
+  c = lamp3.get_config("time")
+  c.data.folder = write_setting(str(tmp_path / "data"), c.task, "time")
+  preds = {}
+  scores = Q.history_label_rows(c, str(tmp_path / "runs"), preds)
+  mean = "no model: user's mean rating, rounded"
+  assert mean in scores and {"MAE", "RMSE"} <= set(scores[mean])
+  qs, _ = lamp_io.load_split(c.data.folder, "LaMP_3", "dev")
+  got = lamp_io.read_outputs(preds[mean])[1]
+  ratings = [[float(r.fields["score"]) for r in q.profile] for q in qs]
+  assert len({tuple(r) for r in ratings}) > 1  # the fixture's users differ
+  for q, r in zip(qs, ratings):
+    assert got[q.id] == str(round(sum(r) / len(r)))
+
+
 def test_no_model_rows_of_a_generation_task_copy_the_users_own_past_outputs(tmp_path):
   """Headlines: the title of the user's visible record BM25 ranks first for the question (the
   official query against each record's corpus text), and the newest record's title."""
