@@ -24,6 +24,7 @@ distributed.initialize(coordinator=f"127.0.0.1:{port}", num_processes=n, process
 import jax  # noqa: E402
 
 import synthetic  # noqa: E402
+from tapper_jax.training import evaluation  # noqa: E402
 from tapper_jax.training.loop import train_and_evaluate  # noqa: E402
 
 assert jax.process_count() == n and jax.device_count() == n * per
@@ -32,6 +33,7 @@ c.stage = "2"
 c.data.synthetic.num_users = 8
 c.data.eval_max_examples = 0
 c.evaluate = True  # every process answers its share; process 0 writes the predictions
+c.eval_nll = True  # each row's gold NLL too: the processes split it as the answers
 c.stage2.steps = 3
 c.stage2.batch_size = 8
 c.eval_batch_size = 8
@@ -41,13 +43,16 @@ c.stage2.table_memory = "host" if "host" in sys.argv[6:] else "device"
 c.train_unpad = 16 if "unpad" in sys.argv[6:] else 0  # each of the 4 batch shards its group
 c.train_micro_batches = 2 if "micro" in sys.argv[6:] else 1  # each spread over the 4 shards
 summary = train_and_evaluate(c, workdir)
-preds = {}
+preds, nll = {}, {}
 for name, path in summary.get("predictions", {}).items():
   if jax.process_index() == 0:
     with open(path, encoding="utf-8") as f:
       preds[name] = json.load(f)
+    with open(evaluation.nll_path(path), encoding="utf-8") as f:
+      nll[name] = json.load(f)
 if jax.process_index() == 0:
-  print("RESULT " + json.dumps({"eval": summary["eval"], "predictions": preds,"losses": [r["loss"] for r in summary["stages"]["2"]["log"]],
+  print("RESULT " + json.dumps({"eval": summary["eval"], "predictions": preds, "nll": nll,
+                                "losses": [r["loss"] for r in summary["stages"]["2"]["log"]],
                                 "grad_norms": [r["grad_norm"] for r in summary["stages"]["2"]["log"]],
                                 "micro_widths": summary["stages"]["2"]["micro_widths"],
                                 "processes": jax.process_count(), "devices": jax.device_count()}))

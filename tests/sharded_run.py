@@ -18,6 +18,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import synthetic  # noqa: E402  configs/synthetic.py
+from tapper_jax.training import evaluation  # noqa: E402
 from tapper_jax.training.loop import train_and_evaluate  # noqa: E402
 
 assert jax.device_count() == devices
@@ -27,6 +28,7 @@ c.data.synthetic.num_users = 8  # 8 table rows either way: the table's init does
 c.data.eval_max_examples = 0  # all 8 users are evaluated, hence trained
 modes = set(sys.argv[4:])
 c.evaluate = "eval" in modes  # all 8 users' questions, as multiprocess_run.py
+c.eval_nll = True  # each row's gold NLL too: the reference of multiprocess_run.py's
 c.stage2.steps = 3
 c.stage2.batch_size = 8
 c.eval_batch_size = 8
@@ -38,10 +40,10 @@ c.train_micro_batches = 1  # whole batches: the reference the multi-process vari
 summary = train_and_evaluate(c, workdir)
 
 
-def _predictions(summary):
+def _predictions(summary, where=lambda path: path):
   out = {}
   for name, path in summary.get("predictions", {}).items():
-    with open(path, encoding="utf-8") as f:
+    with open(where(path), encoding="utf-8") as f:
       out[name] = json.load(f)
   return out
 
@@ -51,4 +53,5 @@ print("RESULT " + json.dumps({"losses": [r["loss"] for r in summary["stages"]["2
                               "micro_widths": summary["stages"]["2"]["micro_widths"],
                               "mesh": summary["mesh"], "rows": summary["stages"]["2"]["table_rows"],
                               "table_sharding": summary["stages"]["2"]["table_sharding"],
-                              "eval": summary.get("eval"), "predictions": _predictions(summary)}))
+                              "eval": summary.get("eval"), "predictions": _predictions(summary),
+                              "nll": _predictions(summary, evaluation.nll_path)}))

@@ -66,11 +66,20 @@ def gold_nll(model: PersonalizedLM, examples, prompts: PromptFormat, config,
   Far more sensitive than the generated answer's score: a personal input that moves the
   model's belief about the gold shows here even where greedy decoding writes the same words.
   fields: as in `predict`. Every row of a batch carries its own prefix inputs. Across
-  processes, each scores every example on the model gathered whole (`host_local`).
+  processes, each scores its share (`_round_robin`) on the model gathered whole (`host_local`),
+  and every process gets every value, in order.
   """
+  if jax.process_count() == 1:
+    return _gold_nll_here(model, examples, prompts, config, fields)
+  mine = _round_robin(len(examples))
+  local = _gold_nll_here(host_local(model), [examples[i] for i in mine], prompts, config,
+                         None if fields is None else (lambda j: fields(mine[j])))
+  return _gather_round_robin(local, len(examples)).astype(np.float64)  # gathered as f32
+
+
+def _gold_nll_here(model, examples, prompts, config, fields) -> np.ndarray:
+  """`gold_nll` on this process's devices alone."""
   from tapper_jax.data.pipeline import Tokenize
-  if jax.process_count() > 1:
-    model = host_local(model)
   tok = Tokenize(prompts, config.max_target_tokens)
   bsz = config.eval_batch_size
   graphdef, state = nnx.split(model)
@@ -149,33 +158,41 @@ def host_local(model):
   return nnx.merge(graphdef, jax.tree.map(local, state))
 
 
+def _round_robin(n: int) -> list[int]:
+  """This process's share of n items: p, p + P, p + 2P, ... (P processes, p this one)."""
+  return list(range(jax.process_index(), n, jax.process_count()))
+
+
+def _gather_round_robin(local: np.ndarray, n: int) -> np.ndarray:
+  """[n, ...]: every process's `_round_robin` rows (local: [its share, ...]) in item order."""
+  from jax.experimental import multihost_utils
+  procs = jax.process_count()
+  buf = np.zeros((-(-n // procs),) + local.shape[1:], local.dtype)  # one shape everywhere
+  buf[:len(local)] = local
+  everyone = np.asarray(multihost_utils.process_allgather(buf))  # [P, ceil(n / P), ...]
+  return np.stack([everyone[i % procs, i // procs] for i in range(n)]) if n else buf[:0]
+
+
 def predict_everywhere(model, examples, prompts: PromptFormat, config, fields=None) -> list[str]:
-  """`predict` over all processes: process p answers questions p, p + P, p + 2P, ... on its own
-  devices (the model gathered whole: it fits one device), and every process gets every answer,
-  in order. One process: `predict`."""
-  procs, me = jax.process_count(), jax.process_index()
-  if procs == 1:
+  """`predict` over all processes: each answers its share (`_round_robin`) on its own devices
+  (the model gathered whole: it fits one device), and every process gets every answer, in
+  order. One process: `predict`."""
+  if jax.process_count() == 1:
     return predict(model, examples, prompts, config, fields)
   from jax.experimental import multihost_utils
-  mine = list(range(me, len(examples), procs))
+  mine = _round_robin(len(examples))
   answers = predict(host_local(model), [examples[i] for i in mine], prompts, config,
                     None if fields is None else (lambda j: fields(mine[j])))
   raw = [a.encode("utf-8") for a in answers]
   width = int(np.max(multihost_utils.process_allgather(
       np.asarray(max((len(r) for r in raw), default=0), np.int32))))
-  rows = -(-len(examples) // procs)  # every process sends the same shape
-  buf = np.zeros((rows, max(width, 1)), np.uint8)  # UTF-8 bytes, zero-padded
-  lens = np.zeros((rows,), np.int32)
+  buf = np.zeros((len(raw), max(width, 1)), np.uint8)  # UTF-8 bytes, zero-padded
   for j, r in enumerate(raw):
     buf[j, :len(r)] = np.frombuffer(r, np.uint8)
-    lens[j] = len(r)
-  all_buf = np.asarray(multihost_utils.process_allgather(buf))  # [P, rows, width]
-  all_lens = np.asarray(multihost_utils.process_allgather(lens))  # [P, rows]
-  out = [""] * len(examples)
-  for i in range(len(examples)):
-    p, j = i % procs, i // procs
-    out[i] = bytes(all_buf[p, j, :all_lens[p, j]]).decode("utf-8")
-  return out
+  lens = np.asarray([len(r) for r in raw], np.int32)
+  text = _gather_round_robin(buf, len(examples))
+  size = _gather_round_robin(lens, len(examples))
+  return [bytes(t[:k]).decode("utf-8") for t, k in zip(text, size)]
 
 
 def score(spec, examples, preds) -> dict[str, float]:
