@@ -80,19 +80,26 @@ def test_every_budget_row_is_a_valid_config():
         setup.validate(c, 1)
 
 
-def test_no_model_label_rows_answer_from_the_users_own_visible_labels(tmp_path):
+def _no_model_rows(tmp_path, config_module: str):
+  """The no-model rows of a LaMP config on its time-based fixture: (dev questions, scores,
+  row -> {question id: answer})."""
+  import importlib
   sys.path.insert(0, os.path.join(REPO, "configs"))
   sys.path.insert(0, os.path.join(REPO, "tests"))
-  import lamp2
   from lamp_fixtures import write_setting
   from tapper_jax.data import lamp as lamp_io
-  c = lamp2.get_config("time")
+  c = importlib.import_module(config_module).get_config("time")
   c.data.folder = write_setting(str(tmp_path / "data"), c.task, "time")
   preds = {}
   scores = Q.history_label_rows(c, str(tmp_path / "runs"), preds)
+  qs, _ = lamp_io.load_split(c.data.folder, c.task, "dev")
+  return qs, scores, {k: lamp_io.read_outputs(v)[1] for k, v in preds.items()}
+
+
+def test_no_model_label_rows_answer_from_the_users_own_visible_labels(tmp_path):
+  qs, scores, answers = _no_model_rows(tmp_path, "lamp2")
   assert set(scores) == {"no model: user's majority label", "no model: newest record's label"}
-  qs, _ = lamp_io.load_split(c.data.folder, "LaMP_2M", "dev")
-  newest = lamp_io.read_outputs(preds["no model: newest record's label"])[1]
+  newest = answers["no model: newest record's label"]
   for q in qs:  # the newest visible record's tag, from the question's own (date-sorted) profile
     assert newest[q.id] == q.profile[-1].fields["tag"]
 
@@ -100,19 +107,10 @@ def test_no_model_label_rows_answer_from_the_users_own_visible_labels(tmp_path):
 def test_no_model_rows_of_a_rating_task_add_the_users_mean_rating(tmp_path):
   """Ratings: the mean of the user's visible ratings, rounded, computed here from each
   question's own profile; a fixed-rating shift or another user's profile would fail."""
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  sys.path.insert(0, os.path.join(REPO, "tests"))
-  import lamp3
-  from lamp_fixtures import write_setting
-  from tapper_jax.data import lamp as lamp_io
-  c = lamp3.get_config("time")
-  c.data.folder = write_setting(str(tmp_path / "data"), c.task, "time")
-  preds = {}
-  scores = Q.history_label_rows(c, str(tmp_path / "runs"), preds)
+  qs, scores, answers = _no_model_rows(tmp_path, "lamp3")
   mean = "no model: user's mean rating, rounded"
   assert mean in scores and {"MAE", "RMSE"} <= set(scores[mean])
-  qs, _ = lamp_io.load_split(c.data.folder, "LaMP_3", "dev")
-  got = lamp_io.read_outputs(preds[mean])[1]
+  got = answers[mean]
   ratings = [[float(r.fields["score"]) for r in q.profile] for q in qs]
   assert len({tuple(r) for r in ratings}) > 1  # the fixture's users differ
   for q, r in zip(qs, ratings):
