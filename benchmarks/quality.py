@@ -437,8 +437,9 @@ def main(argv):
       res = run_task(kind, name, folder, rows, recipes.get(name, {}), seed, out)
       spec = lamp.task_of_folder(folder)
       qs, _ = lamp.load_split(folder, spec, _SPLIT.value)
-      if _TINY.value:
-        qs = qs[:12]
+      limit = task_config(kind, name, folder, recipes.get(name, {}), seed).data.eval_max_examples
+      if limit:  # the questions the rows answered (tiny runs and user-subset budgets)
+        qs = qs[:limit]
       golds = {q.id: q.gold for q in qs}
       preds = {k: _load_preds(p) for k, p in res["_preds"].items()}
       nll = {k: _load_nll(p) for k, p in res["_preds"].items()}
