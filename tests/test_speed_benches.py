@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,6 +166,8 @@ def test_train_loop_bench_times_the_real_loop_against_its_bare_step(tmp_path, sh
   assert (micro["bucket"], micro["micro_batches"]) == (16, 2)
   assert micro["real_token_share"] > full["real_token_share"]
   assert all(r["ratio"] > 0 and r["steady_steps"] > 0 for r in res["rows"]) and "| full |" in out
+  for r in res["rows"]:  # per computed token = per real token x the real share
+    np.testing.assert_allclose(r["slot_ratio"], r["ratio"] * r["real_token_share"], rtol=1e-9)
 
 
 def test_cpu_matmul_bench_compares_both_dtypes_on_both_sides(tmp_path):
