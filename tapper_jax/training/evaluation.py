@@ -147,7 +147,10 @@ def predict(model: PersonalizedLM, examples, prompts: PromptFormat, config,
 
 def host_local(model):
   """`model` with every array whole on this process's default device: a model trained across
-  processes (its arrays span devices this process cannot address) gathered for local use."""
+  processes (its arrays span devices this process cannot address) gathered for local use.
+  A collective: every process calls it. One process: `model` itself."""
+  if jax.process_count() == 1:
+    return model
   from jax.experimental import multihost_utils
   graphdef, state = nnx.split(model)
 

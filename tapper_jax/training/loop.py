@@ -431,8 +431,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
   if config.plots and stage in ("2", "both") and run is not None and ev_fields is not None:
     # Gathered whole by every process (a collective), so that process 0 alone can plot.
     model = run.model(state)
-    plot_args = dict(model=evaluation.host_local(model) if jax.process_count() > 1 else model,
-                     examples=ev, fields=ev_fields)
+    plot_args = dict(model=evaluation.host_local(model), examples=ev, fields=ev_fields)
   if config.plots and distributed.is_main():
     from tapper_jax.training import plots
     summary["plots"] = plots.write_run_plots(workdir, summary, **plot_args)
