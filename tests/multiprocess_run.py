@@ -25,6 +25,7 @@ import jax  # noqa: E402
 
 import synthetic  # noqa: E402
 from tapper_jax.training import evaluation  # noqa: E402
+from tapper_jax.training.defaults import with_method  # noqa: E402
 from tapper_jax.training.loop import train_and_evaluate  # noqa: E402
 
 assert jax.process_count() == n and jax.device_count() == n * per
@@ -39,6 +40,10 @@ c.stage2.batch_size = 8
 c.eval_batch_size = 8
 c.stage2.bridge_dropout = 0.0
 c.mesh.shape = (-1, 1, 1)
+if "per_user" in sys.argv[6:]:  # a LoRA per user, each saved by process 0 alone
+  with_method(c, "per_user_lora")
+  c.per_user.max_users, c.per_user.steps = 2, 2
+  c.mesh.shape = (1, -1, 1)  # FSDP: weights span both processes, so gathering is a collective
 c.stage2.table_memory = "host" if "host" in sys.argv[6:] else "device"
 c.train_unpad = 16 if "unpad" in sys.argv[6:] else 0  # each of the 4 batch shards its group
 c.train_micro_batches = 2 if "micro" in sys.argv[6:] else 1  # each spread over the 4 shards
@@ -50,9 +55,11 @@ for name, path in summary.get("predictions", {}).items():
       preds[name] = json.load(f)
     with open(evaluation.nll_path(path), encoding="utf-8") as f:
       nll[name] = json.load(f)
+s2 = summary["stages"]["2"]
 if jax.process_index() == 0:
   print("RESULT " + json.dumps({"eval": summary["eval"], "predictions": preds, "nll": nll,
-                                "losses": [r["loss"] for r in summary["stages"]["2"]["log"]],
-                                "grad_norms": [r["grad_norm"] for r in summary["stages"]["2"]["log"]],
-                                "micro_widths": summary["stages"]["2"]["micro_widths"],
+                                "losses": [r["loss"] for r in s2.get("log", [])],
+                                "grad_norms": [r["grad_norm"] for r in s2.get("log", [])],
+                                "micro_widths": s2.get("micro_widths"),
+                                "examples_per_user": s2.get("examples_per_user"),
                                 "processes": jax.process_count(), "devices": jax.device_count()}))

@@ -41,7 +41,7 @@ def _multi(n, per, workdir, env, *modes):
   return json.loads(line[len("RESULT "):])
 
 
-def _assert_same_eval(got, ref):
+def _assert_same_eval(got, ref, questions=8):
   """The same scores, and per question the same gold NLL (question ids in order: a gather that
   put one process's values on another's questions fails)."""
   strip = lambda ev: {k: ({m: x for m, x in v.items() if m != "gold_nll"}  # noqa: E731
@@ -51,7 +51,7 @@ def _assert_same_eval(got, ref):
   assert rows and set(got["nll"]) == set(ref["nll"]) == set(rows)
   for k in rows:
     np.testing.assert_allclose(got["eval"][k]["gold_nll"], ref["eval"][k]["gold_nll"], rtol=1e-5)
-    assert list(got["nll"][k]) == list(ref["nll"][k]) and len(ref["nll"][k]) == 8
+    assert list(got["nll"][k]) == list(ref["nll"][k]) and len(ref["nll"][k]) == questions
     ids = list(ref["nll"][k])
     assert len({round(ref["nll"][k][i], 4) for i in ids}) > 1  # questions differ: order matters
     np.testing.assert_allclose([got["nll"][k][i] for i in ids], [ref["nll"][k][i] for i in ids],
@@ -130,3 +130,19 @@ def test_unpadded_or_micro_batches_train_across_processes_like_whole_ones(mode, 
   for a, b in zip(params, ref_params, strict=True):
     assert_trained_close(a, b, rtol=1e-4, atol=1e-6)
   assert got["eval"]["questions"] == ref["eval"]["questions"]
+
+
+def test_per_user_loras_train_and_save_across_processes_like_one_process(tmp_path, model_cache):
+  """Per-user LoRA over 2 processes x 2 devices: each user's adapter is gathered by every
+  process (a collective) and saved by process 0, and the answers and gold NLL are those of
+  one process with the same 4 devices."""
+  from tapper_jax.training.per_user import user_dir
+  env = {**os.environ, "TAPPER_JAX_CACHE": model_cache}
+  ref = _multi(1, 4, tmp_path / "one", env, "per_user")
+  got = _multi(2, 2, tmp_path / "run", env, "per_user")
+  assert got["examples_per_user"] == ref["examples_per_user"]
+  assert len(ref["examples_per_user"]) == 2
+  assert got["predictions"] == ref["predictions"]
+  _assert_same_eval(got, ref, questions=2)
+  for user in ref["examples_per_user"]:
+    assert os.listdir(tmp_path / "run" / "adapters" / user_dir(user))

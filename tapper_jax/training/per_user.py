@@ -47,8 +47,8 @@ def train_and_predict(run, config, workdir: str, users, examples, evaluate, prom
     state = run.fit(ds, folder, {}, example_ids=[e.id for e in mine])
     model = run.model(state)
     adapter = os.path.join(workdir, "adapters", user_dir(user))
+    whole = evaluation.host_local(model)  # a collective: every process, saving or not
     if not os.path.isdir(adapter) and distributed.is_main():
-      whole = evaluation.host_local(model)
       save_peft_adapter(whole.llm, adapter, base_model=base_model)
       with open(os.path.join(adapter, "trained_on.json"), "w", encoding="utf-8") as f:
         json.dump({"user": user, "examples": [e.id for e in mine]}, f, indent=1)
